@@ -1,0 +1,176 @@
+/**
+ * Secure TLS group-chat server: the command-line entry point.
+ *
+ * Start it on its defaults (generates certificates on first run, prompts for the password or
+ * reads `CHAT_SERVER_PASSWORD`):
+ *
+ * ```sh
+ * deno task start
+ * # which runs:
+ * deno run --no-prompt --allow-net --allow-read=certs --allow-write=certs --allow-run=openssl \
+ *   --allow-env=CHAT_SERVER_PASSWORD,HOST,PORT main.ts
+ * ```
+ *
+ * Once certificates exist (`deno task certs`), network and read access are enough:
+ *
+ * ```sh
+ * deno run --allow-net --allow-read main.ts --password-file /path/to/password
+ * ```
+ *
+ * `--help` lists every flag. Exit codes: 0 after a clean stop (SIGINT/SIGTERM), 1 on a
+ * configuration, password, certificate or permission error.
+ *
+ * @module
+ */
+import { getLogger } from "@logtape/logtape";
+import {
+  CertError,
+  ensureCertificates,
+  fingerprintBanner,
+  writeFingerprintFile,
+} from "./src/certs.ts";
+import { ConfigError, parseConfig, type ServerConfig, USAGE } from "./src/config.ts";
+import { setupLogging } from "./src/log.ts";
+import { PasswordError, PasswordVerifier, readPassword } from "./src/password.ts";
+import { hasPermission, PermissionError, requirePermission } from "./src/permissions.ts";
+import { ChatServer } from "./src/server.ts";
+
+/** Reads an environment variable only if access was granted, so Deno never prompts. */
+function readEnv(name: string): string | undefined {
+  return hasPermission({ name: "env", variable: name }) ? Deno.env.get(name) : undefined;
+}
+
+/** Errors whose message is meant for the person at the terminal. */
+function isUserError(error: unknown): error is Error {
+  return error instanceof ConfigError || error instanceof CertError ||
+    error instanceof PasswordError || error instanceof PermissionError;
+}
+
+function printError(message: string): void {
+  console.error(`error: ${message}`);
+}
+
+/** `--certs-only`: makes sure the certificates exist and prints their fingerprint. */
+async function printCertificates(config: ServerConfig): Promise<void> {
+  const pair = await ensureCertificates({
+    certDir: config.certDir,
+    certFile: config.certFile,
+    keyFile: config.keyFile,
+    host: config.host,
+  });
+  await printBanner(config, pair.fingerprint, pair.generated);
+}
+
+/**
+ * Runs the server until SIGINT or SIGTERM.
+ *
+ * @returns the process exit code
+ */
+export async function main(args: string[]): Promise<number> {
+  let config: ServerConfig;
+  try {
+    config = parseConfig(args, readEnv);
+  } catch (error) {
+    if (!(error instanceof ConfigError)) throw error;
+    printError(`${error.message}\nRun with --help to see the options.`);
+    return 1;
+  }
+  if (config.help) {
+    console.log(USAGE);
+    return 0;
+  }
+  await setupLogging({ level: config.logLevel, format: config.logFormat });
+  const logger = getLogger(["chat-server"]);
+  globalThis.addEventListener("unhandledrejection", (event) => {
+    event.preventDefault();
+    logger.error("Unhandled rejection: {reason}", { reason: String(event.reason) });
+  });
+
+  let server: ChatServer;
+  try {
+    if (config.certsOnly) {
+      await printCertificates(config);
+      return 0;
+    }
+    const password = await readPassword({
+      env: readEnv("CHAT_SERVER_PASSWORD"),
+      file: config.passwordFile,
+    });
+    const verifier = await PasswordVerifier.create(password);
+    const pair = await ensureCertificates({
+      certDir: config.certDir,
+      certFile: config.certFile,
+      keyFile: config.keyFile,
+      host: config.host,
+    });
+    await printBanner(config, pair.fingerprint, pair.generated);
+    console.log("Server password set successfully...");
+    requirePermission(
+      { name: "net", host: `${config.host}:${config.port || 1}` },
+      `listen on ${config.host}:${config.port}`,
+    );
+    server = new ChatServer({
+      hostname: config.host,
+      port: config.port,
+      cert: pair.certPem,
+      key: pair.keyPem,
+      verifier,
+      limits: config.limits,
+    });
+    await server.listen();
+  } catch (error) {
+    if (isUserError(error)) {
+      printError(error.message);
+      return 1;
+    }
+    if (error instanceof Deno.errors.AddrInUse || error instanceof Deno.errors.AddrNotAvailable) {
+      printError(`Cannot listen on ${config.host}:${config.port}: ${error.message}`);
+      return 1;
+    }
+    throw error;
+  }
+
+  const stopped = Promise.withResolvers<void>();
+  let signals = 0;
+  const onSignal = () => {
+    if (++signals > 1) {
+      logger.error("Second signal: exiting without waiting for clients");
+      Deno.exit(1);
+    }
+    stopped.resolve();
+  };
+  Deno.addSignalListener("SIGINT", onSignal);
+  Deno.addSignalListener("SIGTERM", onSignal);
+  await stopped.promise;
+  await server.close();
+  Deno.removeSignalListener("SIGINT", onSignal);
+  Deno.removeSignalListener("SIGTERM", onSignal);
+  return 0;
+}
+
+/** Prints the fingerprint banner and rewrites `server_fingerprint.txt` (if allowed). */
+async function printBanner(
+  config: ServerConfig,
+  fingerprint: string,
+  generated: boolean,
+): Promise<void> {
+  const logger = getLogger(["chat-server"]);
+  if (generated) logger.info("Generated a new certificate in {dir}", { dir: config.certDir });
+  console.log(fingerprintBanner(fingerprint));
+  if (!hasPermission({ name: "write", path: config.certDir })) {
+    logger.warn(
+      "Not updating server_fingerprint.txt: run with --allow-write={dir} to keep it current",
+      { dir: config.certDir },
+    );
+    return;
+  }
+  try {
+    await writeFingerprintFile(config.certDir, fingerprint);
+  } catch (error) {
+    logger.warn("Cannot write server_fingerprint.txt: {error}", { error: String(error) });
+  }
+}
+
+if (import.meta.main) {
+  Deno.exit(await main(Deno.args));
+}

@@ -1,0 +1,326 @@
+/**
+ * Server certificates: load an existing pair or generate a self-signed ECDSA P-256 pair with an
+ * `openssl` subprocess, compute the SHA-256 fingerprint, and render the fingerprint banner and
+ * `server_fingerprint.txt`. This module never prints; callers print the banner.
+ *
+ * @module
+ */
+
+import { createPrivateKey, createPublicKey } from "node:crypto";
+import { isIP } from "node:net";
+import { join } from "node:path";
+import { PermissionError, requirePermission } from "./permissions.ts";
+
+/** File name of the certificate inside the cert dir. */
+export const CERT_FILE = "cert.pem";
+/** File name of the private key inside the cert dir. */
+export const KEY_FILE = "key.pem";
+/** File name of the fingerprint file inside the cert dir. */
+export const FINGERPRINT_FILE = "server_fingerprint.txt";
+
+const CERT_DAYS = 825;
+const RULE = "=".repeat(70);
+const WILDCARD_HOSTS = new Set(["0.0.0.0", "::"]);
+const LABEL = "[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?";
+const HOSTNAME = new RegExp(`^(?=.{1,253}$)${LABEL}(?:\\.${LABEL})*$`, "i");
+const PEM_CERT = /-----BEGIN CERTIFICATE-----([A-Za-z0-9+/=\s]+)-----END CERTIFICATE-----/;
+
+/** Where to find or create the certificates. */
+export interface CertOptions {
+  /** Directory holding `cert.pem`, `key.pem` and `server_fingerprint.txt` (created if missing). */
+  certDir: string;
+  /** An existing certificate (PEM); must be given together with `keyFile`. */
+  certFile?: string;
+  /** The private key (PEM) of `certFile`; must be given together with `certFile`. */
+  keyFile?: string;
+  /** The host the server binds; added to the subjectAltName of a generated certificate. */
+  host: string;
+}
+
+/** A certificate and its matching private key, ready for `Deno.listenTls`. */
+export interface CertPair {
+  certPem: string;
+  keyPem: string;
+  /** SHA-256 of the DER of the first certificate: lowercase hex, 64 characters, no colons. */
+  fingerprint: string;
+  /** True if this call generated the pair. */
+  generated: boolean;
+  certPath: string;
+  keyPath: string;
+}
+
+/** A certificate problem the user must fix; the message names the fix. */
+export class CertError extends Error {
+  constructor(message: string, options?: ErrorOptions) {
+    super(message, options);
+    this.name = "CertError";
+  }
+}
+
+/**
+ * Returns the server's certificate pair: `certFile`/`keyFile` if given, else `cert.pem`/`key.pem`
+ * from `certDir`, generating them with `openssl` when neither exists. Checks that the key matches
+ * the certificate. Never overwrites an existing file and never prompts for permissions.
+ *
+ * @throws {CertError} with a message that says what to install, which flag to grant or which file
+ * is wrong
+ */
+export async function ensureCertificates(options: CertOptions): Promise<CertPair> {
+  const { certDir, certFile, keyFile } = options;
+  if (certFile !== undefined && keyFile !== undefined) {
+    return await loadPair(certFile, keyFile, false);
+  }
+  if (certFile !== undefined || keyFile !== undefined) {
+    const [given, missing] = certFile !== undefined ? ["--cert", "--key"] : ["--key", "--cert"];
+    throw new CertError(
+      `Cannot use ${given} without ${missing}: pass both --cert FILE and --key FILE`,
+    );
+  }
+  const host = checkHost(options.host);
+  const certPath = join(certDir, CERT_FILE);
+  const keyPath = join(certDir, KEY_FILE);
+  need({ name: "read", path: certDir }, `read certificates in ${certDir}`);
+  const [hasCert, hasKey] = [await exists(certPath), await exists(keyPath)];
+  if (hasCert && hasKey) return await loadPair(certPath, keyPath, false);
+  if (hasCert || hasKey) {
+    const [present, missing] = hasCert ? [certPath, keyPath] : [keyPath, certPath];
+    throw new CertError(
+      `Cannot use ${present}: ${missing} is missing; restore ${missing}, or delete ${present} ` +
+        "to generate a new pair",
+    );
+  }
+  await generate(certDir, host);
+  return await loadPair(certPath, keyPath, true);
+}
+
+/** SHA-256 over the DER of the first certificate in `certPem`, as lowercase hex without colons. */
+export async function fingerprintOf(certPem: string): Promise<string> {
+  const cert = firstCertificate(certPem);
+  if (cert === null) throw new CertError("Cannot compute fingerprint: no PEM certificate found");
+  return new Uint8Array(await crypto.subtle.digest("SHA-256", cert.der)).toHex();
+}
+
+/** Formats a hex fingerprint as colon-separated byte pairs: `"a1b2"` becomes `"a1:b2"`. */
+export function formatFingerprint(hex: string): string {
+  if (!/^(?:[0-9a-f]{2})+$/.test(hex)) {
+    throw new TypeError(`Cannot format fingerprint: "${hex}" is not lowercase hex`);
+  }
+  return hex.match(/../g)!.join(":");
+}
+
+/** The banner printed at every start (the seed's format), ending with a newline. */
+export function fingerprintBanner(hex: string): string {
+  return [
+    RULE,
+    "SERVER CERTIFICATE FINGERPRINT:",
+    formatFingerprint(hex),
+    "",
+    "For secure client connections:",
+    `export CHAT_SERVER_FINGERPRINT=${hex}`,
+    "",
+    "Clients without fingerprint will show security warning",
+    RULE,
+    "",
+  ].join("\n");
+}
+
+/** The contents of `server_fingerprint.txt` (the seed's format), ending with a newline. */
+export function fingerprintFileText(hex: string, generated: Date): string {
+  return [
+    "# Server Certificate Information",
+    `# Generated: ${generated.toISOString()}`,
+    "",
+    "# Fingerprint (for client verification):",
+    hex,
+    "",
+    "# Formatted:",
+    formatFingerprint(hex),
+    "",
+    "# Usage:",
+    `export CHAT_SERVER_FINGERPRINT=${hex}`,
+    "",
+  ].join("\n");
+}
+
+/**
+ * Atomically (temp file + rename) writes `server_fingerprint.txt` into `certDir` and returns its
+ * path. Throws {@linkcode CertError} naming `--allow-write=<certDir>` if writing is not allowed.
+ */
+export async function writeFingerprintFile(
+  certDir: string,
+  hex: string,
+  now: Date = new Date(),
+): Promise<string> {
+  const path = join(certDir, FINGERPRINT_FILE);
+  need({ name: "write", path: certDir }, `write ${path}`);
+  const tmp = join(certDir, `.${FINGERPRINT_FILE}.${crypto.randomUUID()}.tmp`);
+  try {
+    await Deno.writeTextFile(tmp, fingerprintFileText(hex, now), { mode: 0o644 });
+    await Deno.rename(tmp, path);
+  } catch (err) {
+    await Deno.remove(tmp).catch(() => {});
+    throw new CertError(`Cannot write ${path}: ${messageOf(err)}`, { cause: err });
+  }
+  return path;
+}
+
+async function loadPair(certPath: string, keyPath: string, generated: boolean): Promise<CertPair> {
+  const certPem = await readPem(certPath, "certificate");
+  const keyPem = await readPem(keyPath, "private key");
+  const cert = firstCertificate(certPem);
+  if (cert === null) throw new CertError(`Cannot use ${certPath}: no PEM certificate found in it`);
+  const fingerprint = await fingerprintOf(cert.block);
+  const certKey = publicKeyDer(certPath, () => createPublicKey(cert.block));
+  const ownKey = publicKeyDer(keyPath, () => createPublicKey(createPrivateKey(keyPem)));
+  if (!certKey.equals(ownKey)) {
+    throw new CertError(
+      `Cannot use ${keyPath}: the key does not match the certificate ${certPath}`,
+    );
+  }
+  return { certPem, keyPem, fingerprint, generated, certPath, keyPath };
+}
+
+async function readPem(path: string, what: string): Promise<string> {
+  need({ name: "read", path }, `read ${what} ${path}`);
+  try {
+    return await Deno.readTextFile(path);
+  } catch (err) {
+    const reason = err instanceof Deno.errors.NotFound ? "file not found" : messageOf(err);
+    throw new CertError(`Cannot read ${what} ${path}: ${reason}`, { cause: err });
+  }
+}
+
+function publicKeyDer(path: string, key: () => ReturnType<typeof createPublicKey>) {
+  try {
+    return key().export({ type: "spki", format: "der" });
+  } catch (err) {
+    throw new CertError(
+      `Cannot use ${path}: not a valid unencrypted PEM file (${messageOf(err)})`,
+      {
+        cause: err,
+      },
+    );
+  }
+}
+
+async function generate(certDir: string, host: string): Promise<void> {
+  need({ name: "write", path: certDir }, `generate certificates in ${certDir}`);
+  need({ name: "run", command: "openssl" }, "generate certificates");
+  await checkOpenssl();
+  let tmpDir: string;
+  try {
+    await Deno.mkdir(certDir, { recursive: true });
+    tmpDir = await Deno.makeTempDir({ dir: certDir, prefix: ".tmp-certs-" }); // mode 0700
+  } catch (err) {
+    throw new CertError(`Cannot create ${certDir}: ${messageOf(err)}`, { cause: err });
+  }
+  try {
+    const tmpKey = join(tmpDir, KEY_FILE);
+    const tmpCert = join(tmpDir, CERT_FILE);
+    const { success, stderr } = await new Deno.Command("openssl", {
+      args: opensslArgs(host, tmpKey, tmpCert),
+      stdin: "null",
+      stdout: "null",
+      stderr: "piped",
+    }).output();
+    if (!success) {
+      const detail = new TextDecoder().decode(stderr).trim();
+      throw new CertError(`Cannot generate certificates: openssl failed: ${detail}`);
+    }
+    if (Deno.build.os !== "windows") {
+      await Deno.chmod(tmpKey, 0o600);
+      await Deno.chmod(tmpCert, 0o644);
+    }
+    // Certificate first: a crash in between leaves only the public half behind.
+    await Deno.rename(tmpCert, join(certDir, CERT_FILE));
+    await Deno.rename(tmpKey, join(certDir, KEY_FILE));
+  } catch (err) {
+    if (err instanceof CertError) throw err;
+    throw new CertError(`Cannot generate certificates: ${messageOf(err)}`, { cause: err });
+  } finally {
+    await Deno.remove(tmpDir, { recursive: true }).catch(() => {});
+  }
+}
+
+async function checkOpenssl(): Promise<void> {
+  try {
+    await new Deno.Command("openssl", {
+      args: ["version"],
+      stdin: "null",
+      stdout: "null",
+      stderr: "null",
+    }).output();
+  } catch (err) {
+    if (err instanceof Deno.errors.NotFound) {
+      throw new CertError(
+        "Cannot generate certificates: openssl is not installed; install it " +
+          "(e.g. apt-get install openssl) or pass --cert and --key",
+        { cause: err },
+      );
+    }
+    throw new CertError(`Cannot run openssl: ${messageOf(err)}`, { cause: err });
+  }
+}
+
+function opensslArgs(host: string, keyPath: string, certPath: string): string[] {
+  const wildcard = WILDCARD_HOSTS.has(host);
+  const commonName = wildcard || host.length > 64 ? "localhost" : host;
+  const altNames = ["DNS:localhost", "IP:127.0.0.1", "IP:::1"];
+  const own = `${isIP(host) ? "IP" : "DNS"}:${host.toLowerCase()}`;
+  if (!wildcard && !altNames.includes(own)) altNames.push(own);
+  // deno-fmt-ignore
+  return [
+    "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+    "-keyout", keyPath, "-out", certPath, "-days", String(CERT_DAYS), "-subj", `/CN=${commonName}`,
+    "-addext", "basicConstraints=critical,CA:FALSE",
+    "-addext", `subjectAltName=${altNames.join(",")}`,
+    "-addext", "extendedKeyUsage=serverAuth",
+    "-addext", "keyUsage=critical,digitalSignature",
+  ];
+}
+
+/** Returns the host to put in the certificate, or throws if it is not a hostname or IP literal. */
+function checkHost(host: string): string {
+  if (host === "") return "localhost";
+  if (isIP(host) !== 0 && /^[0-9a-f:.]+$/i.test(host)) return host;
+  if (HOSTNAME.test(host)) return host;
+  throw new CertError(
+    `Cannot generate certificates for host ${JSON.stringify(host)}: ` +
+      "use a plain hostname or IP address",
+  );
+}
+
+/** The first PEM certificate block and its DER bytes, or `null` if there is none. */
+function firstCertificate(pem: string): { block: string; der: Uint8Array<ArrayBuffer> } | null {
+  const match = PEM_CERT.exec(pem);
+  if (match === null) return null;
+  try {
+    return { block: match[0], der: Uint8Array.fromBase64(match[1].replace(/\s+/g, "")) };
+  } catch {
+    return null;
+  }
+}
+
+async function exists(path: string): Promise<boolean> {
+  try {
+    await Deno.lstat(path);
+    return true;
+  } catch (err) {
+    if (err instanceof Deno.errors.NotFound) return false;
+    throw new CertError(`Cannot check ${path}: ${messageOf(err)}`, { cause: err });
+  }
+}
+
+/** `requirePermission`, rethrown as a CertError. */
+function need(desc: Deno.PermissionDescriptor, what: string): void {
+  try {
+    requirePermission(desc, what);
+  } catch (err) {
+    if (err instanceof PermissionError) throw new CertError(err.message, { cause: err });
+    throw err;
+  }
+}
+
+function messageOf(err: unknown): string {
+  return err instanceof Error ? err.message : String(err);
+}

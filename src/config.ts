@@ -1,0 +1,209 @@
+/**
+ * Server configuration: flags win over environment, environment over defaults.
+ *
+ * @module
+ */
+import { parseArgs } from "node:util";
+import { DEFAULT_MAX_FRAME } from "./protocol.ts";
+
+/** Limits that protect the server from its clients. Durations are milliseconds. */
+export interface Limits {
+  /** Largest incoming frame body, bytes. */
+  maxFrame: number;
+  /** Time allowed for the TLS handshake. */
+  handshakeTimeoutMs: number;
+  /** Time from accept to a complete auth frame. */
+  authTimeoutMs: number;
+  /** Concurrent connections, all IPs. */
+  maxClients: number;
+  /** Concurrent connections from one IP; 0 = unlimited. */
+  maxPerIp: number;
+  /** Bytes queued for one client before it is dropped as a slow consumer. */
+  maxSendQueue: number;
+  /** Messages per second per client; 0 disables rate limiting. */
+  rate: number;
+  /** Token bucket size. */
+  burst: number;
+  /** Auth failures from one IP within the lockout window before it is locked out. */
+  maxAuthFailures: number;
+  /** Lockout window and lockout duration. */
+  lockoutMs: number;
+}
+
+/** Defaults from PROTOCOL.md. */
+export const DEFAULT_LIMITS: Readonly<Limits> = Object.freeze({
+  maxFrame: DEFAULT_MAX_FRAME,
+  handshakeTimeoutMs: 10_000,
+  authTimeoutMs: 10_000,
+  maxClients: 10_000,
+  maxPerIp: 64,
+  maxSendQueue: 1024 * 1024,
+  rate: 20,
+  burst: 50,
+  maxAuthFailures: 5,
+  lockoutMs: 60_000,
+});
+
+/** Log levels accepted by `--log-level`. */
+export const LOG_LEVELS = ["debug", "info", "warning", "error"] as const;
+/** Log formats accepted by `--log-format`. */
+export const LOG_FORMATS = ["text", "json"] as const;
+
+/** The whole server configuration. */
+export interface ServerConfig {
+  host: string;
+  port: number;
+  certDir: string;
+  certFile?: string;
+  keyFile?: string;
+  passwordFile?: string;
+  logLevel: typeof LOG_LEVELS[number];
+  logFormat: typeof LOG_FORMATS[number];
+  /** Generate certificates (if missing), print the fingerprint and exit. */
+  certsOnly: boolean;
+  help: boolean;
+  limits: Limits;
+}
+
+/** A bad flag or environment value; the message says which and why. */
+export class ConfigError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = "ConfigError";
+  }
+}
+
+/** Usage text printed by `--help`. */
+export const USAGE = `Usage: deno task start [options]
+
+Options (flags win over environment variables, which win over defaults):
+  --host HOST               address to listen on (env HOST; default 127.0.0.1)
+  --port PORT               port, 0 picks a free one (env PORT; default 4000)
+  --password-file FILE      read the password from FILE (used if CHAT_SERVER_PASSWORD is unset)
+  --cert-dir DIR            where cert.pem, key.pem and server_fingerprint.txt live (default certs)
+  --cert FILE --key FILE    use an existing certificate and key instead of generating them
+  --certs-only              generate the certificates if needed, print the fingerprint and exit
+  --max-frame BYTES         largest incoming frame body (default 65536)
+  --handshake-timeout SECS  time allowed for the TLS handshake (default 10)
+  --auth-timeout SECS       time from connect to a complete auth frame (default 10)
+  --max-clients N           concurrent connections, all IPs (default 10000)
+  --max-per-ip N            concurrent connections from one IP, 0 = unlimited (default 64)
+  --max-send-queue BYTES    bytes queued for a client before it is dropped (default 1048576)
+  --rate N --burst N        messages per second per client and bucket size; --rate 0 disables
+                            (default 20 / 50)
+  --max-auth-failures N     failed logins from one IP before it is locked out (default 5)
+  --lockout SECS            lockout window and duration (default 60)
+  --log-level LEVEL         debug, info, warning or error (default info)
+  --log-format FORMAT       text or json (default text)
+  -h, --help                show this help
+
+The password comes from CHAT_SERVER_PASSWORD, else --password-file, else a hidden prompt.`;
+
+const NUMERIC_FLAGS = {
+  "max-frame": { key: "maxFrame", min: 1, max: 16 * 1024 * 1024, scale: 1 },
+  "handshake-timeout": { key: "handshakeTimeoutMs", min: 0.001, max: 3600, scale: 1000 },
+  "auth-timeout": { key: "authTimeoutMs", min: 0.001, max: 3600, scale: 1000 },
+  "max-clients": { key: "maxClients", min: 1, max: 1_000_000, scale: 1 },
+  "max-per-ip": { key: "maxPerIp", min: 0, max: 1_000_000, scale: 1 },
+  "max-send-queue": { key: "maxSendQueue", min: 1024, max: 1024 ** 3, scale: 1 },
+  "rate": { key: "rate", min: 0, max: 1_000_000, scale: 1 },
+  "burst": { key: "burst", min: 1, max: 1_000_000, scale: 1 },
+  "max-auth-failures": { key: "maxAuthFailures", min: 1, max: 1_000_000, scale: 1 },
+  "lockout": { key: "lockoutMs", min: 0, max: 86_400 * 7, scale: 1000 },
+} as const satisfies Record<string, { key: keyof Limits; min: number; max: number; scale: number }>;
+
+/**
+ * Parses flags and environment into a validated configuration.
+ *
+ * @param args command-line arguments (without the program name)
+ * @param env reads one environment variable; returns `undefined` when unset or not readable
+ * @throws {ConfigError} on an unknown flag or an invalid value
+ */
+export function parseConfig(
+  args: string[],
+  env: (name: string) => string | undefined = () => undefined,
+): ServerConfig {
+  const stringFlags = [
+    "host",
+    "port",
+    "password-file",
+    "cert-dir",
+    "cert",
+    "key",
+    "log-level",
+    "log-format",
+    ...Object.keys(NUMERIC_FLAGS),
+  ];
+  let values: Record<string, string | boolean | undefined>;
+  try {
+    ({ values } = parseArgs({
+      args,
+      options: {
+        ...Object.fromEntries(stringFlags.map((name) => [name, { type: "string" as const }])),
+        "certs-only": { type: "boolean" },
+        help: { type: "boolean", short: "h" },
+      },
+      strict: true,
+      allowPositionals: false,
+    }));
+  } catch (error) {
+    throw new ConfigError((error as Error).message);
+  }
+  const flag = (name: string) => values[name] as string | undefined;
+
+  const limits: Limits = { ...DEFAULT_LIMITS };
+  for (const [name, spec] of Object.entries(NUMERIC_FLAGS)) {
+    const raw = flag(name);
+    if (raw === undefined) continue;
+    const value = Number(raw);
+    const integral = spec.scale === 1;
+    if (
+      raw.trim() === "" || !Number.isFinite(value) || (integral && !Number.isInteger(value)) ||
+      value < spec.min || value > spec.max
+    ) {
+      throw new ConfigError(
+        `Invalid --${name} ${JSON.stringify(raw)}: expected ${
+          integral ? "an integer" : "a number of seconds"
+        } from ${spec.min} to ${spec.max}`,
+      );
+    }
+    limits[spec.key] = Math.round(value * spec.scale);
+  }
+
+  const host = flag("host") ?? env("HOST") ?? "127.0.0.1";
+  if (host.trim() === "") throw new ConfigError("Invalid host: it is empty");
+  const portText = flag("port") ?? env("PORT") ?? "4000";
+  const port = Number(portText);
+  if (!/^\d+$/.test(portText.trim()) || port > 65535) {
+    throw new ConfigError(`Invalid port ${JSON.stringify(portText)}: expected 0 to 65535`);
+  }
+
+  const certFile = flag("cert");
+  const keyFile = flag("key");
+  if ((certFile === undefined) !== (keyFile === undefined)) {
+    throw new ConfigError("Pass --cert and --key together, or neither to use --cert-dir");
+  }
+
+  const logLevel = flag("log-level") ?? "info";
+  if (!(LOG_LEVELS as readonly string[]).includes(logLevel)) {
+    throw new ConfigError(`Invalid --log-level ${logLevel}: expected ${LOG_LEVELS.join(", ")}`);
+  }
+  const logFormat = flag("log-format") ?? "text";
+  if (!(LOG_FORMATS as readonly string[]).includes(logFormat)) {
+    throw new ConfigError(`Invalid --log-format ${logFormat}: expected ${LOG_FORMATS.join(", ")}`);
+  }
+
+  return {
+    host,
+    port,
+    certDir: flag("cert-dir") ?? "certs",
+    certFile,
+    keyFile,
+    passwordFile: flag("password-file"),
+    logLevel: logLevel as ServerConfig["logLevel"],
+    logFormat: logFormat as ServerConfig["logFormat"],
+    certsOnly: values["certs-only"] === true,
+    help: values.help === true,
+    limits,
+  };
+}

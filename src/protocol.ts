@@ -1,0 +1,361 @@
+/**
+ * Frame codec and message validation for the chat protocol.
+ *
+ * A frame is a 4-byte unsigned big-endian length `N` followed by `N` bytes of UTF-8 JSON.
+ * Everything here is pure except {@link FrameReader}, which pulls frames from a byte stream
+ * through a BYOB reader without copying bodies that arrive in one piece.
+ *
+ * @module
+ */
+
+/** Default largest incoming frame body, bytes. */
+export const DEFAULT_MAX_FRAME = 65536;
+/** Largest frame a client accepts from a server (broadcasts may exceed `max_frame`). */
+export const CLIENT_MAX_FRAME = 1024 * 1024;
+/** Size of the length prefix. */
+export const HEADER_SIZE = 4;
+/** Longest `sender` name, in characters (code points). */
+export const MAX_SENDER_CHARS = 64;
+/** `sender` used when a message carries none. */
+export const DEFAULT_SENDER = "anon";
+
+/** Error codes that go on the wire in `error` frames. */
+export type ErrorCode =
+  | "frame_too_large"
+  | "empty_frame"
+  | "invalid_json"
+  | "not_an_object"
+  | "auth_required"
+  | "auth_timeout"
+  | "locked_out"
+  | "server_full"
+  | "too_many_connections"
+  | "already_authenticated"
+  | "unknown_type"
+  | "invalid_message"
+  | "rate_limited"
+  | "shutting_down";
+
+/** Codes after which the server closes the connection. */
+export const CLOSING_CODES: ReadonlySet<ErrorCode> = new Set<ErrorCode>([
+  "frame_too_large",
+  "empty_frame",
+  "invalid_json",
+  "not_an_object",
+  "auth_required",
+  "auth_timeout",
+  "locked_out",
+  "server_full",
+  "too_many_connections",
+  "shutting_down",
+]);
+
+/** A protocol violation (or refusal) that is reported to the peer as an `error` frame. */
+export class ProtocolError extends Error {
+  /** The wire code. */
+  readonly code: ErrorCode;
+  constructor(code: ErrorCode, message: string) {
+    super(message);
+    this.name = "ProtocolError";
+    this.code = code;
+  }
+  /** Whether the server closes the connection after reporting this error. */
+  get closes(): boolean {
+    return CLOSING_CODES.has(this.code);
+  }
+}
+
+/** Any JSON object received from a peer. */
+export type JsonObject = Record<string, unknown>;
+
+/** A chat message accepted from a client, after validation. */
+export interface ChatMessage {
+  content: string;
+  sender: string;
+}
+
+const ENCODER = new TextEncoder();
+const DECODER = new TextDecoder("utf-8", { fatal: true, ignoreBOM: true });
+// deno-lint-ignore no-control-regex
+const CONTROL_CHARS = /[\u0000-\u001f\u007f-\u009f]/;
+
+/**
+ * Checks a length prefix against the limits.
+ *
+ * @throws {ProtocolError} `empty_frame` for 0, `frame_too_large` above `maxFrame`.
+ */
+export function checkFrameLength(length: number, maxFrame: number): void {
+  if (length === 0) {
+    throw new ProtocolError("empty_frame", "Cannot accept frame: length is 0");
+  }
+  if (length > maxFrame) {
+    throw new ProtocolError(
+      "frame_too_large",
+      `Cannot accept frame: ${length} bytes exceeds ${maxFrame}`,
+    );
+  }
+}
+
+/** Encodes an already serialised JSON text as one frame (length prefix + UTF-8 body). */
+export function encodeJsonFrame(json: string): Uint8Array {
+  // One allocation: UTF-8 takes at most 3 bytes per UTF-16 code unit.
+  const out = new Uint8Array(HEADER_SIZE + json.length * 3);
+  const { written } = ENCODER.encodeInto(json, out.subarray(HEADER_SIZE));
+  new DataView(out.buffer).setUint32(0, written);
+  return out.subarray(0, HEADER_SIZE + written);
+}
+
+/** Encodes a value as one frame. */
+export function encodeFrame(value: unknown): Uint8Array {
+  return encodeJsonFrame(JSON.stringify(value));
+}
+
+/** The seed's exact reply to a good password. */
+export const AUTH_OK_FRAME: Uint8Array = encodeJsonFrame(
+  '{"success":true,"type":"auth_result"}',
+);
+/** The seed's exact reply to a wrong password. */
+export const AUTH_FAILED_FRAME: Uint8Array = encodeJsonFrame(
+  '{"error":"Invalid password","success":false,"type":"auth_result"}',
+);
+
+/** Encodes an `error` frame. */
+export function encodeError(code: ErrorCode, message: string): Uint8Array {
+  return encodeFrame({ type: "error", code, error: message });
+}
+
+/**
+ * Encodes a broadcast exactly as the seed did (keys in sorted order). Called once per accepted
+ * message; the same bytes are queued to every recipient.
+ */
+export function encodeBroadcast(message: ChatMessage, senderIp: string): Uint8Array {
+  return encodeFrame({
+    content: message.content,
+    sender: message.sender,
+    sender_ip: senderIp,
+    type: "message",
+  });
+}
+
+/**
+ * Decodes a frame body into a JSON object.
+ *
+ * @throws {ProtocolError} `invalid_json` for bad UTF-8 or JSON, `not_an_object` otherwise.
+ */
+export function decodeBody(body: Uint8Array): JsonObject {
+  let value: unknown;
+  try {
+    value = JSON.parse(DECODER.decode(body));
+  } catch {
+    throw new ProtocolError("invalid_json", "Cannot parse frame: body is not valid UTF-8 JSON");
+  }
+  if (typeof value !== "object" || value === null || Array.isArray(value)) {
+    throw new ProtocolError("not_an_object", "Cannot accept frame: body is not a JSON object");
+  }
+  return value as JsonObject;
+}
+
+/**
+ * Validates the first frame of a connection and returns the password it carries.
+ *
+ * @throws {ProtocolError} `auth_required` unless it is `{"type":"auth","password":"<string>"}`.
+ */
+export function parseAuth(message: JsonObject): string {
+  if (message.type !== "auth") {
+    throw new ProtocolError("auth_required", "Cannot continue: the first frame must be auth");
+  }
+  if (typeof message.password !== "string") {
+    throw new ProtocolError("auth_required", "Cannot authenticate: password must be a string");
+  }
+  return message.password;
+}
+
+/**
+ * Validates a frame received after login and returns the chat message it carries.
+ *
+ * @throws {ProtocolError} `already_authenticated`, `unknown_type` or `invalid_message`.
+ */
+export function parseChat(message: JsonObject): ChatMessage {
+  const type = message.type;
+  if (type !== "message") {
+    if (type === "auth") {
+      throw new ProtocolError("already_authenticated", "Cannot authenticate: already logged in");
+    }
+    throw new ProtocolError(
+      "unknown_type",
+      typeof type === "string"
+        ? `Cannot handle frame: unknown type ${JSON.stringify(type.slice(0, 32))}`
+        : "Cannot handle frame: type must be a string",
+    );
+  }
+  const content = message.content;
+  if (typeof content !== "string" || content.length === 0) {
+    throw new ProtocolError(
+      "invalid_message",
+      "Cannot send message: content must be a non-empty string",
+    );
+  }
+  const sender = message.sender ?? DEFAULT_SENDER;
+  if (typeof sender !== "string") {
+    throw new ProtocolError("invalid_message", "Cannot send message: sender must be a string");
+  }
+  if (sender.length === 0 || countChars(sender, MAX_SENDER_CHARS + 1) > MAX_SENDER_CHARS) {
+    throw new ProtocolError(
+      "invalid_message",
+      `Cannot send message: sender must be 1 to ${MAX_SENDER_CHARS} characters`,
+    );
+  }
+  if (CONTROL_CHARS.test(sender)) {
+    throw new ProtocolError(
+      "invalid_message",
+      "Cannot send message: sender has control characters",
+    );
+  }
+  return { content, sender };
+}
+
+/** Counts code points of `text`, stopping early once `stop` is reached. */
+function countChars(text: string, stop: number): number {
+  if (text.length <= MAX_SENDER_CHARS) return text.length <= stop ? [...text].length : stop;
+  let count = 0;
+  for (const _ of text) {
+    if (++count >= stop) break;
+  }
+  return count;
+}
+
+/**
+ * Push-style frame decoder for callers that receive chunks (e.g. `node:tls` sockets).
+ * Rejects a bad length as soon as the 4 header bytes are in, before buffering the body.
+ */
+export class FrameDecoder {
+  #maxFrame: number;
+  #buf: Uint8Array = new Uint8Array(0);
+
+  constructor(options: { maxFrame?: number } = {}) {
+    this.#maxFrame = options.maxFrame ?? DEFAULT_MAX_FRAME;
+  }
+
+  /** Bytes buffered towards the next frame. */
+  get pending(): number {
+    return this.#buf.length;
+  }
+
+  /**
+   * Adds a chunk and returns the complete frame bodies it finished, in order.
+   *
+   * @throws {ProtocolError} on a bad length prefix; the decoder is then unusable.
+   */
+  push(chunk: Uint8Array): Uint8Array[] {
+    let buf = chunk;
+    if (this.#buf.length > 0) {
+      buf = new Uint8Array(this.#buf.length + chunk.length);
+      buf.set(this.#buf);
+      buf.set(chunk, this.#buf.length);
+    }
+    const frames: Uint8Array[] = [];
+    let offset = 0;
+    while (buf.length - offset >= HEADER_SIZE) {
+      const length = new DataView(buf.buffer, buf.byteOffset + offset, HEADER_SIZE).getUint32(0);
+      checkFrameLength(length, this.#maxFrame);
+      if (buf.length - offset - HEADER_SIZE < length) break;
+      frames.push(buf.slice(offset + HEADER_SIZE, offset + HEADER_SIZE + length));
+      offset += HEADER_SIZE + length;
+    }
+    this.#buf = buf.slice(offset);
+    return frames;
+  }
+}
+
+const INITIAL_BUFFER = 4 * 1024;
+const SHRINK_ABOVE = 32 * 1024;
+
+/**
+ * Pull-style frame reader over a byte stream, through a BYOB reader.
+ *
+ * Reads into one growable buffer; a frame body is returned as a view into that buffer and is
+ * valid only until the next call to {@link FrameReader.read}. The length prefix is checked
+ * before any byte of the body is read or any room for it allocated.
+ */
+export class FrameReader {
+  #reader: ReadableStreamBYOBReader;
+  #maxFrame: number;
+  #buf: ArrayBuffer = new ArrayBuffer(INITIAL_BUFFER);
+  #start = 0;
+  #end = 0;
+
+  constructor(readable: ReadableStream<Uint8Array>, options: { maxFrame?: number } = {}) {
+    this.#reader = readable.getReader({ mode: "byob" });
+    this.#maxFrame = options.maxFrame ?? DEFAULT_MAX_FRAME;
+  }
+
+  /** Bytes received but not yet returned as frames. */
+  get buffered(): number {
+    return this.#end - this.#start;
+  }
+
+  /**
+   * Returns the next frame body, or `null` once the stream ends cleanly between frames.
+   *
+   * @throws {ProtocolError} on a bad length prefix.
+   * @throws {Deno.errors.UnexpectedEof} if the stream ends inside a frame.
+   */
+  async read(): Promise<Uint8Array | null> {
+    let need = HEADER_SIZE;
+    if (this.#start === this.#end && this.#buf.byteLength > SHRINK_ABOVE) {
+      // Give back the room a large frame needed; idle connections stay small.
+      this.#buf = new ArrayBuffer(INITIAL_BUFFER);
+      this.#start = this.#end = 0;
+    }
+    while (true) {
+      const have = this.#end - this.#start;
+      if (have >= HEADER_SIZE) {
+        const length = new DataView(this.#buf, this.#start, HEADER_SIZE).getUint32(0);
+        checkFrameLength(length, this.#maxFrame);
+        need = HEADER_SIZE + length;
+        if (have >= need) {
+          const body = new Uint8Array(this.#buf, this.#start + HEADER_SIZE, length);
+          this.#start += need;
+          if (this.#start === this.#end) this.#start = this.#end = 0;
+          return body;
+        }
+      }
+      this.#reserve(need);
+      const { value, done } = await this.#reader.read(
+        new Uint8Array(this.#buf, this.#end, this.#buf.byteLength - this.#end),
+      );
+      if (value) this.#buf = value.buffer as ArrayBuffer;
+      if (done || !value) {
+        if (this.#end === this.#start) return null;
+        throw new Deno.errors.UnexpectedEof(
+          `Connection closed inside a frame (${this.#end - this.#start} bytes pending)`,
+        );
+      }
+      this.#end += value.byteLength;
+    }
+  }
+
+  /** Makes room for `need` bytes from `#start`, compacting or growing only as needed. */
+  #reserve(need: number): void {
+    if (this.#start + need <= this.#buf.byteLength && this.#end < this.#buf.byteLength) return;
+    const have = this.#end - this.#start;
+    if (need <= this.#buf.byteLength) {
+      new Uint8Array(this.#buf).copyWithin(0, this.#start, this.#end);
+    } else {
+      const grown = new Uint8Array(Math.max(need, this.#buf.byteLength * 2));
+      grown.set(new Uint8Array(this.#buf, this.#start, have));
+      this.#buf = grown.buffer;
+    }
+    this.#start = 0;
+    this.#end = have;
+  }
+
+  /** Cancels the underlying stream and releases the reader. Safe to call more than once. */
+  async cancel(): Promise<void> {
+    try {
+      await this.#reader.cancel();
+    } catch {
+      // The stream may already be closed or errored.
+    }
+  }
+}

@@ -1,0 +1,67 @@
+/**
+ * The authenticated clients and the broadcast that fans one encoded frame out to them.
+ *
+ * @module
+ */
+import type { Outbox } from "./outbox.ts";
+
+/** What the registry knows about one logged-in client. */
+export interface Client {
+  /** Connection id, unique per server. */
+  readonly id: number;
+  /** Peer address as shown in `sender_ip`. */
+  readonly ip: string;
+  /** Last `sender` name the client used (`anon` until it sends). */
+  name: string;
+  /** `Date.now()` at login. */
+  readonly since: number;
+  /** Messages accepted from this client. */
+  sent: number;
+  /** Frames queued to this client by broadcasts. */
+  received: number;
+  /** The client's send queue. */
+  readonly outbox: Outbox;
+}
+
+/** A `Map` of logged-in clients by id. */
+export class Registry {
+  #clients = new Map<number, Client>();
+
+  /** Number of logged-in clients. */
+  get size(): number {
+    return this.#clients.size;
+  }
+
+  /** Adds a client that has just logged in. */
+  add(client: Client): void {
+    this.#clients.set(client.id, client);
+  }
+
+  /** Removes a client; returns whether it was there. */
+  delete(client: Client): boolean {
+    return this.#clients.delete(client.id);
+  }
+
+  /** The logged-in clients, in login order. */
+  values(): IterableIterator<Client> {
+    return this.#clients.values();
+  }
+
+  /**
+   * Queues `frame` (encoded once by the caller) to every client except `from`. A recipient whose
+   * outbox overflows is dropped by its own overflow handler; nobody waits on anybody.
+   *
+   * @returns the number of clients the frame was queued to
+   */
+  broadcast(from: Client | null, frame: Uint8Array): number {
+    let delivered = 0;
+    for (const client of this.#clients.values()) {
+      if (client === from) continue;
+      if (client.outbox.push(frame)) {
+        client.received++;
+        delivered++;
+      }
+    }
+    return delivered;
+  }
+}
