@@ -20,9 +20,17 @@ const ENCODER = new TextEncoder();
  * `2026-11-25 12:00:00.000 +00:00 [info] server started on port -> 4000 and ip -> 127.0.0.1`.
  */
 export function makeFormatter(format: ServerConfig["logFormat"]): (record: LogRecord) => string {
-  if (format === "json") return getJsonLinesFormatter();
-  const text = getTextFormatter({ level: "full", value: "bare" });
-  return (record) => text(record);
+  if (format === "text") return getTextFormatter({ level: "full", value: "bare" });
+  // LogTape's JSON-lines layout, with the message rendered like the text one (strings bare, not
+  // quoted), so `message` reads the same in both formats; `properties` keeps the typed values.
+  const json = getJsonLinesFormatter({ message: "template" });
+  return (record) => {
+    const line = JSON.parse(json(record));
+    line.message = record.message
+      .map((part, i) => i % 2 === 0 || typeof part === "string" ? part : JSON.stringify(part))
+      .join("");
+    return JSON.stringify(line) + "\n";
+  };
 }
 
 /** A sink that writes each formatted line to stderr synchronously, so lines are never lost. */

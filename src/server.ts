@@ -69,6 +69,7 @@ export class ChatServer implements AsyncDisposable {
     accepted: 0,
     rejected: 0,
     handshakeFailures: 0,
+    handshakeTimeouts: 0,
     authenticated: 0,
     authFailures: 0,
     messages: 0,

@@ -34,6 +34,7 @@ export interface ServerStats {
   accepted: number;
   rejected: number;
   handshakeFailures: number;
+  handshakeTimeouts: number;
   authenticated: number;
   authFailures: number;
   messages: number;
@@ -73,6 +74,9 @@ export class Session {
   #secure = false;
   #closing: Promise<void> | null = null;
   #reason = "closed by peer";
+  #stalled = false;
+  /** A closing error to send as soon as the handshake completes. */
+  #pending: ProtocolError | undefined;
   #timer: ReturnType<typeof setTimeout> | undefined;
   #authTimer: ReturnType<typeof setTimeout> | undefined;
 
@@ -110,20 +114,19 @@ export class Session {
    */
   async run(reject?: ProtocolError): Promise<void> {
     const { limits, logger } = this.#ctx;
-    this.#authTimer = setTimeout(() => {
-      if (!this.#secure) this.#finish("auth timeout");
-      else this.#fail(new ProtocolError("auth_timeout", "Cannot wait longer for auth"));
-    }, limits.authTimeoutMs);
+    const authDeadline = performance.now() + limits.authTimeoutMs;
     try {
-      this.#timer = setTimeout(
-        () => this.#finish("handshake timeout"),
-        limits.handshakeTimeoutMs,
-      );
+      this.#timer = setTimeout(() => this.#handshakeTimedOut(), limits.handshakeTimeoutMs);
       await this.#conn.handshake();
       clearTimeout(this.#timer);
+      if (this.#stalled) return;
       if (this.#closing) return;
       this.#secure = true;
-      if (reject) return this.#fail(reject);
+      reject ??= this.#pending;
+      if (reject) return await this.#fail(reject);
+      this.#authTimer = setTimeout(() => {
+        this.#fail(new ProtocolError("auth_timeout", "Cannot wait longer for auth"));
+      }, Math.max(0, authDeadline - performance.now()));
       logger.info("Connection {id} from {ip}", { id: this.id, ip: this.ip });
       await this.#serve();
     } catch (error) {
@@ -149,10 +152,31 @@ export class Session {
     }
   }
 
-  /** Tells the client the server is stopping, flushes briefly and closes. */
+  /**
+   * Deno cannot release a socket while its TLS handshake is in progress: `close()` rejects the
+   * pending handshake but the socket stays open until the peer acts (checked on Deno 2.9.6). So a
+   * timed-out handshake is not closed, which would only hide it; the session stays counted
+   * against the connection caps until the peer completes the handshake (then it is closed at
+   * once) or goes away.
+   */
+  #handshakeTimedOut(): void {
+    this.#stalled = true;
+    this.#reason = "handshake timeout";
+    this.#ctx.stats.handshakeTimeouts++;
+    this.#ctx.logger.debug("Handshake with {ip} timed out", { ip: this.ip });
+  }
+
+  /**
+   * Tells the client the server is stopping, flushes briefly and closes. A connection still in
+   * its handshake gets the notice as soon as the handshake completes (within the grace period).
+   */
   shutdown(): Promise<void> {
-    if (!this.#secure) return this.#finish("server shutting down");
-    return this.#fail(new ProtocolError("shutting_down", "Server is shutting down"));
+    const notice = new ProtocolError("shutting_down", "Server is shutting down");
+    if (this.#secure || this.#closing) return this.#fail(notice);
+    this.#pending = notice;
+    clearTimeout(this.#timer);
+    this.#timer = setTimeout(() => this.#finish("server shutting down"), CLOSE_GRACE_MS);
+    return Promise.resolve();
   }
 
   async #serve(): Promise<void> {
@@ -230,6 +254,7 @@ export class Session {
       return;
     }
     if (this.#closing) return; // the close we started surfaced as a read/handshake error
+    if (this.#stalled) return;
     if (!this.#secure) {
       this.#ctx.stats.handshakeFailures++;
       this.#reason = "handshake failed";

@@ -1,0 +1,186 @@
+import assert from "node:assert/strict";
+import { fingerprintBanner } from "../src/certs.ts";
+import { PASSWORD, spawnServer, testCerts, TestClient } from "./helpers.ts";
+
+const MAIN = new URL("../main.ts", import.meta.url).pathname;
+
+/** Runs main.ts to completion (for the cases that exit by themselves). */
+async function runMain(
+  args: string[],
+  options: { env?: Record<string, string>; permissions?: string[] } = {},
+): Promise<{ code: number; stdout: string; stderr: string }> {
+  const { code, stdout, stderr } = await new Deno.Command(Deno.execPath(), {
+    args: ["run", "--no-prompt", ...(options.permissions ?? ["-A"]), MAIN, ...args],
+    env: options.env,
+    stdin: "null",
+  }).output();
+  const text = new TextDecoder();
+  return { code, stdout: text.decode(stdout), stderr: text.decode(stderr) };
+}
+
+/** A cert dir with a pair copied from the shared test pair (so tests do not run openssl). */
+async function certDirCopy(): Promise<string> {
+  const { dir } = await testCerts();
+  const copy = await Deno.makeTempDir({ prefix: "chat-cli-" });
+  await Deno.copyFile(`${dir}/cert.pem`, `${copy}/cert.pem`);
+  await Deno.copyFile(`${dir}/key.pem`, `${copy}/key.pem`);
+  return copy;
+}
+
+Deno.test("main.ts prints the banner, the password line and the started line with the real port", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "chat-cli-" });
+  try {
+    await using server = await spawnServer(["--port", "0", "--cert-dir", dir], {
+      env: { CHAT_SERVER_PASSWORD: PASSWORD },
+    });
+    assert.ok(server.port > 0);
+    const output = server.output();
+    const fingerprint = (await Deno.readTextFile(`${dir}/server_fingerprint.txt`))
+      .split("\n")[4];
+    assert.match(fingerprint, /^[0-9a-f]{64}$/);
+    assert.ok(output.includes(fingerprintBanner(fingerprint)), "banner missing or altered");
+    assert.ok(output.includes("Server password set successfully..."));
+    assert.match(
+      output,
+      new RegExp(`server started on port -> ${server.port} and ip -> 127.0.0.1`),
+    );
+    assert.ok(!output.includes(PASSWORD), "the password was printed");
+    assert.equal((await Deno.stat(`${dir}/key.pem`)).mode! & 0o777, 0o600);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("main.ts exits 1 with a message when there is no password and no terminal", async () => {
+  const dir = await certDirCopy();
+  try {
+    const { code, stderr } = await runMain(["--port", "0", "--cert-dir", dir], { env: {} });
+    assert.equal(code, 1);
+    assert.match(stderr, /No password: set CHAT_SERVER_PASSWORD, pass --password-file FILE/);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("main.ts refuses an empty password", async () => {
+  const dir = await certDirCopy();
+  try {
+    await Deno.writeTextFile(`${dir}/password`, "\n");
+    const fromFile = await runMain(["--cert-dir", dir, "--password-file", `${dir}/password`]);
+    assert.equal(fromFile.code, 1);
+    assert.match(fromFile.stderr, /empty password/);
+    const fromEnv = await runMain(["--cert-dir", dir], { env: { CHAT_SERVER_PASSWORD: "" } });
+    assert.equal(fromEnv.code, 1);
+    assert.match(fromEnv.stderr, /empty password/);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("main.ts rejects bad flags with exit 1 and prints help with exit 0", async () => {
+  const bad = await runMain(["--max-frame", "lots"]);
+  assert.equal(bad.code, 1);
+  assert.match(bad.stderr, /Invalid --max-frame "lots"/);
+  const unknown = await runMain(["--frobnicate"]);
+  assert.equal(unknown.code, 1);
+  assert.match(unknown.stderr, /--help/);
+  const help = await runMain(["--help"]);
+  assert.equal(help.code, 0);
+  assert.match(help.stdout, /--max-send-queue/);
+});
+
+Deno.test("main.ts stops on SIGTERM with exit 0 after telling clients shutting_down", async () => {
+  const dir = await certDirCopy();
+  try {
+    const server = await spawnServer(["--port", "0", "--cert-dir", dir], {
+      env: { CHAT_SERVER_PASSWORD: PASSWORD },
+    });
+    await using _ = server;
+    const { client, reply } = await TestClient.login(server.port);
+    await using __ = client;
+    assert.equal(reply.success, true);
+    server.child.kill("SIGTERM");
+    const notice = await client.recv();
+    assert.equal(notice.type, "error");
+    assert.equal(notice.code, "shutting_down");
+    assert.ok(await client.waitClosed());
+    const { code } = await server.exited();
+    assert.equal(code, 0);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("main.ts runs with only --allow-net --allow-read once certificates exist", async () => {
+  const dir = await certDirCopy();
+  try {
+    await Deno.writeTextFile(`${dir}/password`, `${PASSWORD}\n`);
+    await using server = await spawnServer(
+      ["--port", "0", "--cert-dir", dir, "--password-file", `${dir}/password`],
+      { permissions: ["--allow-net", "--allow-read"] },
+    );
+    const { client, reply } = await TestClient.login(server.port);
+    await client.close();
+    assert.equal(reply.success, true, "the password file (with its newline) was not used");
+    assert.match(server.output(), /--allow-write=/, "no hint that the fingerprint file is stale");
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("main.ts names the missing permission instead of prompting", async (t) => {
+  const dir = await certDirCopy();
+  try {
+    await t.step("no --allow-net", async () => {
+      const { code, stderr } = await runMain(["--port", "0", "--cert-dir", dir], {
+        permissions: ["--allow-read", "--allow-env"],
+        env: { CHAT_SERVER_PASSWORD: PASSWORD },
+      });
+      assert.equal(code, 1);
+      assert.match(stderr, /--allow-net/);
+    });
+    await t.step("no --allow-run to generate certificates", async () => {
+      const empty = `${dir}/empty`;
+      const { code, stderr } = await runMain(["--port", "0", "--cert-dir", empty], {
+        permissions: ["--allow-read", "--allow-write", "--allow-env", "--allow-net"],
+        env: { CHAT_SERVER_PASSWORD: PASSWORD },
+      });
+      assert.equal(code, 1);
+      assert.match(stderr, /--allow-run=openssl/);
+    });
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("main.ts --certs-only generates the pair, prints the fingerprint and exits", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "chat-cli-" });
+  try {
+    const { code, stdout } = await runMain(["--certs-only", "--cert-dir", dir]);
+    assert.equal(code, 0);
+    assert.match(stdout, /SERVER CERTIFICATE FINGERPRINT:/);
+    const names = [...Deno.readDirSync(dir)].map((entry) => entry.name).sort();
+    assert.deepEqual(names, ["cert.pem", "key.pem", "server_fingerprint.txt"]);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("main.ts writes JSON log lines with --log-format json", async () => {
+  const dir = await certDirCopy();
+  try {
+    await using server = await spawnServer(
+      ["--port", "0", "--cert-dir", dir, "--log-format", "json", "--log-level", "debug"],
+      { env: { CHAT_SERVER_PASSWORD: PASSWORD } },
+    );
+    const started = server.output().split("\n").find((line) => line.includes("server started"));
+    const record = JSON.parse(started!);
+    assert.equal(record.level, "INFO");
+    assert.equal(
+      record.message,
+      "server started on port -> " + server.port + ' and ip -> "127.0.0.1"'.replaceAll('"', ""),
+    );
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});

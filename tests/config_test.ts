@@ -1,0 +1,82 @@
+import assert from "node:assert/strict";
+import { ConfigError, DEFAULT_LIMITS, parseConfig } from "../src/config.ts";
+
+Deno.test("parseConfig uses PROTOCOL.md defaults", () => {
+  const config = parseConfig([]);
+  assert.equal(config.host, "127.0.0.1");
+  assert.equal(config.port, 4000);
+  assert.equal(config.certDir, "certs");
+  assert.equal(config.logLevel, "info");
+  assert.equal(config.logFormat, "text");
+  assert.deepEqual(config.limits, {
+    maxFrame: 65536,
+    handshakeTimeoutMs: 10_000,
+    authTimeoutMs: 10_000,
+    maxClients: 10_000,
+    maxPerIp: 64,
+    maxSendQueue: 1_048_576,
+    rate: 20,
+    burst: 50,
+    maxAuthFailures: 5,
+    lockoutMs: 60_000,
+  });
+  assert.deepEqual(config.limits, DEFAULT_LIMITS);
+});
+
+Deno.test("parseConfig: flags win over environment, environment over defaults", () => {
+  const env = (name: string) => ({ HOST: "::1", PORT: "4100" } as Record<string, string>)[name];
+  assert.equal(parseConfig([], env).host, "::1");
+  assert.equal(parseConfig([], env).port, 4100);
+  assert.equal(parseConfig(["--port", "0"], env).port, 0);
+  assert.equal(parseConfig(["--host", "localhost"], env).host, "localhost");
+});
+
+Deno.test("parseConfig reads every limit flag", () => {
+  const { limits } = parseConfig([
+    "--max-frame=1000",
+    "--handshake-timeout=0.5",
+    "--auth-timeout=3",
+    "--max-clients=7",
+    "--max-per-ip=0",
+    "--max-send-queue=4096",
+    "--rate=0",
+    "--burst=9",
+    "--max-auth-failures=2",
+    "--lockout=30",
+  ]);
+  assert.deepEqual(limits, {
+    maxFrame: 1000,
+    handshakeTimeoutMs: 500,
+    authTimeoutMs: 3000,
+    maxClients: 7,
+    maxPerIp: 0,
+    maxSendQueue: 4096,
+    rate: 0,
+    burst: 9,
+    maxAuthFailures: 2,
+    lockoutMs: 30_000,
+  });
+});
+
+Deno.test("parseConfig rejects bad values with a message naming the flag", () => {
+  const cases: [string[], RegExp][] = [
+    [["--port", "70000"], /Invalid port/],
+    [["--port", "abc"], /Invalid port/],
+    [["--max-frame", "0"], /--max-frame/],
+    [["--max-clients", "1.5"], /--max-clients/],
+    [["--rate", "-1"], /--rate/],
+    [["--auth-timeout", "soon"], /--auth-timeout/],
+    [["--log-level", "loud"], /--log-level/],
+    [["--log-format", "xml"], /--log-format/],
+    [["--cert", "a.pem"], /--cert and --key together/],
+    [["--bogus"], /bogus/],
+    [["stray"], /stray/],
+  ];
+  for (const [args, message] of cases) {
+    assert.throws(() => parseConfig(args), (error: unknown) => {
+      assert.ok(error instanceof ConfigError);
+      assert.match(error.message, message);
+      return true;
+    });
+  }
+});
