@@ -25,6 +25,7 @@
 import { getLogger } from "@logtape/logtape";
 import {
   CertError,
+  type CertPair,
   ensureCertificates,
   fingerprintBanner,
   writeFingerprintFile,
@@ -50,8 +51,8 @@ function printError(message: string): void {
   console.error(`error: ${message}`);
 }
 
-/** `--certs-only`: makes sure the certificates exist and prints their fingerprint. */
-async function printCertificates(config: ServerConfig): Promise<void> {
+/** Makes sure the certificates exist, prints the banner and rewrites the fingerprint file. */
+async function loadCertificates(config: ServerConfig): Promise<CertPair> {
   const pair = await ensureCertificates({
     certDir: config.certDir,
     certFile: config.certFile,
@@ -59,6 +60,7 @@ async function printCertificates(config: ServerConfig): Promise<void> {
     host: config.host,
   });
   await printBanner(config, pair.fingerprint, pair.generated);
+  return pair;
 }
 
 /**
@@ -89,7 +91,7 @@ export async function main(args: string[]): Promise<number> {
   let server: ChatServer;
   try {
     if (config.certsOnly) {
-      await printCertificates(config);
+      await loadCertificates(config);
       return 0;
     }
     const password = await readPassword({
@@ -97,13 +99,7 @@ export async function main(args: string[]): Promise<number> {
       file: config.passwordFile,
     });
     const verifier = await PasswordVerifier.create(password);
-    const pair = await ensureCertificates({
-      certDir: config.certDir,
-      certFile: config.certFile,
-      keyFile: config.keyFile,
-      host: config.host,
-    });
-    await printBanner(config, pair.fingerprint, pair.generated);
+    const pair = await loadCertificates(config);
     console.log("Server password set successfully...");
     requirePermission(
       { name: "net", host: `${config.host}:${config.port || 1}` },
