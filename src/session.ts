@@ -224,10 +224,12 @@ export class Session {
       const body = await reader.read();
       if (body === null || this.#closing) return;
       try {
-        const message = parseChat(decodeBody(body));
+        const frame = decodeBody(body);
+        // Every frame costs a token, valid or not, so a flood of bad frames is limited too.
         if (!bucket.take(now())) {
           throw new ProtocolError("rate_limited", "Message dropped: sending too fast");
         }
+        const message = parseChat(frame);
         client.name = message.sender;
         client.sent++;
         stats.messages++;
