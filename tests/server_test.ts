@@ -219,7 +219,7 @@ Deno.test("ChatServer keeps the connection open after a recoverable error", asyn
 });
 
 Deno.test("ChatServer drops messages past the rate limit with rate_limited", async () => {
-  await using srv = await startServer({ limits: { rate: 1, burst: 3 } });
+  await using srv = await startServer({ limits: { rate: 0.1, burst: 3 } });
   await using a = (await TestClient.login(srv.port)).client;
   await using b = (await TestClient.login(srv.port)).client;
   for (let i = 0; i < 6; i++) await a.send({ type: "message", content: `m${i}` });
