@@ -184,3 +184,61 @@ Deno.test("main.ts writes JSON log lines with --log-format json", async () => {
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+const HAS_SCRIPT = (() => {
+  try {
+    return new Deno.Command("script", { args: ["--version"], stdout: "null", stderr: "null" })
+      .outputSync().success;
+  } catch {
+    return false;
+  }
+})();
+if (!HAS_SCRIPT) console.log("Skipping the terminal prompt test: util-linux `script` not found");
+
+Deno.test({
+  name: "main.ts prompts for the password on a terminal without echoing it",
+  ignore: !HAS_SCRIPT,
+  async fn() {
+    const dir = await certDirCopy();
+    try {
+      const command = [Deno.execPath(), "run", "-A", MAIN, "--port", "0", "--cert-dir", dir]
+        .map((arg) => `'${arg}'`).join(" ");
+      const child = new Deno.Command("script", {
+        args: ["-qefc", command, "/dev/null"],
+        clearEnv: true, // no CHAT_SERVER_PASSWORD, so the prompt is used
+        env: { PATH: Deno.env.get("PATH") ?? "/usr/bin:/bin", TERM: "dumb" },
+        stdin: "piped",
+        stdout: "piped",
+        stderr: "piped",
+      }).spawn();
+      const writer = child.stdin.getWriter();
+      let output = "";
+      const decoder = new TextDecoder();
+      const reading = (async () => {
+        for await (const chunk of child.stdout) output += decoder.decode(chunk, { stream: true });
+      })();
+      const until = async (pattern: RegExp) => {
+        for (let i = 0; i < 500 && !pattern.test(output); i++) {
+          await new Promise((resolve) => setTimeout(resolve, 20));
+        }
+        assert.match(output, pattern);
+      };
+      await until(/Enter server password: /);
+      await writer.write(new TextEncoder().encode(`${PASSWORD}\r`));
+      const started = /server started on port -> (\d+)/;
+      await until(started);
+      const port = Number(started.exec(output)![1]);
+      const { client, reply } = await TestClient.login(port);
+      await client.close();
+      assert.equal(reply.success, true, "the typed password was not the one set");
+      assert.ok(!output.includes(PASSWORD), "the password was echoed");
+      child.kill("SIGTERM");
+      await writer.close().catch(() => {});
+      await child.stderr.cancel();
+      await reading;
+      await child.status;
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+});
