@@ -231,6 +231,7 @@ function countChars(text: string, stop: number): number {
 export class FrameDecoder {
   #maxFrame: number;
   #buf: Uint8Array = new Uint8Array(0);
+  #error: ProtocolError | undefined;
 
   constructor(options: { maxFrame?: number } = {}) {
     this.#maxFrame = options.maxFrame ?? DEFAULT_MAX_FRAME;
@@ -244,9 +245,11 @@ export class FrameDecoder {
   /**
    * Adds a chunk and returns the complete frame bodies it finished, in order.
    *
-   * @throws {ProtocolError} on a bad length prefix; the decoder is then unusable.
+   * @throws {ProtocolError} on a bad length prefix (on the next call if frames came before it in
+   * the same chunk); the decoder then keeps throwing it.
    */
   push(chunk: Uint8Array): Uint8Array[] {
+    if (this.#error) throw this.#error;
     let buf = chunk;
     if (this.#buf.length > 0) {
       buf = new Uint8Array(this.#buf.length + chunk.length);
@@ -257,7 +260,15 @@ export class FrameDecoder {
     let offset = 0;
     while (buf.length - offset >= HEADER_SIZE) {
       const length = new DataView(buf.buffer, buf.byteOffset + offset, HEADER_SIZE).getUint32(0);
-      checkFrameLength(length, this.#maxFrame);
+      try {
+        checkFrameLength(length, this.#maxFrame);
+      } catch (error) {
+        // The frames before the bad prefix are still returned; the error comes on the next push.
+        this.#error = error as ProtocolError;
+        this.#buf = new Uint8Array(0);
+        if (frames.length === 0) throw error;
+        return frames;
+      }
       if (buf.length - offset - HEADER_SIZE < length) break;
       frames.push(buf.slice(offset + HEADER_SIZE, offset + HEADER_SIZE + length));
       offset += HEADER_SIZE + length;

@@ -192,6 +192,11 @@ export class Session {
     }
     const ok = await this.#ctx.verifier.verify(password);
     if (this.#closing) return;
+    if (this.#ctx.lockout.isLocked(this.ip, now())) {
+      // Guesses sent together all pass the first check; the ones whose verdict comes after the
+      // lockout began get no verdict either.
+      throw new ProtocolError("locked_out", "Cannot log in: too many failed attempts, try later");
+    }
     clearTimeout(this.#authTimer);
     if (!ok) {
       stats.authFailures++;
