@@ -23,7 +23,7 @@ import {
   parseChat,
   ProtocolError,
 } from "../src/protocol.ts";
-import { Rng } from "./abuse.ts";
+import { Rng } from "./soak_common.ts";
 import { lengthPrefix, PASSWORD } from "./helpers.ts";
 
 const SEED = Number(Deno.env.get("FUZZ_SEED") ?? 0x5eed2026);

@@ -7,7 +7,8 @@
  */
 import assert from "node:assert/strict";
 import { encodeFrame } from "../src/protocol.ts";
-import { BURST_ADDRESS, GUESS_ADDRESS, guessOnce, HONEST_ADDRESS } from "./abuse.ts";
+import { guessOnce } from "./abuse.ts";
+import { BURST_ADDRESS, GUESS_ADDRESS, HONEST_ADDRESS } from "./soak_common.ts";
 import {
   delay,
   lengthPrefix,

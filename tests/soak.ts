@@ -20,20 +20,16 @@
 import { parseArgs } from "node:util";
 import type { Limits } from "../src/config.ts";
 import type { ServerSnapshot } from "../src/server.ts";
+import { ABUSE_KINDS, type AbuseKind, AbuseTally, runWave } from "./abuse.ts";
+import { HonestLoad, type HonestResult } from "./honest_load.ts";
 import {
-  ABUSE_KINDS,
-  type AbuseKind,
-  AbuseTally,
   type CanaryResult,
   checkAccept,
   type Endpoint,
-  HonestLoad,
-  type HonestResult,
   Rng,
   runCanary,
-  runWave,
   sleep,
-} from "./abuse.ts";
+} from "./soak_common.ts";
 import { PASSWORD, spawnServer, testCerts } from "./helpers.ts";
 
 /** What to run. */
