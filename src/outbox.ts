@@ -4,8 +4,15 @@
  * growing memory without bound. `conn.writable` has no useful backpressure, so this is the only
  * path bytes take to a socket.
  *
+ * The first write of an idle outbox waits for the end of the current event-loop turn (one
+ * `setImmediate` shared by every outbox): a burst of messages read in one turn then leaves as one
+ * write (one TLS record, one syscall) per client instead of one per message. Frames that lie
+ * back to back in one buffer (as the registry lays out broadcasts) are queued as one run and
+ * written as one view of that buffer, without a copy per client.
+ *
  * @module
  */
+import { setImmediate } from "node:timers";
 
 /** The part of a connection the outbox writes to. */
 export interface FrameWriter {
@@ -24,6 +31,17 @@ export interface OutboxOptions {
 
 /** Largest coalesced write; bigger batches are split so one write never copies too much. */
 const MAX_BATCH = 256 * 1024;
+/** Frames this large are written on their own: one more write costs less than copying them. */
+const COPY_LIMIT = 16 * 1024;
+
+/** Outboxes with frames to write at the end of this event-loop turn. */
+let due: Outbox[] = [];
+
+function flushDue(): void {
+  const outboxes = due;
+  due = [];
+  for (const outbox of outboxes) outbox.flush();
+}
 
 /** Bounded, coalescing send queue for one connection. */
 export class Outbox {
@@ -32,8 +50,11 @@ export class Outbox {
   #onOverflow?: (queuedBytes: number) => void;
   #onError?: (error: unknown) => void;
   #queue: Uint8Array[] = [];
+  /** Bytes that directly follow the last queued frame in its buffer and belong to its run. */
+  #tail = 0;
   #bytes = 0;
   #writing = false;
+  #scheduled = false;
   #closed = false;
   #idle: (() => void)[] = [];
   #bytesWritten = 0;
@@ -72,10 +93,32 @@ export class Outbox {
       this.#onOverflow?.(queued);
       return false;
     }
-    this.#queue.push(frame);
+    const queue = this.#queue;
+    const last = queue.length > 0 ? queue[queue.length - 1] : undefined;
+    if (
+      last !== undefined && frame.buffer === last.buffer &&
+      frame.byteOffset === last.byteOffset + last.byteLength + this.#tail
+    ) {
+      this.#tail += frame.byteLength;
+    } else {
+      if (this.#tail > 0) this.#sealTail();
+      queue.push(frame);
+    }
     this.#bytes += frame.byteLength;
-    if (!this.#writing) this.#pump();
+    if (!this.#writing && !this.#scheduled) {
+      this.#scheduled = true;
+      if (due.push(this) === 1) setImmediate(flushDue);
+    }
     return true;
+  }
+
+  /**
+   * Starts writing what is queued now instead of at the end of the event-loop turn. Called by
+   * the shared scheduler; harmless at any time.
+   */
+  flush(): void {
+    this.#scheduled = false;
+    if (!this.#writing && !this.#closed && this.#queue.length > 0) this.#pump();
   }
 
   /** Resolves once everything queued so far is written, or the outbox is closed. */
@@ -90,6 +133,7 @@ export class Outbox {
     if (this.#closed) return;
     this.#closed = true;
     this.#queue = [];
+    this.#tail = 0;
     this.#bytes = 0;
     this.#settle();
   }
@@ -118,15 +162,23 @@ export class Outbox {
     }
   }
 
-  /** Takes the queued frames as one buffer: the frame itself if alone, else a copy of several. */
+  /**
+   * Takes the next write: small frames copied together into one buffer (up to
+   * {@link MAX_BATCH}), a large frame alone and uncopied.
+   */
   #takeBatch(): Uint8Array {
+    if (this.#tail > 0) this.#sealTail();
     const queue = this.#queue;
-    if (queue.length === 1 || queue[0].byteLength >= MAX_BATCH) return queue.shift()!;
+    if (queue.length === 1 || queue[0].byteLength >= COPY_LIMIT) return queue.shift()!;
     let count = 0;
     let size = 0;
-    while (count < queue.length && size + queue[count].byteLength <= MAX_BATCH) {
-      size += queue[count++].byteLength;
+    while (count < queue.length) {
+      const length = queue[count].byteLength;
+      if (length >= COPY_LIMIT || size + length > MAX_BATCH) break;
+      size += length;
+      count++;
     }
+    if (count === 1) return queue.shift()!;
     const batch = new Uint8Array(size);
     let offset = 0;
     for (let i = 0; i < count; i++) {
@@ -135,6 +187,18 @@ export class Outbox {
     }
     this.#queue = count === queue.length ? [] : queue.slice(count);
     return batch;
+  }
+
+  /** Replaces the last queued frame with one view over its whole run. */
+  #sealTail(): void {
+    const queue = this.#queue;
+    const last = queue[queue.length - 1];
+    queue[queue.length - 1] = new Uint8Array(
+      last.buffer,
+      last.byteOffset,
+      last.byteLength + this.#tail,
+    );
+    this.#tail = 0;
   }
 
   #settle(): void {

@@ -1,9 +1,18 @@
 /**
  * The authenticated clients and the broadcast that fans one encoded frame out to them.
  *
+ * A small broadcast frame is first copied (once) into a shared arena, right after the previous
+ * one: an outbox that queues several broadcasts then holds one contiguous run of the arena and
+ * writes it as one view, with no copy per recipient.
+ *
  * @module
  */
 import type { Outbox } from "./outbox.ts";
+
+/** Size of one arena chunk. A chunk lives until no outbox holds a view of it. */
+const ARENA_SIZE = 64 * 1024;
+/** Larger frames are shared as they are: one such frame is a write of its own anyway. */
+const ARENA_MAX_FRAME = 4 * 1024;
 
 /** What the registry knows about one logged-in client. */
 export interface Client {
@@ -26,6 +35,8 @@ export interface Client {
 /** A `Map` of logged-in clients by id. */
 export class Registry {
   #clients = new Map<number, Client>();
+  #arena = new Uint8Array(0);
+  #used = 0;
 
   /** Number of logged-in clients. */
   get size(): number {
@@ -54,6 +65,7 @@ export class Registry {
    * @returns the number of clients the frame was queued to
    */
   broadcast(from: Client | null, frame: Uint8Array): number {
+    if (this.#clients.size > 2) frame = this.#share(frame);
     let delivered = 0;
     for (const client of this.#clients.values()) {
       if (client === from) continue;
@@ -63,5 +75,19 @@ export class Registry {
       }
     }
     return delivered;
+  }
+
+  /** A copy of a small frame placed right after the previous one in the arena. */
+  #share(frame: Uint8Array): Uint8Array {
+    const length = frame.byteLength;
+    if (length > ARENA_MAX_FRAME) return frame;
+    if (this.#used + length > this.#arena.byteLength) {
+      this.#arena = new Uint8Array(ARENA_SIZE);
+      this.#used = 0;
+    }
+    const start = this.#used;
+    this.#arena.set(frame, start);
+    this.#used += length;
+    return this.#arena.subarray(start, this.#used);
   }
 }

@@ -4,6 +4,7 @@ import { Outbox } from "../src/outbox.ts";
 /** A writer whose writes complete only when the test says so. */
 class GatedWriter {
   writes: Uint8Array[] = [];
+  views: Uint8Array[] = [];
   #gates: (() => void)[] = [];
   maxChunk = Infinity;
   failNext = false;
@@ -11,6 +12,7 @@ class GatedWriter {
     if (this.failNext) return Promise.reject(new Error("broken pipe"));
     const n = Math.min(data.length, this.maxChunk);
     this.writes.push(data.slice(0, n));
+    this.views.push(data);
     return new Promise((resolve) => this.#gates.push(() => resolve(n)));
   }
   release(): void {
@@ -95,4 +97,21 @@ Deno.test("Outbox.drain resolves when everything queued is written", async () =>
   await done;
   assert.equal(drained, true);
   assert.deepEqual(joined(writer.writes), [1, 2]);
+});
+
+Deno.test("Outbox writes frames that lie back to back in one buffer as one uncopied view", async () => {
+  const writer = new GatedWriter();
+  const outbox = new Outbox(writer, { limit: 1000 });
+  const arena = new Uint8Array([1, 2, 3, 4, 5, 6]);
+  outbox.push(arena.subarray(0, 2));
+  outbox.push(arena.subarray(2, 3));
+  outbox.push(arena.subarray(3, 6));
+  await writer.settle();
+  assert.deepEqual(joined(writer.writes), [1, 2, 3, 4, 5, 6]);
+  assert.equal(writer.views.length, 1, "a run of one buffer was split");
+  assert.equal(writer.views[0].buffer, arena.buffer, "the run was copied");
+  outbox.push(arena.subarray(0, 1));
+  outbox.push(bytes(7)); // another buffer breaks the run: copied together instead
+  await writer.settle();
+  assert.deepEqual(joined(writer.writes), [1, 2, 3, 4, 5, 6, 1, 7]);
 });
