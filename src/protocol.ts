@@ -98,11 +98,17 @@ export function checkFrameLength(length: number, maxFrame: number): void {
 
 /** Encodes an already serialised JSON text as one frame (length prefix + UTF-8 body). */
 export function encodeJsonFrame(json: string): Uint8Array {
-  // One allocation: UTF-8 takes at most 3 bytes per UTF-16 code unit.
-  const out = new Uint8Array(HEADER_SIZE + json.length * 3);
-  const { written } = ENCODER.encodeInto(json, out.subarray(HEADER_SIZE));
-  new DataView(out.buffer).setUint32(0, written);
-  return out.subarray(0, HEADER_SIZE + written);
+  // Exact size, so a queued frame pins no more memory than it needs: ASCII text (the usual
+  // case) is encoded straight into the frame; other text is encoded first, then copied once.
+  let out = new Uint8Array(HEADER_SIZE + json.length);
+  const { read, written } = ENCODER.encodeInto(json, out.subarray(HEADER_SIZE));
+  if (read < json.length || written < json.length) {
+    const body = ENCODER.encode(json);
+    out = new Uint8Array(HEADER_SIZE + body.length);
+    out.set(body, HEADER_SIZE);
+  }
+  new DataView(out.buffer).setUint32(0, out.length - HEADER_SIZE);
+  return out;
 }
 
 /** Encodes a value as one frame. */
@@ -278,25 +284,36 @@ export class FrameDecoder {
   }
 }
 
-const INITIAL_BUFFER = 4 * 1024;
+const INITIAL_BUFFER = 1024;
 const SHRINK_ABOVE = 32 * 1024;
 
+/** Reads bytes into a buffer and resolves with the count, or `null` at the end (as `Deno.Conn`). */
+export interface ByteSource {
+  read(buffer: Uint8Array): Promise<number | null>;
+}
+
 /**
- * Pull-style frame reader over a byte stream, through a BYOB reader.
+ * Pull-style frame reader over a byte stream: a BYOB reader of a `ReadableStream`, or straight
+ * `read()` calls on a {@link ByteSource} such as a `Deno.Conn` (no stream machinery per read).
  *
  * Reads into one growable buffer; a frame body is returned as a view into that buffer and is
  * valid only until the next call to {@link FrameReader.read}. The length prefix is checked
  * before any byte of the body is read or any room for it allocated.
  */
 export class FrameReader {
-  #reader: ReadableStreamBYOBReader;
+  #reader: ReadableStreamBYOBReader | null = null;
+  #source: ByteSource | null = null;
   #maxFrame: number;
   #buf: ArrayBuffer = new ArrayBuffer(INITIAL_BUFFER);
   #start = 0;
   #end = 0;
 
-  constructor(readable: ReadableStream<Uint8Array>, options: { maxFrame?: number } = {}) {
-    this.#reader = readable.getReader({ mode: "byob" });
+  constructor(
+    source: ReadableStream<Uint8Array> | ByteSource,
+    options: { maxFrame?: number } = {},
+  ) {
+    if (source instanceof ReadableStream) this.#reader = source.getReader({ mode: "byob" });
+    else this.#source = source;
     this.#maxFrame = options.maxFrame ?? DEFAULT_MAX_FRAME;
   }
 
@@ -332,18 +349,24 @@ export class FrameReader {
         }
       }
       this.#reserve(need);
-      const { value, done } = await this.#reader.read(
-        new Uint8Array(this.#buf, this.#end, this.#buf.byteLength - this.#end),
-      );
-      if (value) this.#buf = value.buffer as ArrayBuffer;
-      if (done || !value) {
+      const count = await this.#fill();
+      if (count === null) {
         if (this.#end === this.#start) return null;
         throw new Deno.errors.UnexpectedEof(
           `Connection closed inside a frame (${this.#end - this.#start} bytes pending)`,
         );
       }
-      this.#end += value.byteLength;
+      this.#end += count;
     }
+  }
+
+  /** Reads into the free end of the buffer; returns the bytes read, `null` at the end. */
+  async #fill(): Promise<number | null> {
+    const free = new Uint8Array(this.#buf, this.#end, this.#buf.byteLength - this.#end);
+    if (this.#source) return await this.#source.read(free);
+    const { value, done } = await this.#reader!.read(free);
+    if (value) this.#buf = value.buffer as ArrayBuffer;
+    return done || !value ? null : value.byteLength;
   }
 
   /** Makes room for `need` bytes from `#start`, compacting or growing only as needed. */
@@ -364,7 +387,7 @@ export class FrameReader {
   /** Cancels the underlying stream and releases the reader. Safe to call more than once. */
   async cancel(): Promise<void> {
     try {
-      await this.#reader.cancel();
+      await this.#reader?.cancel();
     } catch {
       // The stream may already be closed or errored.
     }
