@@ -9,6 +9,7 @@ import { DEFAULT_LIMITS, type Limits } from "./config.ts";
 import { AuthLockout } from "./limits.ts";
 import { PasswordVerifier } from "./password.ts";
 import { ProtocolError } from "./protocol.ts";
+import { setListenerNoDelay } from "./nodelay.ts";
 import { Registry } from "./registry.ts";
 import { normalizeIp, type ServerStats, Session, type SessionContext } from "./session.ts";
 
@@ -134,6 +135,9 @@ export class ChatServer implements AsyncDisposable {
       key: this.#options.key,
     });
     const addr = this.#listener.addr;
+    if (!setListenerNoDelay(addr.port)) {
+      this.#logger.info("Nagle's algorithm stays on: grant --allow-ffi to set TCP_NODELAY");
+    }
     this.#sweep = setInterval(() => this.#lockout.sweep(Date.now()), SWEEP_INTERVAL_MS);
     Deno.unrefTimer(this.#sweep as unknown as number);
     this.#options.signal?.addEventListener("abort", this.#onAbort, { once: true });
