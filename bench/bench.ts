@@ -1,0 +1,378 @@
+/**
+ * The chat server benchmark: a load generator of Deno TLS clients that speak the protocol, run
+ * against the project's server (started here with `--rate 0 --max-per-ip 0` and a large
+ * `--max-clients`, every other limit at its default) and, side by side in the same run, the
+ * Node.js reference server from `../shared/reference/`.
+ *
+ * ```sh
+ * deno task bench                          # all five scenarios, 3 or 5 runs each, ours vs reference
+ * deno task bench --scenarios 1,3 --runs 5
+ * deno task bench --quick --json           # seconds-long smoke run, JSON on stdout
+ * CHAT_SERVER_PASSWORD=... deno task bench --target 127.0.0.1:4000 --ca certs/cert.pem --pid 1234
+ * # which runs:
+ * deno run --no-prompt --allow-net --allow-read --allow-write --allow-run --allow-env bench/bench.ts
+ * ```
+ *
+ * The report (stdout) is a Markdown table with the median of every figure; progress goes to
+ * stderr. Scenario 4 holds 5000 connections open on each side: `ulimit -n` must be above about
+ * 5200 (the bench scales the scenario down, with a note, if it is not).
+ *
+ * @module
+ */
+import { parseArgs } from "node:util";
+import { ensureCertificates } from "../src/certs.ts";
+import {
+  externalServer,
+  nodeVersion,
+  openFileLimit,
+  openFiles,
+  readProc,
+  REFERENCE_PATH,
+  type ServerHandle,
+  startOurs,
+  startReference,
+  stopAll,
+} from "./servers.ts";
+import {
+  FULL_SIZES,
+  QUICK_SIZES,
+  type RunResult,
+  type Scenario,
+  SCENARIOS,
+  type Sizes,
+} from "./scenarios.ts";
+import { formatMetrics, medians, renderNotes, renderTable, type ScenarioReport } from "./report.ts";
+
+const USAGE = `Usage: deno task bench [options]
+
+  --scenarios LIST     scenarios to run, e.g. 1,2,5 (default 1,2,3,4,5)
+  --runs N             measured runs per scenario and server; the report shows medians
+                       (default 5 for the short scenarios 1 and 5, 3 for the others)
+  --quick              seconds-long sizes and 1 run, no warm-up (the smoke test)
+  --target HOST:PORT   measure a server that is already running instead of starting ours
+  --ca FILE            certificate the clients trust for --target (default certs/cert.pem)
+  --pid PID            process id of the --target server, for its CPU and memory figures
+  --reference FILE     the Node.js reference server (default ../shared/reference/ref-node-server.mjs)
+  --no-reference       do not run the reference server
+  --no-ffi             run our server without --allow-ffi (Nagle's algorithm stays on)
+  --concurrency N      logins in flight at once (default 100)
+  --json               print the results as JSON instead of the Markdown table
+  -h, --help           show this help
+
+--target takes the password from CHAT_SERVER_PASSWORD.`;
+
+/** How long closed clients may take to give their sockets back before the next run. */
+const RELEASE_TIMEOUT_MS = 15_000;
+
+/** Password of the servers the bench starts itself. */
+const BENCH_PASSWORD = "bench-password";
+/** File descriptors the bench needs beside its clients'. */
+const SPARE_FILES = 200;
+/** `--max-clients` of our server in the bench. */
+const MAX_CLIENTS = 20_000;
+
+/** What the command line asked for. */
+interface BenchOptions {
+  scenarios: Scenario[];
+  /** Run our server with `--allow-ffi` (TCP_NODELAY); `--no-ffi` measures it without. */
+  ffi: boolean;
+  /** `--runs`, or undefined for each scenario's own count. */
+  runs?: number;
+  quick: boolean;
+  sizes: Sizes;
+  target?: { hostname: string; port: number; ca: string; pid?: number };
+  reference: string | null;
+  json: boolean;
+}
+
+/** Thrown for a bad command line; printed without a stack. */
+class UsageError extends Error {}
+
+function positiveInt(name: string, raw: string): number {
+  const value = Number(raw);
+  if (!Number.isInteger(value) || value < 1) {
+    throw new UsageError(`Invalid --${name} ${JSON.stringify(raw)}: expected a positive integer`);
+  }
+  return value;
+}
+
+function parseOptions(args: string[]): BenchOptions | null {
+  const { values } = parseArgs({
+    args,
+    options: {
+      scenarios: { type: "string" },
+      runs: { type: "string" },
+      quick: { type: "boolean", default: false },
+      target: { type: "string" },
+      ca: { type: "string" },
+      pid: { type: "string" },
+      reference: { type: "string" },
+      "no-reference": { type: "boolean", default: false },
+      "no-ffi": { type: "boolean", default: false },
+      concurrency: { type: "string" },
+      json: { type: "boolean", default: false },
+      help: { type: "boolean", short: "h", default: false },
+    },
+    strict: true,
+    allowPositionals: false,
+  });
+  if (values.help) return null;
+  const ids = (values.scenarios ?? "1,2,3,4,5").split(",").map((id) => id.trim());
+  const scenarios = ids.map((id) => {
+    const scenario = SCENARIOS.find((s) => String(s.id) === id);
+    if (!scenario) throw new UsageError(`Unknown scenario ${JSON.stringify(id)}: expected 1 to 5`);
+    return scenario;
+  });
+  const quick = values.quick;
+  const sizes: Sizes = structuredClone(quick ? QUICK_SIZES : FULL_SIZES);
+  if (values.concurrency) sizes.concurrency = positiveInt("concurrency", values.concurrency);
+  let target: BenchOptions["target"];
+  if (values.target) {
+    const match = /^(.+):(\d+)$/.exec(values.target);
+    if (!match) throw new UsageError(`Invalid --target ${values.target}: expected HOST:PORT`);
+    target = {
+      hostname: match[1].replace(/^\[(.*)\]$/, "$1"),
+      port: Number(match[2]),
+      ca: values.ca ?? "certs/cert.pem",
+      pid: values.pid ? positiveInt("pid", values.pid) : undefined,
+    };
+  }
+  return {
+    scenarios,
+    ffi: !values["no-ffi"],
+    runs: values.runs ? positiveInt("runs", values.runs) : quick ? 1 : undefined,
+    quick,
+    sizes,
+    target,
+    reference: values["no-reference"] || target ? null : values.reference ?? REFERENCE_PATH,
+    json: values.json,
+  };
+}
+
+function progress(line: string): void {
+  console.error(line);
+}
+
+/** Starts (or, for `--target`, wraps) the servers one scenario needs. */
+interface ServerKind {
+  name: string;
+  start(): Promise<ServerHandle>;
+}
+
+/** Lowers the client counts to what `ulimit -n` allows; returns the notes to print. */
+async function fitFileLimit(sizes: Sizes, scenarios: Scenario[]): Promise<string[]> {
+  const limit = await openFileLimit();
+  const notes: string[] = [];
+  for (const scenario of scenarios) {
+    const want = scenario.clients(sizes);
+    if (want + SPARE_FILES <= limit) continue;
+    const fit = Math.max(1, limit - SPARE_FILES);
+    if (scenario.id === 3) sizes.connect.clients = fit;
+    else if (scenario.id === 4) sizes.idle.clients = fit;
+    else continue;
+    notes.push(
+      `ulimit -n is ${limit}: scenario ${scenario.id} uses ${fit} clients instead of ${want} ` +
+        `(raise it with \`ulimit -n 65535\` before \`deno task bench\`)`,
+    );
+  }
+  return notes;
+}
+
+/** The machine, for the report. */
+async function machine(): Promise<string> {
+  let cpu = "unknown CPU";
+  let memory = "";
+  try {
+    const info = await readProc("/proc/cpuinfo");
+    cpu = /^model name\s*:\s*(.+)$/m.exec(info)?.[1] ?? cpu;
+    const mem = /^MemTotal:\s+(\d+) kB/m.exec(await readProc("/proc/meminfo"));
+    if (mem) memory = `, ${Math.round(Number(mem[1]) / 1024 ** 2)} GiB RAM`;
+  } catch {
+    // Not Linux.
+  }
+  return `${navigator.hardwareConcurrency} x ${cpu}${memory}, ${Deno.build.os} ${Deno.build.arch}`;
+}
+
+/**
+ * Waits until this process holds no more than `baseline` (+ a few) file descriptors: a closed
+ * TLS client gives its socket back only once the close handshake is over, and 5000 of them
+ * left over would push the next run past `ulimit -n`.
+ */
+async function released(baseline: number): Promise<void> {
+  const deadline = Date.now() + RELEASE_TIMEOUT_MS;
+  while (Date.now() < deadline && await openFiles(Deno.pid) > baseline + SPARE_FILES / 4) {
+    await new Promise((resolve) => setTimeout(resolve, 100));
+  }
+}
+
+async function runScenario(
+  scenario: Scenario,
+  kinds: ServerKind[],
+  options: BenchOptions,
+): Promise<ScenarioReport> {
+  const { sizes } = options;
+  const count = options.runs ?? scenario.runs;
+  const runs: Record<string, RunResult[]> = Object.fromEntries(kinds.map((k) => [k.name, []]));
+  progress(`\n[${scenario.id}] ${scenario.title}: ${scenario.describe(sizes)}`);
+  const baseline = await openFiles(Deno.pid);
+  const record = async (name: string, run: number, result: RunResult) => {
+    await released(baseline);
+    runs[name].push(result);
+    const notes = result.notes.length > 0 ? ` (${result.notes.join("; ")})` : "";
+    progress(`  ${name} run ${run}: ${formatMetrics(scenario, result.metrics)}${notes}`);
+  };
+  // Alternate which server goes first, so neither always runs on a warmer machine.
+  const order = (run: number) => run % 2 === 0 ? kinds : [...kinds].reverse();
+  if (scenario.freshServerPerRun) {
+    for (let run = 1; run <= count; run++) {
+      for (const kind of order(run)) {
+        await using server = await kind.start();
+        await record(kind.name, run, await scenario.run(server, sizes));
+      }
+    }
+    return { scenario, runs };
+  }
+  const servers: ServerHandle[] = [];
+  try {
+    for (const kind of kinds) servers.push(await kind.start());
+    const byName = new Map(servers.map((server) => [server.name, server]));
+    if (scenario.warmup && !options.quick) {
+      for (const server of servers) {
+        await scenario.run(server, sizes);
+        await released(baseline);
+      }
+    }
+    for (let run = 1; run <= count; run++) {
+      for (const kind of order(run)) {
+        await record(kind.name, run, await scenario.run(byName.get(kind.name)!, sizes));
+      }
+    }
+  } finally {
+    await Promise.all(servers.map((server) => server.stop()));
+  }
+  return { scenario, runs };
+}
+
+/** Runs the bench; returns the exit code. */
+export async function main(args: string[]): Promise<number> {
+  let options: BenchOptions | null;
+  try {
+    options = parseOptions(args);
+  } catch (error) {
+    if (!(error instanceof UsageError) && !(error instanceof TypeError)) throw error;
+    console.error(`error: ${error.message}\nRun with --help to see the options.`);
+    return 2;
+  }
+  if (options === null) {
+    console.log(USAGE);
+    return 0;
+  }
+  const notes = await fitFileLimit(options.sizes, options.scenarios);
+  const kinds: ServerKind[] = [];
+  let certDir: string | null = null;
+  // Interrupted: stop the servers and remove the certificates before exiting.
+  const onSignal = async () => {
+    await stopAll();
+    if (certDir) await Deno.remove(certDir, { recursive: true }).catch(() => {});
+    Deno.exit(130);
+  };
+  Deno.addSignalListener("SIGINT", onSignal);
+  Deno.addSignalListener("SIGTERM", onSignal);
+  let primary = "ours";
+  let referenceName: string | undefined;
+  try {
+    if (options.target) {
+      const target = options.target;
+      const password = Deno.env.get("CHAT_SERVER_PASSWORD");
+      if (!password) {
+        console.error("error: --target needs the server's password in CHAT_SERVER_PASSWORD");
+        return 2;
+      }
+      const caCert = await Deno.readTextFile(target.ca);
+      const server = externalServer(
+        { hostname: target.hostname, port: target.port, caCert, password },
+        target.pid,
+      );
+      primary = server.name;
+      kinds.push({ name: server.name, start: () => Promise.resolve(server) });
+      if (target.pid === undefined) notes.push("no --pid: CPU and memory figures are n/a");
+    } else {
+      certDir = await Deno.makeTempDir({ prefix: "chat-bench-" });
+      const pair = await ensureCertificates({ certDir, host: "127.0.0.1" });
+      const common = { certDir, caCert: pair.certPem, password: BENCH_PASSWORD };
+      kinds.push({
+        name: "ours",
+        start: () => startOurs({ ...common, maxClients: MAX_CLIENTS, ffi: options.ffi }),
+      });
+      const script = options.reference;
+      const node = script ? await nodeVersion() : null;
+      if (script && node && await exists(script)) {
+        referenceName = "reference";
+        kinds.push({ name: referenceName, start: () => startReference({ ...common, script }) });
+        notes.push(`reference: ${script} on node ${node}`);
+      } else if (script) {
+        notes.push(
+          node
+            ? `reference server not found at ${script}: no reference column`
+            : "node is not on PATH: no reference column",
+        );
+      }
+    }
+    for (const note of notes) progress(`note: ${note}`);
+    const started = new Date();
+    const reports: ScenarioReport[] = [];
+    for (const scenario of options.scenarios) {
+      reports.push(await runScenario(scenario, kinds, options));
+    }
+    const servers = { primary, reference: referenceName, quick: options.quick };
+    if (options.json) {
+      console.log(JSON.stringify(
+        {
+          date: started.toISOString(),
+          machine: await machine(),
+          deno: Deno.version.deno,
+          quick: options.quick,
+          sizes: options.sizes,
+          notes,
+          scenarios: reports.map(({ scenario, runs }) => ({
+            id: scenario.id,
+            title: scenario.title,
+            description: scenario.describe(options.sizes),
+            medians: Object.fromEntries(
+              Object.entries(runs).map(([name, results]) => [name, medians(results)]),
+            ),
+            runs,
+          })),
+        },
+        null,
+        2,
+      ));
+    } else {
+      console.log(`\nDate: ${started.toISOString()}`);
+      console.log(`Machine: ${await machine()}; deno ${Deno.version.deno}`);
+      if (options.quick) console.log("Quick sizes: a smoke run, not a measurement");
+      console.log();
+      console.log(renderTable(reports, options.sizes, servers));
+      const all = [...notes.map((note) => `- ${note}`), ...renderNotes(reports)];
+      if (all.length > 0) console.log(`\nNotes:\n${all.join("\n")}`);
+    }
+    return 0;
+  } finally {
+    Deno.removeSignalListener("SIGINT", onSignal);
+    Deno.removeSignalListener("SIGTERM", onSignal);
+    if (certDir) await Deno.remove(certDir, { recursive: true });
+  }
+}
+
+async function exists(path: string): Promise<boolean> {
+  try {
+    await Deno.stat(path);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+if (import.meta.main) {
+  Deno.exit(await main(Deno.args));
+}

@@ -1,0 +1,424 @@
+/**
+ * The five benchmark scenarios. Each run measures one server once and returns named figures;
+ * the bench takes the median of each figure over the runs.
+ *
+ * @module
+ */
+import {
+  type BenchClient,
+  closeAll,
+  connectMany,
+  MessageTemplate,
+  sendBurst,
+  sendPaced,
+  Tracker,
+} from "./load.ts";
+import { cpuSeconds, rssBytes, type ServerHandle } from "./servers.ts";
+
+/** Figures of one run, by metric key. `NaN` when not measurable (no server pid). */
+export type Metrics = Record<string, number>;
+
+/** One run's figures and anything worth telling about it. */
+export interface RunResult {
+  metrics: Metrics;
+  notes: string[];
+}
+
+/** How a figure is shown. */
+export interface MetricSpec {
+  key: string;
+  label: string;
+  unit: string;
+  digits: number;
+}
+
+/** The sizes of every scenario; {@link FULL_SIZES} by default, {@link QUICK_SIZES} for smoke. */
+export interface Sizes {
+  /** `rounds` bursts per run, one after the other, so the CPU time spans enough clock ticks. */
+  burst: { clients: number; senders: number; messages: number; bytes: number; rounds: number };
+  steady: { clients: number; senders: number; rate: number; seconds: number; bytes: number };
+  connect: { clients: number };
+  idle: { clients: number; settleMs: number };
+  large: { clients: number; senders: number; messages: number; bytes: number; window: number };
+  /** Logins in flight at once. */
+  concurrency: number;
+  /** Deliveries missing after this long without progress count as lost. */
+  stallMs: number;
+  /** Whether a run first waits until the server is idle (its last run's cleanup is over). */
+  waitIdle: boolean;
+}
+
+/** The sizes the issue asks for. */
+export const FULL_SIZES: Sizes = {
+  burst: { clients: 100, senders: 10, messages: 100, bytes: 64, rounds: 5 },
+  steady: { clients: 100, senders: 10, rate: 50, seconds: 10, bytes: 64 },
+  connect: { clients: 1000 },
+  idle: { clients: 5000, settleMs: 1000 },
+  // 5 senders x 3 messages in flight x 60 KiB stays under the default 1 MiB send queue.
+  large: { clients: 20, senders: 5, messages: 40, bytes: 60 * 1024, window: 3 },
+  concurrency: 100,
+  stallMs: 3000,
+  waitIdle: true,
+};
+
+/** Seconds-long sizes for the smoke test. */
+export const QUICK_SIZES: Sizes = {
+  burst: { clients: 10, senders: 3, messages: 20, bytes: 64, rounds: 1 },
+  steady: { clients: 10, senders: 2, rate: 50, seconds: 1, bytes: 64 },
+  connect: { clients: 20 },
+  idle: { clients: 50, settleMs: 200 },
+  large: { clients: 4, senders: 2, messages: 4, bytes: 60 * 1024, window: 3 },
+  concurrency: 20,
+  stallMs: 2000,
+  waitIdle: false,
+};
+
+/** A scenario of the bench. */
+export interface Scenario {
+  id: number;
+  title: string;
+  /** What one run does, for the report. */
+  describe(sizes: Sizes): string;
+  metrics: MetricSpec[];
+  /** Whether each run needs a server that has had no clients yet (memory baseline). */
+  freshServerPerRun: boolean;
+  /** Whether an unmeasured run first warms the server's JIT up. */
+  warmup: boolean;
+  /** Measured runs per server unless `--runs` says otherwise (the short, noisy ones get more). */
+  runs: number;
+  /** Clients the scenario holds open at once. */
+  clients(sizes: Sizes): number;
+  /** The issue's target, if the scenario has one. */
+  target?: Target;
+  run(server: ServerHandle, sizes: Sizes): Promise<RunResult>;
+}
+
+/** A target: its wording, and whether the medians meet it (`null`: cannot tell). */
+export interface Target {
+  text: string;
+  check(ours: Metrics, reference: Metrics | undefined): boolean | null;
+}
+
+const LATENCY: MetricSpec[] = [
+  { key: "p50_ms", label: "p50", unit: "ms", digits: 2 },
+  { key: "p99_ms", label: "p99", unit: "ms", digits: 2 },
+];
+const LOST: MetricSpec = { key: "lost", label: "lost", unit: "", digits: 0 };
+
+function delay(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}
+
+function cpuOf(server: ServerHandle): Promise<number> {
+  return server.pid === undefined ? Promise.resolve(NaN) : cpuSeconds(server.pid);
+}
+
+/** Waits until the server has used no CPU for 200 ms (at most 3 s): the last run is over. */
+async function quiesce(server: ServerHandle, sizes: Sizes): Promise<void> {
+  if (!sizes.waitIdle) return await delay(20);
+  if (server.pid === undefined) return await delay(500);
+  let last = await cpuOf(server);
+  let quiet = 0;
+  for (let i = 0; i < 30 && quiet < 2; i++) {
+    await delay(100);
+    const now = await cpuOf(server);
+    quiet = now === last ? quiet + 1 : 0;
+    last = now;
+  }
+}
+
+function percentile(sorted: Float64Array, p: number): number {
+  if (sorted.length === 0) return NaN;
+  return sorted[Math.min(sorted.length - 1, Math.ceil(p * sorted.length) - 1)];
+}
+
+/** Notes on what went wrong in a run: disconnections, reordering, unexpected frames. */
+function problems(tracker: Tracker, clients: BenchClient[]): string[] {
+  const notes: string[] = [];
+  const ended = clients.filter((client) => client.ended);
+  if (ended.length > 0) {
+    notes.push(`${ended.length} clients were disconnected (${ended[0].endReason})`);
+  }
+  if (tracker.outOfOrder > 0) notes.push(`${tracker.outOfOrder} deliveries out of order`);
+  if (tracker.other > 0) {
+    notes.push(`${tracker.other} unexpected frames, e.g. ${tracker.firstOther}`);
+  }
+  return notes;
+}
+
+interface FanOut {
+  clients: number;
+  senders: number;
+  messages: number;
+  bytes: number;
+  /** Messages a sender may have ahead of full delivery; unbounded if unset. */
+  window?: number;
+  /** Messages per second per sender; as fast as possible if unset. */
+  rate?: number;
+  /** Bursts of `messages` per sender, each once the last is delivered (default 1). */
+  rounds?: number;
+}
+
+interface FanOutResult {
+  tracker: Tracker;
+  /** The load generator's own CPU over the run, s. */
+  genCpu: number;
+  /** From the first send to the last delivery (summed over rounds), ms. */
+  elapsedMs: number;
+  /** Server CPU over the run, s. */
+  cpu: number;
+  notes: string[];
+}
+
+/** Logs in the clients, lets the senders send, and waits until every delivery arrived or stalled. */
+async function fanOut(server: ServerHandle, spec: FanOut, sizes: Sizes): Promise<FanOutResult> {
+  const rounds = spec.rounds ?? 1;
+  const tracker = new Tracker({
+    receivers: spec.clients,
+    senders: spec.senders,
+    messages: spec.messages * rounds,
+  });
+  const clients = await connectMany(server.endpoint, spec.clients, {
+    concurrency: sizes.concurrency,
+    tracker,
+  });
+  try {
+    const templates = clients.slice(0, spec.senders).map((client) =>
+      new MessageTemplate(client.index, spec.bytes)
+    );
+    await quiesce(server, sizes);
+    const cpu0 = await cpuOf(server);
+    const gen0 = await cpuSeconds(Deno.pid);
+    let elapsedMs = 0;
+    for (let round = 0; round < rounds; round++) {
+      const start = performance.now();
+      // Paced senders start a little apart so their messages do not all leave at once.
+      const sending = Promise.all(
+        templates.map((template, i) =>
+          spec.rate
+            ? sendPaced(clients[i], template, {
+              count: spec.messages,
+              rate: spec.rate,
+              startMs: start + i * 1000 / spec.rate / spec.senders,
+            })
+            : sendBurst(clients[i], template, {
+              first: round * spec.messages,
+              count: spec.messages,
+              tracker,
+              window: spec.window,
+            })
+        ),
+      );
+      const until = tracker.expected / rounds * (round + 1);
+      await tracker.settle(sizes.stallMs, until);
+      tracker.release();
+      await sending;
+      if (tracker.received < until) await tracker.settle(sizes.stallMs, until);
+      elapsedMs += tracker.lastDelivery - start;
+      if (tracker.received < until) break;
+    }
+    const cpu = await cpuOf(server) - cpu0;
+    const genCpu = await cpuSeconds(Deno.pid) - gen0;
+    return { tracker, elapsedMs, cpu, genCpu, notes: problems(tracker, clients) };
+  } finally {
+    await closeAll(clients);
+  }
+}
+
+const burst: Scenario = {
+  id: 1,
+  title: "Burst fan-out",
+  describe: ({ burst: s }) =>
+    `${s.clients} clients, ${s.senders} senders x ${s.messages} messages of ${s.bytes} B` +
+    (s.rounds > 1 ? ` (${s.rounds} bursts per run)` : ""),
+  metrics: [
+    { key: "deliveries_per_s", label: "deliveries/s", unit: "", digits: 0 },
+    { key: "cpu_us_per_delivery", label: "CPU/delivery", unit: "µs", digits: 2 },
+    ...LATENCY,
+    LOST,
+    { key: "gen_cpu_us_per_delivery", label: "load generator CPU/delivery", unit: "µs", digits: 2 },
+  ],
+  freshServerPerRun: false,
+  warmup: true,
+  runs: 5,
+  clients: (sizes) => sizes.burst.clients,
+  target: {
+    text: "deliveries/s >= 1.0x reference, CPU/delivery <= 1.0x reference",
+    check: (ours, ref) =>
+      ref === undefined ? null : ours.deliveries_per_s >= ref.deliveries_per_s &&
+        ours.cpu_us_per_delivery <= ref.cpu_us_per_delivery && ours.lost === 0,
+  },
+  async run(server, sizes) {
+    const { tracker, elapsedMs, cpu, genCpu, notes } = await fanOut(server, sizes.burst, sizes);
+    const latencies = tracker.latencies();
+    return {
+      metrics: {
+        deliveries_per_s: tracker.received / (elapsedMs / 1000),
+        cpu_us_per_delivery: cpu * 1e6 / tracker.received,
+        p50_ms: percentile(latencies, 0.5),
+        p99_ms: percentile(latencies, 0.99),
+        lost: tracker.expected - tracker.received,
+        gen_cpu_us_per_delivery: genCpu * 1e6 / tracker.received,
+      },
+      notes,
+    };
+  },
+};
+
+const steady: Scenario = {
+  id: 2,
+  title: "Steady",
+  describe: ({ steady: s }) =>
+    `${s.clients} clients, ${s.senders} senders at ${s.rate} messages/s each for ${s.seconds} s`,
+  metrics: [
+    ...LATENCY,
+    { key: "max_ms", label: "max", unit: "ms", digits: 2 },
+    LOST,
+    { key: "cpu_pct", label: "server CPU", unit: "%", digits: 0 },
+    { key: "gen_cpu_pct", label: "load generator CPU", unit: "%", digits: 0 },
+  ],
+  freshServerPerRun: false,
+  warmup: false,
+  runs: 3,
+  clients: (sizes) => sizes.steady.clients,
+  target: {
+    text: "p99 <= 25 ms, 0 lost",
+    check: (ours) => ours.p99_ms <= 25 && ours.lost === 0,
+  },
+  async run(server, sizes) {
+    const s = sizes.steady;
+    const { tracker, cpu, genCpu, notes } = await fanOut(server, {
+      ...s,
+      messages: Math.round(s.rate * s.seconds),
+    }, sizes);
+    const latencies = tracker.latencies();
+    return {
+      metrics: {
+        p50_ms: percentile(latencies, 0.5),
+        p99_ms: percentile(latencies, 0.99),
+        max_ms: percentile(latencies, 1),
+        lost: tracker.expected - tracker.received,
+        cpu_pct: cpu * 100 / s.seconds,
+        gen_cpu_pct: genCpu * 100 / s.seconds,
+      },
+      notes,
+    };
+  },
+};
+
+const connections: Scenario = {
+  id: 3,
+  title: "Connections",
+  describe: ({ connect, concurrency }) =>
+    `${connect.clients} clients connect and authenticate, ${concurrency} at a time`,
+  metrics: [
+    { key: "conn_per_s", label: "connections/s", unit: "", digits: 0 },
+    { key: "total_s", label: "total", unit: "s", digits: 2 },
+    { key: "cpu_ms_per_conn", label: "CPU/connection", unit: "ms", digits: 2 },
+    { key: "gen_cpu_ms_per_conn", label: "load generator CPU/connection", unit: "ms", digits: 2 },
+  ],
+  freshServerPerRun: false,
+  warmup: false,
+  runs: 3,
+  clients: (sizes) => sizes.connect.clients,
+  target: {
+    text: ">= 1000 connections/s",
+    check: (ours) => ours.conn_per_s >= 1000,
+  },
+  async run(server, sizes) {
+    const count = sizes.connect.clients;
+    await quiesce(server, sizes);
+    const cpu0 = await cpuOf(server);
+    const gen0 = await cpuSeconds(Deno.pid);
+    const start = performance.now();
+    const clients = await connectMany(server.endpoint, count, { concurrency: sizes.concurrency });
+    const seconds = (performance.now() - start) / 1000;
+    const cpu = await cpuOf(server) - cpu0;
+    const genCpu = await cpuSeconds(Deno.pid) - gen0;
+    await closeAll(clients);
+    return {
+      metrics: {
+        total_s: seconds,
+        conn_per_s: count / seconds,
+        cpu_ms_per_conn: cpu * 1000 / count,
+        gen_cpu_ms_per_conn: genCpu * 1000 / count,
+      },
+      notes: [],
+    };
+  },
+};
+
+const memory: Scenario = {
+  id: 4,
+  title: "Memory",
+  describe: ({ idle }) => `${idle.clients} idle authenticated clients`,
+  metrics: [
+    { key: "kib_per_client", label: "RSS/client", unit: "KiB", digits: 1 },
+    { key: "base_mib", label: "RSS idle", unit: "MiB", digits: 1 },
+    { key: "loaded_mib", label: "RSS loaded", unit: "MiB", digits: 1 },
+  ],
+  freshServerPerRun: true,
+  warmup: false,
+  runs: 3,
+  clients: (sizes) => sizes.idle.clients,
+  target: {
+    text: "<= 30 KiB per client",
+    check: (ours) => Number.isNaN(ours.kib_per_client) ? null : ours.kib_per_client <= 30,
+  },
+  async run(server, sizes) {
+    const count = sizes.idle.clients;
+    const rss = () => server.pid === undefined ? Promise.resolve(NaN) : rssBytes(server.pid);
+    await quiesce(server, sizes);
+    const base = await rss();
+    const clients = await connectMany(server.endpoint, count, { concurrency: sizes.concurrency });
+    try {
+      await delay(sizes.idle.settleMs);
+      await quiesce(server, sizes);
+      const loaded = await rss();
+      const ended = clients.filter((client) => client.ended).length;
+      return {
+        metrics: {
+          kib_per_client: (loaded - base) / 1024 / count,
+          base_mib: base / 1024 ** 2,
+          loaded_mib: loaded / 1024 ** 2,
+        },
+        notes: ended > 0 ? [`${ended} clients were disconnected while idle`] : [],
+      };
+    } finally {
+      await closeAll(clients);
+    }
+  },
+};
+
+const large: Scenario = {
+  id: 5,
+  title: "Large messages",
+  describe: ({ large: s }) =>
+    `${s.clients} clients, ${s.senders} senders x ${s.messages} messages of ${
+      s.bytes / 1024
+    } KiB, ${s.window} in flight per sender`,
+  metrics: [
+    { key: "mb_per_s", label: "delivered", unit: "MB/s", digits: 1 },
+    { key: "cpu_ms_per_mb", label: "CPU/MB", unit: "ms", digits: 2 },
+    LOST,
+  ],
+  freshServerPerRun: false,
+  warmup: true,
+  runs: 5,
+  clients: (sizes) => sizes.large.clients,
+  async run(server, sizes) {
+    const { tracker, elapsedMs, cpu, notes } = await fanOut(server, sizes.large, sizes);
+    const mb = tracker.bytes / 1e6;
+    return {
+      metrics: {
+        mb_per_s: mb / (elapsedMs / 1000),
+        cpu_ms_per_mb: cpu * 1000 / mb,
+        lost: tracker.expected - tracker.received,
+      },
+      notes,
+    };
+  },
+};
+
+/** Every scenario, by id. */
+export const SCENARIOS: readonly Scenario[] = [burst, steady, connections, memory, large];

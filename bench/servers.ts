@@ -1,0 +1,276 @@
+/**
+ * The servers under test: the project's `main.ts` and the Node.js reference, each started as a
+ * subprocess on a free port, plus readers for a process's CPU time and resident memory from
+ * `/proc`.
+ *
+ * @module
+ */
+import type { Endpoint } from "./load.ts";
+
+/** Clock ticks per second of `/proc/<pid>/stat` (`getconf CLK_TCK`, 100 on Linux). */
+const CLOCK_TICKS = 100;
+/** Output kept from a server, for error messages. */
+const OUTPUT_TAIL = 16 * 1024;
+const START_TIMEOUT_MS = 20_000;
+const STOP_TIMEOUT_MS = 5_000;
+
+/** The project's entry point. */
+export const MAIN_PATH = new URL("../main.ts", import.meta.url).pathname;
+/** The repository root (where `deno.json` is). */
+export const REPO_ROOT = new URL("..", import.meta.url).pathname;
+/** Default location of the reference server: `../shared/reference/` from the repository. */
+export const REFERENCE_PATH =
+  new URL("../../shared/reference/ref-node-server.mjs", import.meta.url).pathname;
+
+/** A server the load generator can target. */
+export interface ServerHandle extends AsyncDisposable {
+  /** Column name in the report. */
+  name: string;
+  endpoint: Endpoint;
+  /** Process id, if known: needed for CPU and memory figures. */
+  pid?: number;
+  /** Stops the server if the bench started it; waits for it to exit. */
+  stop(): Promise<void>;
+}
+
+/**
+ * Reads a file under `/proc` through `cat`: Deno lets only `--allow-all` read `/proc` itself,
+ * and the bench task runs with `--allow-run` instead.
+ */
+export async function readProc(path: string): Promise<string> {
+  const out = await new Deno.Command("cat", {
+    args: [path],
+    stdin: "null",
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  if (!out.success) {
+    throw new Error(`Cannot read ${path}: ${new TextDecoder().decode(out.stderr).trim()}`);
+  }
+  return new TextDecoder().decode(out.stdout);
+}
+
+/** Server CPU time (user + system, all threads) in seconds, from `/proc/<pid>/stat`. */
+export async function cpuSeconds(pid: number): Promise<number> {
+  const stat = await readProc(`/proc/${pid}/stat`);
+  // Fields after the command name, which is in parentheses and may contain spaces.
+  const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+  // utime and stime are fields 14 and 15 of the whole line, 12 and 13 after the name.
+  return (Number(fields[11]) + Number(fields[12])) / CLOCK_TICKS;
+}
+
+/** Resident set size in bytes, from `VmRSS` in `/proc/<pid>/status`. */
+export async function rssBytes(pid: number): Promise<number> {
+  const status = await readProc(`/proc/${pid}/status`);
+  const match = /^VmRSS:\s+(\d+)\s+kB$/m.exec(status);
+  if (!match) throw new Error(`No VmRSS for process ${pid}`);
+  return Number(match[1]) * 1024;
+}
+
+/** Open file descriptors of process `pid`, from `/proc/<pid>/fd` (listed by `ls`). */
+export async function openFiles(pid: number): Promise<number> {
+  const out = await new Deno.Command("ls", {
+    args: ["-U", `/proc/${pid}/fd`],
+    stdin: "null",
+    stdout: "piped",
+    stderr: "null",
+  }).output();
+  if (!out.success) return NaN;
+  return new TextDecoder().decode(out.stdout).split("\n").filter((line) => line !== "").length;
+}
+
+/** The soft limit on open files of this process (as its child `cat` inherits it). */
+export async function openFileLimit(): Promise<number> {
+  try {
+    const limits = await readProc("/proc/self/limits");
+    const match = /^Max open files\s+(\d+|unlimited)/m.exec(limits);
+    if (match) return match[1] === "unlimited" ? Infinity : Number(match[1]);
+  } catch {
+    // Not Linux: assume enough.
+  }
+  return Infinity;
+}
+
+/** A port that was free a moment ago on `hostname`. */
+export function freePort(hostname = "127.0.0.1"): number {
+  const listener = Deno.listen({ hostname, port: 0 });
+  const { port } = listener.addr as Deno.NetAddr;
+  listener.close();
+  return port;
+}
+
+/** Whether `node` runs, and its version. */
+export async function nodeVersion(): Promise<string | null> {
+  try {
+    const out = await new Deno.Command("node", {
+      args: ["--version"],
+      stdin: "null",
+      stdout: "piped",
+      stderr: "null",
+    }).output();
+    return out.success ? new TextDecoder().decode(out.stdout).trim() : null;
+  } catch {
+    return null;
+  }
+}
+
+/** Servers started and not yet stopped, for {@link stopAll}. */
+const running = new Set<ServerHandle>();
+
+/** Stops every server the bench started (on Ctrl-C or SIGTERM). */
+export async function stopAll(): Promise<void> {
+  await Promise.all([...running].map((server) => server.stop()));
+}
+
+/** What {@link spawnServer} needs. */
+interface SpawnOptions {
+  name: string;
+  command: string;
+  args: string[];
+  port: number;
+  caCert: string;
+  password: string;
+}
+
+/** Starts a server process and waits until its port accepts TCP connections. */
+async function spawnServer(options: SpawnOptions): Promise<ServerHandle> {
+  const child = new Deno.Command(options.command, {
+    args: options.args,
+    cwd: REPO_ROOT,
+    env: { CHAT_SERVER_PASSWORD: options.password },
+    stdin: "null",
+    stdout: "piped",
+    stderr: "piped",
+  }).spawn();
+  let output = "";
+  const decoder = new TextDecoder();
+  const collect = async (stream: ReadableStream<Uint8Array>) => {
+    for await (const chunk of stream) {
+      output = (output + decoder.decode(chunk, { stream: true })).slice(-OUTPUT_TAIL);
+    }
+  };
+  const collecting = Promise.all([collect(child.stdout), collect(child.stderr)]);
+  let exited = false;
+  const status = child.status.then((status) => {
+    exited = true;
+    return status;
+  });
+  let stopping: Promise<void> | null = null;
+  const stop = () => {
+    stopping ??= (async () => {
+      if (!exited) child.kill("SIGTERM");
+      let timer: ReturnType<typeof setTimeout> | undefined;
+      const late = new Promise<void>((resolve) => timer = setTimeout(resolve, STOP_TIMEOUT_MS));
+      await Promise.race([status, late]);
+      clearTimeout(timer);
+      if (!exited) child.kill("SIGKILL");
+      await status;
+      await collecting;
+      running.delete(handle);
+    })();
+    return stopping;
+  };
+  const handle: ServerHandle = {
+    name: options.name,
+    pid: child.pid,
+    endpoint: {
+      hostname: "127.0.0.1",
+      port: options.port,
+      caCert: options.caCert,
+      password: options.password,
+    },
+    stop,
+    [Symbol.asyncDispose]: stop,
+  };
+  running.add(handle);
+  const deadline = Date.now() + START_TIMEOUT_MS;
+  while (!exited && Date.now() < deadline) {
+    if (await accepts(options.port)) return handle;
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  }
+  await stop();
+  throw new Error(
+    `${options.name} server did not start on port ${options.port}:\n${output.slice(-2000)}`,
+  );
+}
+
+async function accepts(port: number): Promise<boolean> {
+  try {
+    const conn = await Deno.connect({ hostname: "127.0.0.1", port });
+    conn.close();
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** Options shared by the two server starters. */
+export interface StartOptions {
+  /** Holds `cert.pem` and `key.pem`. */
+  certDir: string;
+  caCert: string;
+  password: string;
+}
+
+/**
+ * Starts the project's server with the limits the bench needs relaxed (`--rate 0
+ * --max-per-ip 0 --max-clients 20000`) and everything else at its default, with the permissions
+ * of `deno task start` plus `--allow-ffi` (which lets it set `TCP_NODELAY`) unless `ffi` is false.
+ */
+export function startOurs(
+  options: StartOptions & { maxClients: number; ffi: boolean },
+): Promise<ServerHandle> {
+  const port = freePort();
+  const permissions = [
+    "--allow-net",
+    `--allow-read=${options.certDir}`,
+    `--allow-write=${options.certDir}`,
+    "--allow-run=openssl",
+    "--allow-env=CHAT_SERVER_PASSWORD,HOST,PORT",
+    ...(options.ffi ? ["--allow-ffi"] : []),
+  ];
+  return spawnServer({
+    name: "ours",
+    command: Deno.execPath(),
+    args: [
+      "run",
+      "--no-prompt",
+      ...permissions,
+      MAIN_PATH,
+      "--port",
+      String(port),
+      "--cert-dir",
+      options.certDir,
+      "--rate",
+      "0",
+      "--max-per-ip",
+      "0",
+      "--max-clients",
+      String(options.maxClients),
+      "--log-level",
+      "warning",
+    ],
+    port,
+    caCert: options.caCert,
+    password: options.password,
+  });
+}
+
+/** Starts `node ref-node-server.mjs PORT CERT_DIR`. */
+export function startReference(options: StartOptions & { script: string }): Promise<ServerHandle> {
+  const port = freePort();
+  return spawnServer({
+    name: "reference",
+    command: "node",
+    args: [options.script, String(port), options.certDir],
+    port,
+    caCert: options.caCert,
+    password: options.password,
+  });
+}
+
+/** A server the bench did not start (`--target`): never stopped, measured only if `pid` given. */
+export function externalServer(endpoint: Endpoint, pid?: number): ServerHandle {
+  const stop = () => Promise.resolve();
+  return { name: "target", endpoint, pid, stop, [Symbol.asyncDispose]: stop };
+}

@@ -1,0 +1,83 @@
+/**
+ * Smoke runs of the benchmark (`bench/bench.ts --quick`), so it cannot rot: every scenario
+ * completes and reports sane figures. Never asserts timing: the bench itself measures speed.
+ *
+ * @module
+ */
+import assert from "node:assert/strict";
+import { join } from "node:path";
+import { PASSWORD, startServer, testCerts } from "./helpers.ts";
+
+const BENCH = new URL("../bench/bench.ts", import.meta.url).pathname;
+const PERMISSIONS = [
+  "--allow-net",
+  "--allow-read",
+  "--allow-write",
+  "--allow-run",
+  "--allow-env",
+];
+
+/** The parts of `bench.ts --json` the test reads. */
+interface BenchJson {
+  notes: string[];
+  scenarios: { id: number; medians: Record<string, Record<string, number>> }[];
+}
+
+async function runBench(args: string[], env?: Record<string, string>): Promise<BenchJson> {
+  const out = await new Deno.Command(Deno.execPath(), {
+    args: ["run", "--no-prompt", ...PERMISSIONS, BENCH, "--quick", "--json", ...args],
+    env,
+    stdin: "null",
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  const stderr = new TextDecoder().decode(out.stderr);
+  assert.equal(out.code, 0, `bench failed:\n${stderr}`);
+  return JSON.parse(new TextDecoder().decode(out.stdout));
+}
+
+function scenario(report: BenchJson, id: number): Record<string, Record<string, number>> {
+  const found = report.scenarios.find((s) => s.id === id);
+  assert.ok(found, `scenario ${id} missing from the report`);
+  return found.medians;
+}
+
+/** Checks the figures every server must report, whatever the machine's speed. */
+function assertSane(report: BenchJson, server: string, measured: boolean): void {
+  const burst = scenario(report, 1)[server];
+  assert.equal(burst.lost, 0);
+  assert.ok(burst.deliveries_per_s > 0);
+  assert.ok(burst.p50_ms >= 0 && burst.p99_ms >= burst.p50_ms);
+  const steady = scenario(report, 2)[server];
+  assert.equal(steady.lost, 0);
+  assert.ok(steady.max_ms >= steady.p99_ms);
+  assert.ok(scenario(report, 3)[server].conn_per_s > 0);
+  assert.ok(Number.isFinite(scenario(report, 4)[server].kib_per_client) === measured);
+  const large = scenario(report, 5)[server];
+  assert.equal(large.lost, 0);
+  assert.ok(large.mb_per_s > 0);
+  assert.ok(Number.isFinite(burst.cpu_us_per_delivery) === measured);
+}
+
+Deno.test("bench --quick measures our server (and the reference, if present) in every scenario", async () => {
+  const report = await runBench([]);
+  assertSane(report, "ours", true);
+  if (report.scenarios[0].medians.reference) assertSane(report, "reference", true);
+  else assert.ok(report.notes.some((note) => note.includes("no reference column")));
+});
+
+Deno.test("bench --target measures a running server with its default limits", async () => {
+  // Default limits: the quick sizes stay inside the per-IP cap and the rate limit's burst.
+  await using srv = await startServer();
+  const { dir } = await testCerts();
+  const report = await runBench(
+    ["--target", `127.0.0.1:${srv.port}`, "--ca", join(dir, "cert.pem"), "--scenarios", "1,2"],
+    { CHAT_SERVER_PASSWORD: PASSWORD },
+  );
+  const burst = scenario(report, 1).target;
+  assert.equal(burst.lost, 0);
+  assert.ok(burst.deliveries_per_s > 0);
+  assert.ok(Number.isNaN(burst.cpu_us_per_delivery ?? NaN), "no --pid: no CPU figure");
+  assert.equal(scenario(report, 2).target.lost, 0);
+  assert.equal(srv.server.stats().errors.rate_limited ?? 0, 0);
+});
