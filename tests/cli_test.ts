@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { fingerprintBanner } from "../src/certs.ts";
-import { PASSWORD, spawnServer, testCerts, TestClient } from "./helpers.ts";
+import { commandAvailable, PASSWORD, spawnServer, testCerts, TestClient } from "./helpers.ts";
 
 const MAIN = new URL("../main.ts", import.meta.url).pathname;
 
@@ -185,14 +185,7 @@ Deno.test("main.ts writes JSON log lines with --log-format json", async () => {
   }
 });
 
-const HAS_SCRIPT = (() => {
-  try {
-    return new Deno.Command("script", { args: ["--version"], stdout: "null", stderr: "null" })
-      .outputSync().success;
-  } catch {
-    return false;
-  }
-})();
+const HAS_SCRIPT = commandAvailable("script", ["--version"]);
 if (!HAS_SCRIPT) console.log("Skipping the terminal prompt test: util-linux `script` not found");
 
 Deno.test({

@@ -25,6 +25,7 @@ import {
 } from "../src/certs.ts";
 import { encodeFrame, FrameReader } from "../src/protocol.ts";
 import {
+  commandAvailable,
   type Frame,
   PASSWORD,
   spawnServer,
@@ -711,20 +712,7 @@ Deno.test("ChatLink without a pin trusts the first certificate only: a new one o
 // ---------------------------------------------------------------------------------------------
 // Interactive mode through a pseudo-terminal (util-linux `script`).
 
-async function hasScript(): Promise<boolean> {
-  try {
-    const { success } = await new Deno.Command("script", {
-      args: ["--version"],
-      stdout: "null",
-      stderr: "null",
-    }).output();
-    return success;
-  } catch {
-    return false;
-  }
-}
-
-const SCRIPT_AVAILABLE = await hasScript();
+const SCRIPT_AVAILABLE = commandAvailable("script", ["--version"]);
 if (!SCRIPT_AVAILABLE) console.log("Skipping pseudo-terminal tests: util-linux `script` not found");
 
 function shellQuote(word: string): string {

@@ -282,3 +282,12 @@ export async function spawnServer(
   }
   return spawned;
 }
+
+/** Whether `command args` runs and succeeds here (used to skip tests that need a system tool). */
+export function commandAvailable(command: string, args: string[]): boolean {
+  try {
+    return new Deno.Command(command, { args, stdout: "null", stderr: "null" }).outputSync().success;
+  } catch {
+    return false;
+  }
+}

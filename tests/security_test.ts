@@ -10,6 +10,7 @@ import { encodeFrame } from "../src/protocol.ts";
 import { guessOnce } from "./abuse.ts";
 import { BURST_ADDRESS, GUESS_ADDRESS, HONEST_ADDRESS } from "./soak_common.ts";
 import {
+  commandAvailable,
   delay,
   lengthPrefix,
   PASSWORD,
@@ -22,20 +23,7 @@ import {
 const MAIN = new URL("../main.ts", import.meta.url).pathname;
 const DECODER = new TextDecoder();
 
-async function opensslAvailable(): Promise<boolean> {
-  try {
-    const { success } = await new Deno.Command("openssl", {
-      args: ["version"],
-      stdout: "null",
-      stderr: "null",
-    }).output();
-    return success;
-  } catch {
-    return false;
-  }
-}
-
-const OPENSSL = await opensslAvailable();
+const OPENSSL = commandAvailable("openssl", ["version"]);
 if (!OPENSSL) console.log("Skipping the TLS version tests: openssl is not on PATH");
 
 /** Runs `openssl s_client` with `args` against `port`; returns its exit code and output. */
