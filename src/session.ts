@@ -181,23 +181,18 @@ export class Session {
 
   async #serve(): Promise<void> {
     const { limits, stats, registry, logger, now } = this.#ctx;
-    // The reader is never cancelled: cancelling would close the socket before the last frames
-    // are flushed. Closing the connection ends the stream.
-    // Plain conn.read() calls: a BYOB stream costs ~6 KiB of heap per idle connection.
+    // Plain conn.read() calls: a BYOB stream costs ~6 KiB of heap per idle connection. Closing the
+    // connection ends the reads.
     const reader = new FrameReader(this.#conn, { maxFrame: limits.maxFrame });
     const first = await reader.read();
     if (first === null || this.#closing) return;
     const password = parseAuth(decodeBody(first));
-    if (this.#ctx.lockout.isLocked(this.ip, now())) {
-      throw new ProtocolError("locked_out", "Cannot log in: too many failed attempts, try later");
-    }
+    this.#checkLockout();
     const ok = await this.#ctx.verifier.verify(password);
     if (this.#closing) return;
-    if (this.#ctx.lockout.isLocked(this.ip, now())) {
-      // Guesses sent together all pass the first check; the ones whose verdict comes after the
-      // lockout began get no verdict either.
-      throw new ProtocolError("locked_out", "Cannot log in: too many failed attempts, try later");
-    }
+    // Guesses sent together all passed the first check; those whose verdict comes after the
+    // lockout began get no verdict either.
+    this.#checkLockout();
     clearTimeout(this.#authTimer);
     if (!ok) {
       stats.authFailures++;
@@ -245,6 +240,13 @@ export class Session {
         this.#count(error.code);
         this.#outbox.push(encodeError(error.code, error.message));
       }
+    }
+  }
+
+  /** Throws `locked_out` if this IP is locked out: its password is then not checked. */
+  #checkLockout(): void {
+    if (this.#ctx.lockout.isLocked(this.ip, this.#ctx.now())) {
+      throw new ProtocolError("locked_out", "Cannot log in: too many failed attempts, try later");
     }
   }
 

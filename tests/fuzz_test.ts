@@ -24,7 +24,7 @@ import {
   ProtocolError,
 } from "../src/protocol.ts";
 import { Rng } from "./soak_common.ts";
-import { lengthPrefix, PASSWORD } from "./helpers.ts";
+import { chunkInput, lengthPrefix, PASSWORD } from "./helpers.ts";
 
 const SEED = Number(Deno.env.get("FUZZ_SEED") ?? 0x5eed2026);
 const ITERATIONS = Number(Deno.env.get("FUZZ_ITERATIONS") ?? 100_000);
@@ -294,29 +294,9 @@ function pushDecode(chunks: Uint8Array[], maxFrame: number): Decoded {
   return { frames, error: null, pending: decoder.pending };
 }
 
-function byteStream(chunks: Uint8Array[]): ReadableStream<Uint8Array> {
-  const queue = chunks.map((chunk) => chunk.slice());
-  return new ReadableStream({
-    type: "bytes",
-    pull(controller) {
-      const request = controller.byobRequest!;
-      const chunk = queue.shift();
-      if (chunk === undefined) {
-        controller.close();
-        request.respond(0);
-        return;
-      }
-      const view = request.view!;
-      const n = Math.min(view.byteLength, chunk.length);
-      new Uint8Array(view.buffer, view.byteOffset, n).set(chunk.subarray(0, n));
-      if (n < chunk.length) queue.unshift(chunk.subarray(n));
-      request.respond(n);
-    },
-  });
-}
-
 async function readerDecode(chunks: Uint8Array[], maxFrame: number): Promise<Decoded> {
-  const reader = new FrameReader(byteStream(chunks), { maxFrame });
+  // The server's path: read() calls on the connection.
+  const reader = new FrameReader(chunkInput("source", chunks), { maxFrame });
   const frames: Uint8Array[] = [];
   try {
     while (true) {

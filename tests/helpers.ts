@@ -6,7 +6,13 @@
  */
 import { ensureCertificates } from "../src/certs.ts";
 import type { Limits } from "../src/config.ts";
-import { CLIENT_MAX_FRAME, encodeFrame, FrameReader, type JsonObject } from "../src/protocol.ts";
+import {
+  type ByteSource,
+  CLIENT_MAX_FRAME,
+  encodeFrame,
+  FrameReader,
+  type JsonObject,
+} from "../src/protocol.ts";
 import { ChatServer, type ChatServerOptions } from "../src/server.ts";
 
 /** The password every test server uses. */
@@ -290,4 +296,39 @@ export function commandAvailable(command: string, args: string[]): boolean {
   } catch {
     return false;
   }
+}
+
+/**
+ * Chunks fed to a `FrameReader` in both of its modes: `"source"` is a `read()`-style source like a
+ * `Deno.Conn` (what the server uses), `"stream"` a byte stream read through a BYOB reader. Each
+ * read returns at most the rest of the current chunk, so the splits are exactly the given ones.
+ */
+export function chunkInput(
+  mode: "source" | "stream",
+  chunks: Uint8Array[],
+): ReadableStream<Uint8Array> | ByteSource {
+  const queue = chunks.map((chunk) => chunk.slice());
+  const take = (into: Uint8Array): number | null => {
+    const chunk = queue.shift();
+    if (chunk === undefined) return null;
+    const n = Math.min(into.byteLength, chunk.length);
+    into.set(chunk.subarray(0, n));
+    if (n < chunk.length) queue.unshift(chunk.subarray(n));
+    return n;
+  };
+  if (mode === "source") return { read: (buffer) => Promise.resolve(take(buffer)) };
+  return new ReadableStream({
+    type: "bytes",
+    pull(controller) {
+      const request = controller.byobRequest!;
+      const view = request.view!;
+      const n = take(new Uint8Array(view.buffer, view.byteOffset, view.byteLength));
+      if (n === null) {
+        controller.close();
+        request.respond(0);
+      } else {
+        request.respond(n);
+      }
+    },
+  });
 }

@@ -11,31 +11,9 @@ import {
   parseChat,
   ProtocolError,
 } from "../src/protocol.ts";
+import { chunkInput } from "./helpers.ts";
 
 const text = new TextDecoder();
-
-/** A byte stream that yields the given chunks, then ends. */
-function streamOf(chunks: Uint8Array[]): ReadableStream<Uint8Array> {
-  let index = 0;
-  return new ReadableStream({
-    type: "bytes",
-    pull(controller) {
-      const request = controller.byobRequest!;
-      const view = request.view as Uint8Array;
-      if (index >= chunks.length) {
-        controller.close();
-        request.respond(0);
-        return;
-      }
-      const chunk = chunks[index];
-      const n = Math.min(chunk.length, view.byteLength);
-      view.set(chunk.subarray(0, n));
-      if (n < chunk.length) chunks[index] = chunk.subarray(n);
-      else index++;
-      request.respond(n);
-    },
-  });
-}
 
 function concat(...parts: Uint8Array[]): Uint8Array {
   const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
@@ -99,61 +77,63 @@ Deno.test("auth replies and broadcasts are the seed's exact bytes", () => {
   );
 });
 
-Deno.test("FrameReader returns frames split across reads", async () => {
-  const frame = encodeFrame({ type: "message", content: "hello" });
-  const chunks = [...frame].map((byte) => new Uint8Array([byte]));
-  const reader = new FrameReader(streamOf(chunks));
-  assert.deepEqual(await readAll(reader), ['{"type":"message","content":"hello"}']);
-});
-
-Deno.test("FrameReader returns several frames coalesced in one read", async () => {
-  const frames = Array.from({ length: 50 }, (_, i) => encodeFrame({ i }));
-  const reader = new FrameReader(streamOf([concat(...frames)]));
-  assert.deepEqual(await readAll(reader), frames.map((_, i) => `{"i":${i}}`));
-});
-
-Deno.test("FrameReader accepts a body of exactly max_frame and rejects one more", async (t) => {
-  await t.step("exactly max", async () => {
-    const body = new Uint8Array(65536).fill(0x20);
-    body[0] = 0x7b; // "{"
-    body[65535] = 0x7d;
-    const reader = new FrameReader(streamOf([header(65536), body]), { maxFrame: 65536 });
-    const got = await reader.read();
-    assert.equal(got?.length, 65536);
-    assert.equal(await reader.read(), null);
+for (const mode of ["source", "stream"] as const) {
+  Deno.test(`FrameReader (${mode}) returns frames split across reads`, async () => {
+    const frame = encodeFrame({ type: "message", content: "hello" });
+    const chunks = [...frame].map((byte) => new Uint8Array([byte]));
+    const reader = new FrameReader(chunkInput(mode, chunks));
+    assert.deepEqual(await readAll(reader), ['{"type":"message","content":"hello"}']);
   });
-  await t.step("max + 1 is rejected from the header alone", async () => {
-    // Only the header is available: the reader must not wait for (or allocate) the body.
-    const reader = new FrameReader(streamOf([header(65537)]), { maxFrame: 65536 });
-    assert.equal(await asyncCodeOf(reader.read()), "frame_too_large");
-  });
-});
 
-Deno.test("FrameReader rejects every bad length prefix", async (t) => {
-  for (
-    const [length, code] of [[0, "empty_frame"], [65537, "frame_too_large"], [
-      2 ** 31,
-      "frame_too_large",
-    ], [2 ** 32 - 1, "frame_too_large"]] as const
-  ) {
-    await t.step(`length ${length}`, async () => {
-      const reader = new FrameReader(streamOf([header(length)]));
-      assert.equal(await asyncCodeOf(reader.read()), code);
+  Deno.test(`FrameReader (${mode}) returns several frames coalesced in one read`, async () => {
+    const frames = Array.from({ length: 50 }, (_, i) => encodeFrame({ i }));
+    const reader = new FrameReader(chunkInput(mode, [concat(...frames)]));
+    assert.deepEqual(await readAll(reader), frames.map((_, i) => `{"i":${i}}`));
+  });
+
+  Deno.test(`FrameReader (${mode}) accepts a body of exactly max_frame and rejects one more`, async (t) => {
+    await t.step("exactly max", async () => {
+      const body = new Uint8Array(65536).fill(0x20);
+      body[0] = 0x7b; // "{"
+      body[65535] = 0x7d;
+      const reader = new FrameReader(chunkInput(mode, [header(65536), body]), { maxFrame: 65536 });
+      const got = await reader.read();
+      assert.equal(got?.length, 65536);
+      assert.equal(await reader.read(), null);
     });
-  }
-  await t.step("a bad length after a good frame", async () => {
-    const reader = new FrameReader(streamOf([concat(encodeFrame({}), header(0))]));
-    assert.equal(text.decode((await reader.read())!), "{}");
-    assert.equal(await asyncCodeOf(reader.read()), "empty_frame");
+    await t.step("max + 1 is rejected from the header alone", async () => {
+      // Only the header is available: the reader must not wait for (or allocate) the body.
+      const reader = new FrameReader(chunkInput(mode, [header(65537)]), { maxFrame: 65536 });
+      assert.equal(await asyncCodeOf(reader.read()), "frame_too_large");
+    });
   });
-});
 
-Deno.test("FrameReader reports a stream that ends inside a frame", async () => {
-  const reader = new FrameReader(streamOf([header(10), new Uint8Array(3)]));
-  await assert.rejects(reader.read(), Deno.errors.UnexpectedEof);
-  const partialHeader = new FrameReader(streamOf([new Uint8Array(2)]));
-  await assert.rejects(partialHeader.read(), Deno.errors.UnexpectedEof);
-});
+  Deno.test(`FrameReader (${mode}) rejects every bad length prefix`, async (t) => {
+    for (
+      const [length, code] of [[0, "empty_frame"], [65537, "frame_too_large"], [
+        2 ** 31,
+        "frame_too_large",
+      ], [2 ** 32 - 1, "frame_too_large"]] as const
+    ) {
+      await t.step(`length ${length}`, async () => {
+        const reader = new FrameReader(chunkInput(mode, [header(length)]));
+        assert.equal(await asyncCodeOf(reader.read()), code);
+      });
+    }
+    await t.step("a bad length after a good frame", async () => {
+      const reader = new FrameReader(chunkInput(mode, [concat(encodeFrame({}), header(0))]));
+      assert.equal(text.decode((await reader.read())!), "{}");
+      assert.equal(await asyncCodeOf(reader.read()), "empty_frame");
+    });
+  });
+
+  Deno.test(`FrameReader (${mode}) reports a stream that ends inside a frame`, async () => {
+    const reader = new FrameReader(chunkInput(mode, [header(10), new Uint8Array(3)]));
+    await assert.rejects(reader.read(), Deno.errors.UnexpectedEof);
+    const partialHeader = new FrameReader(chunkInput(mode, [new Uint8Array(2)]));
+    await assert.rejects(partialHeader.read(), Deno.errors.UnexpectedEof);
+  });
+}
 
 Deno.test("FrameDecoder decodes pushed chunks and rejects bad lengths early", () => {
   const decoder = new FrameDecoder({ maxFrame: 100 });
