@@ -3,6 +3,10 @@
  * `openssl` subprocess, compute the SHA-256 fingerprint, and render the fingerprint banner and
  * `server_fingerprint.txt`. This module never prints; callers print the banner.
  *
+ * Generation is exclusive across processes: the process that creates {@linkcode LOCK_FILE} in the
+ * cert dir generates the pair, the others wait for it and load that pair. The pair is hard-linked
+ * into place, so an existing `cert.pem` or `key.pem` is never replaced.
+ *
  * @module
  */
 
@@ -17,6 +21,16 @@ export const CERT_FILE = "cert.pem";
 export const KEY_FILE = "key.pem";
 /** File name of the fingerprint file inside the cert dir. */
 export const FINGERPRINT_FILE = "server_fingerprint.txt";
+/** File name of the lock, inside the cert dir, held by the process that generates the pair. */
+export const LOCK_FILE = ".certs.lock";
+
+/**
+ * A lock this old (by its mtime, or by how long this process has watched it) was left by a crashed
+ * process and is removed. Generating a pair takes about 10 ms here, so a live holder never gets
+ * near it; if one ever did, the hard links still keep a single, matching pair.
+ */
+const LOCK_STALE_MS = 10_000;
+const LOCK_POLL_MS = 25;
 
 const CERT_DAYS = 825;
 const RULE = "=".repeat(70);
@@ -82,15 +96,12 @@ export async function ensureCertificates(options: CertOptions): Promise<CertPair
   need({ name: "read", path: certDir }, `read certificates in ${certDir}`);
   const [hasCert, hasKey] = [await exists(certPath), await exists(keyPath)];
   if (hasCert && hasKey) return await loadPair(certPath, keyPath, false);
-  if (hasCert || hasKey) {
-    const [present, missing] = hasCert ? [certPath, keyPath] : [keyPath, certPath];
-    throw new CertError(
-      `Cannot use ${present}: ${missing} is missing; restore ${missing}, or delete ${present} ` +
-        "to generate a new pair",
-    );
+  // Half a pair while the lock is held: another process is placing its pair; wait for it.
+  if ((hasCert || hasKey) && !(await exists(join(certDir, LOCK_FILE)))) {
+    throw halfPairError(certPath, keyPath, hasCert);
   }
-  await generate(certDir, host);
-  return await loadPair(certPath, keyPath, true);
+  const generated = await generate(certDir, host);
+  return await loadPair(certPath, keyPath, generated);
 }
 
 /** SHA-256 over the DER of the first certificate in `certPem`, as lowercase hex without colons. */
@@ -203,13 +214,52 @@ function publicKeyDer(path: string, key: () => ReturnType<typeof createPublicKey
   }
 }
 
-async function generate(certDir: string, host: string): Promise<void> {
+/**
+ * Makes sure `cert.pem` and `key.pem` exist in `certDir`: generates them while holding the lock,
+ * or waits for the process that holds it. Returns true if this call generated the pair.
+ */
+async function generate(certDir: string, host: string): Promise<boolean> {
   need({ name: "write", path: certDir }, `generate certificates in ${certDir}`);
   need({ name: "run", command: "openssl" }, "generate certificates");
   await checkOpenssl();
-  let tmpDir: string;
   try {
     await Deno.mkdir(certDir, { recursive: true });
+  } catch (err) {
+    throw new CertError(`Cannot create ${certDir}: ${messageOf(err)}`, { cause: err });
+  }
+  const lockPath = join(certDir, LOCK_FILE);
+  let watched: { id: string; since: number } | undefined;
+  for (;;) {
+    const token = await createLock(lockPath);
+    if (token !== null) {
+      try {
+        return await generateLocked(certDir, host);
+      } finally {
+        await releaseLock(lockPath, token);
+      }
+    }
+    const lock = await lockId(lockPath);
+    if (lock === null) continue; // released since we tried
+    const now = Date.now();
+    if (watched?.id !== lock.id) watched = { id: lock.id, since: now };
+    // The watch time bounds the wait even if the lock's mtime comes from a skewed clock.
+    if (Math.max(now - lock.mtime, now - watched.since) >= LOCK_STALE_MS) {
+      await removeStaleLock(lockPath, lock.id);
+    } else {
+      await new Promise((resolve) => setTimeout(resolve, LOCK_POLL_MS));
+    }
+  }
+}
+
+/** Generates the pair into a private temp dir and links it into place; call with the lock held. */
+async function generateLocked(certDir: string, host: string): Promise<boolean> {
+  const certPath = join(certDir, CERT_FILE);
+  const keyPath = join(certDir, KEY_FILE);
+  const [hasCert, hasKey] = [await exists(certPath), await exists(keyPath)];
+  if (hasCert && hasKey) return false; // written by the previous holder of the lock
+  if (hasCert || hasKey) throw halfPairError(certPath, keyPath, hasCert);
+  let tmpDir: string;
+  try {
     tmpDir = await Deno.makeTempDir({ dir: certDir, prefix: ".tmp-certs-" }); // mode 0700
   } catch (err) {
     throw new CertError(`Cannot create ${certDir}: ${messageOf(err)}`, { cause: err });
@@ -217,12 +267,8 @@ async function generate(certDir: string, host: string): Promise<void> {
   try {
     const tmpKey = join(tmpDir, KEY_FILE);
     const tmpCert = join(tmpDir, CERT_FILE);
-    const { success, stderr } = await new Deno.Command("openssl", {
-      args: opensslArgs(host, tmpKey, tmpCert),
-      stdin: "null",
-      stdout: "null",
-      stderr: "piped",
-    }).output();
+    const { success, stderr } = await opensslCommand(opensslArgs(host, tmpKey, tmpCert), "piped")
+      .output();
     if (!success) {
       const detail = new TextDecoder().decode(stderr).trim();
       throw new CertError(`Cannot generate certificates: openssl failed: ${detail}`);
@@ -231,9 +277,12 @@ async function generate(certDir: string, host: string): Promise<void> {
       await Deno.chmod(tmpKey, 0o600);
       await Deno.chmod(tmpCert, 0o644);
     }
-    // Certificate first: a crash in between leaves only the public half behind.
-    await Deno.rename(tmpCert, join(certDir, CERT_FILE));
-    await Deno.rename(tmpKey, join(certDir, KEY_FILE));
+    // Whoever links cert.pem first owns the pair (a process that wrongly judged our lock stale
+    // may be generating too); the loser loads the winner's pair. Certificate first: a crash in
+    // between leaves only the public half behind.
+    if (!(await linkNew(tmpCert, certPath))) return await waitForFile(keyPath);
+    await linkNew(tmpKey, keyPath);
+    return true;
   } catch (err) {
     if (err instanceof CertError) throw err;
     throw new CertError(`Cannot generate certificates: ${messageOf(err)}`, { cause: err });
@@ -242,14 +291,93 @@ async function generate(certDir: string, host: string): Promise<void> {
   }
 }
 
+/**
+ * Hard-links `from` as `to`, which never replaces an existing `to`; returns false if `to` exists.
+ * On a file system without hard links it checks and renames instead (safe under the lock).
+ */
+async function linkNew(from: string, to: string): Promise<boolean> {
+  try {
+    await Deno.link(from, to);
+    return true;
+  } catch (err) {
+    if (err instanceof Deno.errors.AlreadyExists) return false;
+    if (await exists(to)) return false;
+    await Deno.rename(from, to);
+    return true;
+  }
+}
+
+/** Waits (bounded) for the process that won the race for `cert.pem` to link its `key.pem`. */
+async function waitForFile(path: string): Promise<false> {
+  const deadline = Date.now() + LOCK_STALE_MS;
+  while (!(await exists(path)) && Date.now() < deadline) {
+    await new Promise((resolve) => setTimeout(resolve, LOCK_POLL_MS));
+  }
+  return false;
+}
+
+/** Creates the lock; returns the text written into it, or null if another process holds it. */
+async function createLock(lockPath: string): Promise<string | null> {
+  const token = `pid ${Deno.pid}, ${new Date().toISOString()}, ${crypto.randomUUID()}\n`;
+  const bytes = new TextEncoder().encode(token);
+  let file: Deno.FsFile;
+  try {
+    file = await Deno.open(lockPath, { createNew: true, write: true });
+  } catch (err) {
+    if (err instanceof Deno.errors.AlreadyExists) return null;
+    throw new CertError(`Cannot create ${lockPath}: ${messageOf(err)}`, { cause: err });
+  }
+  try {
+    for (let written = 0; written < bytes.length;) {
+      written += await file.write(bytes.subarray(written));
+    }
+  } catch (err) {
+    file.close();
+    await Deno.remove(lockPath).catch(() => {}); // created by us just above
+    throw new CertError(`Cannot write ${lockPath}: ${messageOf(err)}`, { cause: err });
+  }
+  file.close();
+  return token;
+}
+
+/** Removes the lock if it still holds our token (it is not ours if it was judged stale). */
+async function releaseLock(lockPath: string, token: string): Promise<void> {
+  try {
+    if (await Deno.readTextFile(lockPath) === token) await Deno.remove(lockPath);
+  } catch {
+    // Gone already, or unreadable: then it ages into a stale lock that the next start removes.
+  }
+}
+
+/** The lock's identity (mtime, inode, size) and mtime in ms, or null if there is no lock. */
+async function lockId(lockPath: string): Promise<{ id: string; mtime: number } | null> {
+  try {
+    const info = await Deno.stat(lockPath);
+    const mtime = info.mtime?.getTime() ?? Date.now();
+    return { id: `${info.mtime?.getTime()}:${info.ino}:${info.size}`, mtime };
+  } catch (err) {
+    if (err instanceof Deno.errors.NotFound) return null;
+    throw new CertError(`Cannot check ${lockPath}: ${messageOf(err)}`, { cause: err });
+  }
+}
+
+/** Removes the lock if it is still the stale one we saw, not a new one just created. */
+async function removeStaleLock(lockPath: string, id: string): Promise<void> {
+  if ((await lockId(lockPath))?.id !== id) return;
+  try {
+    await Deno.remove(lockPath);
+  } catch (err) {
+    if (err instanceof Deno.errors.NotFound) return;
+    throw new CertError(
+      `Cannot remove the stale lock ${lockPath}: ${messageOf(err)}; delete it by hand`,
+      { cause: err },
+    );
+  }
+}
+
 async function checkOpenssl(): Promise<void> {
   try {
-    await new Deno.Command("openssl", {
-      args: ["version"],
-      stdin: "null",
-      stdout: "null",
-      stderr: "null",
-    }).output();
+    await opensslCommand(["version"], "null").output();
   } catch (err) {
     if (err instanceof Deno.errors.NotFound) {
       throw new CertError(
@@ -260,6 +388,23 @@ async function checkOpenssl(): Promise<void> {
     }
     throw new CertError(`Cannot run openssl: ${messageOf(err)}`, { cause: err });
   }
+}
+
+/**
+ * An `openssl` command with an empty environment: the server's (`CHAT_SERVER_PASSWORD` included)
+ * is none of its business. No variable is needed: Deno finds `openssl` on the server's own PATH
+ * when the child has none (as `--allow-run=openssl` did), so no `--allow-env=PATH` is needed
+ * either; and every setting of `openssl req` is on its command line, so it needs no
+ * `OPENSSL_CONF` (its built-in default config is used).
+ */
+function opensslCommand(args: string[], stderr: "null" | "piped"): Deno.Command {
+  return new Deno.Command("openssl", {
+    args,
+    clearEnv: true,
+    stdin: "null",
+    stdout: "null",
+    stderr,
+  });
 }
 
 function opensslArgs(host: string, keyPath: string, certPath: string): string[] {
@@ -277,6 +422,14 @@ function opensslArgs(host: string, keyPath: string, certPath: string): string[] 
     "-addext", "extendedKeyUsage=serverAuth",
     "-addext", "keyUsage=critical,digitalSignature",
   ];
+}
+
+function halfPairError(certPath: string, keyPath: string, hasCert: boolean): CertError {
+  const [present, missing] = hasCert ? [certPath, keyPath] : [keyPath, certPath];
+  return new CertError(
+    `Cannot use ${present}: ${missing} is missing; restore ${missing}, or delete ${present} ` +
+      "to generate a new pair",
+  );
 }
 
 /** Returns the host to put in the certificate, or throws if it is not a hostname or IP literal. */

@@ -1,4 +1,5 @@
 import assert from "node:assert/strict";
+import { createPublicKey } from "node:crypto";
 import { join } from "node:path";
 import {
   CertError,
@@ -7,12 +8,17 @@ import {
   fingerprintFileText,
   fingerprintOf,
   formatFingerprint,
+  LOCK_FILE,
   writeFingerprintFile,
 } from "../src/certs.ts";
 
 const HEX = "a1b2c3d4e5f67890abcdef1234567890abcdef1234567890abcdef1234567890";
 const CERTS_MODULE = new URL("../src/certs.ts", import.meta.url).href;
 const PERMISSIONS_MODULE = new URL("../src/permissions.ts", import.meta.url).href;
+const MAIN = new URL("../main.ts", import.meta.url).pathname;
+const REPO_ROOT = new URL("..", import.meta.url).pathname;
+/** Variables a shell sets by itself, so a dump of an empty environment may still show them. */
+const SHELL_OWN_VARIABLES = new Set(["PWD", "OLDPWD", "SHLVL", "_"]);
 const decoder = new TextDecoder();
 
 async function withTempDir(fn: (dir: string) => Promise<void>): Promise<void> {
@@ -417,5 +423,229 @@ for (const desc of descs) {
         "granted",
       ]);
     });
+  });
+});
+
+/** The absolute path of a system command, as `command -v` finds it. */
+async function commandPath(name: string): Promise<string> {
+  const out = await new Deno.Command("sh", {
+    args: ["-c", 'command -v "$1"', "sh", name],
+    stdout: "piped",
+  }).output();
+  const path = decoder.decode(out.stdout).trim();
+  assert.ok(out.success && path.startsWith("/"), `${name} not found`);
+  return path;
+}
+
+function shellQuote(text: string): string {
+  return `'${text.replaceAll("'", `'\\''`)}'`;
+}
+
+/**
+ * Writes `<dir>/bin/openssl`: a script that appends its arguments and its environment to
+ * `<dir>/openssl-env.txt`, waits `reqDelay` (seconds, `openssl req` only) and then runs the real
+ * openssl. It uses absolute paths only, since it may run with an empty environment.
+ */
+async function fakeOpenssl(
+  dir: string,
+  reqDelay = "0",
+): Promise<{ binDir: string; dump: string; path: string }> {
+  const binDir = join(dir, "bin");
+  const dump = join(dir, "openssl-env.txt");
+  const [openssl, env, sleep] = await Promise.all(["openssl", "env", "sleep"].map(commandPath));
+  await Deno.mkdir(binDir);
+  await Deno.writeTextFile(
+    join(binDir, "openssl"),
+    `#!/bin/sh
+printf '=== %s\\n' "$*" >> ${shellQuote(dump)}
+${shellQuote(env)} >> ${shellQuote(dump)}
+if [ "$1" = req ]; then ${shellQuote(sleep)} ${reqDelay}; fi
+exec ${shellQuote(openssl)} "$@"
+`,
+    { mode: 0o755 },
+  );
+  return { binDir, dump, path: `${binDir}:${Deno.env.get("PATH") ?? ""}` };
+}
+
+/** The environments the fake openssl saw, one `{ args, text, names }` per run. */
+async function readDumps(dump: string): Promise<{ args: string; text: string; names: string[] }[]> {
+  const runs = (await Deno.readTextFile(dump)).split(/^=== /m).slice(1);
+  return runs.map((run) => {
+    const [args, ...lines] = run.split("\n");
+    const names = lines.flatMap((line) => /^([A-Za-z_][A-Za-z0-9_]*)=/.exec(line)?.[1] ?? []);
+    return { args, text: lines.join("\n"), names };
+  });
+}
+
+/** Runs `main.ts --certs-only` with the permissions of `deno task certs`, scoped to `certDir`. */
+async function runCertsTask(
+  certDir: string,
+  env: Record<string, string>,
+): Promise<{ code: number; stdout: string; stderr: string }> {
+  const { code, stdout, stderr } = await new Deno.Command(Deno.execPath(), {
+    // deno-fmt-ignore
+    args: [
+      "run", "--no-prompt", `--allow-read=${certDir}`, `--allow-write=${certDir}`,
+      "--allow-run=openssl", "--allow-env=HOST", MAIN, "--certs-only", "--cert-dir", certDir,
+    ],
+    cwd: REPO_ROOT,
+    env,
+    stdin: "null",
+  }).output();
+  return { code, stdout: decoder.decode(stdout), stderr: decoder.decode(stderr) };
+}
+
+/** The SubjectPublicKeyInfo (DER) of a certificate or a private key. */
+function spkiOf(pem: string): Uint8Array {
+  return createPublicKey(pem).export({ type: "spki", format: "der" });
+}
+
+/** Asserts that `certDir` holds a pair whose key matches its certificate; returns its fingerprint. */
+async function assertMatchingPair(certDir: string): Promise<string> {
+  const certPem = await Deno.readTextFile(join(certDir, "cert.pem"));
+  const keyPem = await Deno.readTextFile(join(certDir, "key.pem"));
+  assert.deepEqual(spkiOf(keyPem), spkiOf(certPem), "key.pem does not match cert.pem");
+  return await fingerprintOf(certPem);
+}
+
+Deno.test("openssl runs with none of the server's environment, so never sees the password", async () => {
+  await withTempDir(async (dir) => {
+    const secret = `password-${crypto.randomUUID()}`;
+    const fake = await fakeOpenssl(dir);
+    const certDir = join(dir, "certs");
+    const run = await runCertsTask(certDir, {
+      PATH: fake.path,
+      CHAT_SERVER_PASSWORD: secret,
+      CERTS_TEST_OTHER_VARIABLE: "other",
+    });
+    assert.equal(run.code, 0, run.stderr);
+
+    const dumps = await readDumps(fake.dump);
+    assert.deepEqual(dumps.map((d) => d.args.split(" ")[0]), ["version", "req"]);
+    for (const { args, text, names } of dumps) {
+      assert.ok(!text.includes(secret), `openssl ${args} saw the password`);
+      assert.deepEqual(names.filter((name) => !SHELL_OWN_VARIABLES.has(name)), [], args);
+    }
+
+    const fingerprint = await assertMatchingPair(certDir);
+    assert.ok(run.stdout.includes(`export CHAT_SERVER_FINGERPRINT=${fingerprint}\n`));
+  });
+});
+
+Deno.test("concurrent ensureCertificates calls in one process share one generated pair", async () => {
+  await withTempDir(async (dir) => {
+    const certDir = join(dir, "certs");
+    const pairs = await Promise.all(
+      Array.from({ length: 8 }, () => ensureCertificates({ certDir, host: "localhost" })),
+    );
+    const fingerprint = await assertMatchingPair(certDir);
+    assert.deepEqual(new Set(pairs.map((pair) => pair.fingerprint)), new Set([fingerprint]));
+    assert.equal(pairs.filter((pair) => pair.generated).length, 1);
+    assert.deepEqual(await listDir(certDir), ["cert.pem", "key.pem"]);
+  });
+});
+
+Deno.test("separate processes started at once agree on one generated pair", async () => {
+  await withTempDir(async (dir) => {
+    // A slow `openssl req` makes every process reach generation while the others are in it.
+    const fake = await fakeOpenssl(dir, "0.5");
+    const certDir = join(dir, "certs");
+    const runs = await Promise.all(
+      Array.from({ length: 4 }, () => runCertsTask(certDir, { PATH: fake.path })),
+    );
+    const fingerprint = await assertMatchingPair(certDir);
+    for (const run of runs) {
+      assert.equal(run.code, 0, run.stderr);
+      assert.ok(run.stdout.includes(`export CHAT_SERVER_FINGERPRINT=${fingerprint}\n`), run.stdout);
+    }
+    assert.equal(
+      runs.filter((run) => run.stderr.includes("Generated a new certificate")).length,
+      1,
+    );
+    assert.equal((await readDumps(fake.dump)).filter((d) => d.args.startsWith("req")).length, 1);
+    assert.deepEqual(await listDir(certDir), ["cert.pem", "key.pem", "server_fingerprint.txt"]);
+  });
+});
+
+Deno.test("ensureCertificates waits for the lock holder and loads the pair it writes", async () => {
+  await withTempDir(async (dir) => {
+    const other = await ensureCertificates({ certDir: join(dir, "other"), host: "localhost" });
+    const certDir = join(dir, "certs");
+    await Deno.mkdir(certDir);
+    await Deno.writeTextFile(join(certDir, LOCK_FILE), "held by a test");
+    let settled = false;
+    const waiting = ensureCertificates({ certDir, host: "localhost" }).finally(() => {
+      settled = true;
+    });
+    await new Promise((resolve) => setTimeout(resolve, 500));
+    assert.equal(settled, false, "ensureCertificates did not wait for the lock");
+    await Deno.copyFile(other.certPath, join(certDir, "cert.pem"));
+    await Deno.copyFile(other.keyPath, join(certDir, "key.pem"));
+    await Deno.remove(join(certDir, LOCK_FILE));
+    const pair = await waiting;
+    assert.equal(pair.generated, false);
+    assert.equal(pair.fingerprint, other.fingerprint);
+    assert.deepEqual(await listDir(certDir), ["cert.pem", "key.pem"]);
+  });
+});
+
+Deno.test("ensureCertificates replaces a stale lock left by a crashed process", async () => {
+  await withTempDir(async (dir) => {
+    const lock = join(dir, LOCK_FILE);
+    await Deno.writeTextFile(lock, "left by a crashed process");
+    const old = new Date(Date.now() - 120_000);
+    await Deno.utime(lock, old, old);
+    const started = Date.now();
+    const pair = await ensureCertificates({ certDir: dir, host: "localhost" });
+    assert.ok(Date.now() - started < 5_000, "a stale lock delayed generation");
+    assert.equal(pair.generated, true);
+    assert.equal(await assertMatchingPair(dir), pair.fingerprint);
+    assert.deepEqual(await listDir(dir), ["cert.pem", "key.pem"]);
+  });
+});
+
+Deno.test("a failed generation removes its lock and temporary files", async () => {
+  await withTempDir(async (dir) => {
+    const binDir = join(dir, "bin");
+    await Deno.mkdir(binDir);
+    await Deno.writeTextFile(
+      join(binDir, "openssl"),
+      '#!/bin/sh\nif [ "$1" = req ]; then echo "req broke" >&2; exit 1; fi\n',
+      { mode: 0o755 },
+    );
+    const certDir = join(dir, "certs");
+    const out = await runScript(dir, ensureScript({ certDir, host: "localhost" }), [
+      "--allow-all",
+    ], { PATH: binDir, HOME: Deno.env.get("HOME") ?? dir });
+    assert.equal(out, "CertError: Cannot generate certificates: openssl failed: req broke");
+    assert.deepEqual(await listDir(certDir), []);
+  });
+});
+
+Deno.test("ensureCertificates never replaces a pair that appears while it generates", async () => {
+  await withTempDir(async (dir) => {
+    // As if a second process had wrongly judged our lock stale and written its pair meanwhile.
+    const other = await ensureCertificates({ certDir: join(dir, "other"), host: "localhost" });
+    const fake = await fakeOpenssl(dir, "1");
+    const certDir = join(dir, "certs");
+    const code = `import { ensureCertificates } from ${JSON.stringify(CERTS_MODULE)};
+const pair = await ensureCertificates(${JSON.stringify({ certDir, host: "localhost" })});
+console.log(pair.generated, pair.fingerprint);
+`;
+    const running = runScript(dir, code, ["--allow-all"], {
+      PATH: fake.path,
+      HOME: Deno.env.get("HOME") ?? dir,
+    });
+    const deadline = Date.now() + 10_000;
+    while (!(await Deno.readTextFile(fake.dump).catch(() => "")).includes("=== req")) {
+      assert.ok(Date.now() < deadline, "openssl req never started");
+      await new Promise((resolve) => setTimeout(resolve, 20));
+    }
+    await Deno.copyFile(other.certPath, join(certDir, "cert.pem"));
+    await Deno.copyFile(other.keyPath, join(certDir, "key.pem"));
+    assert.equal(await running, `false ${other.fingerprint}`);
+    assert.equal(await Deno.readTextFile(join(certDir, "cert.pem")), other.certPem);
+    assert.equal(await Deno.readTextFile(join(certDir, "key.pem")), other.keyPem);
+    assert.deepEqual(await listDir(certDir), ["cert.pem", "key.pem"]);
   });
 });
