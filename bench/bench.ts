@@ -1,11 +1,13 @@
 /**
  * The chat server benchmark: a load generator of Deno TLS clients that speak the protocol, run
- * against the project's server (started here with `--rate 0 --max-per-ip 0` and a large
- * `--max-clients`, every other limit at its default) and, side by side in the same run, the
- * Node.js reference server from `../shared/reference/`.
+ * against the project's server (started here with the permissions of `deno task start`,
+ * `--rate 0 --max-per-ip 0` and a large `--max-clients`, every other limit at its default) and,
+ * side by side in the same run, the Node.js reference server from `../shared/reference/`. The
+ * memory scenario also measures two transport floors (`floor_server.ts`: idle TLS connections on
+ * `node:tls` and on `Deno.listenTls`, in Deno).
  *
  * ```sh
- * deno task bench                          # all five scenarios, 3 or 5 runs each, ours vs reference
+ * deno task bench                          # all six scenarios, 3 or 5 runs each, ours vs reference
  * deno task bench --scenarios 1,3 --runs 5
  * deno task bench --quick --json           # seconds-long smoke run, JSON on stdout
  * CHAT_SERVER_PASSWORD=... deno task bench --target 127.0.0.1:4000 --ca certs/cert.pem --pid 1234
@@ -13,9 +15,10 @@
  * deno run --no-prompt --allow-net --allow-read --allow-write --allow-run --allow-env bench/bench.ts
  * ```
  *
- * The report (stdout) is a Markdown table with the median of every figure; progress goes to
- * stderr. Scenario 4 holds 5000 connections open on each side: `ulimit -n` must be above about
- * 5200 (the bench scales the scenario down, with a note, if it is not).
+ * The report (stdout) is a Markdown table with the median of every figure, then scenario 4's
+ * figures for every server it measured (the floors included); progress goes to stderr.
+ * Scenario 4 holds 5000 connections open on each side: `ulimit -n` must be above about 5200
+ * (the bench scales the scenario down, with a note, if it is not).
  *
  * @module
  */
@@ -23,12 +26,14 @@ import { parseArgs } from "node:util";
 import { ensureCertificates } from "../src/certs.ts";
 import {
   externalServer,
+  FLOOR_NAMES,
   nodeVersion,
   openFileLimit,
   openFiles,
   readProc,
   REFERENCE_PATH,
   type ServerHandle,
+  startFloor,
   startOurs,
   startReference,
   stopAll,
@@ -41,11 +46,18 @@ import {
   SCENARIOS,
   type Sizes,
 } from "./scenarios.ts";
-import { formatMetrics, medians, renderNotes, renderTable, type ScenarioReport } from "./report.ts";
+import {
+  formatMetrics,
+  medians,
+  renderDetails,
+  renderNotes,
+  renderTable,
+  type ScenarioReport,
+} from "./report.ts";
 
 const USAGE = `Usage: deno task bench [options]
 
-  --scenarios LIST     scenarios to run, e.g. 1,2,5 (default 1,2,3,4,5)
+  --scenarios LIST     scenarios to run, e.g. 1,2,5 (default 1,2,3,4,5,6)
   --runs N             measured runs per scenario and server; the report shows medians
                        (default 5 for the short scenarios 1 and 5, 3 for the others)
   --quick              seconds-long sizes and 1 run, no warm-up (the smoke test)
@@ -54,12 +66,12 @@ const USAGE = `Usage: deno task bench [options]
   --pid PID            process id of the --target server, for its CPU and memory figures
   --reference FILE     the Node.js reference server (default ../shared/reference/ref-node-server.mjs)
   --no-reference       do not run the reference server
-  --no-ffi             run our server without --allow-ffi (Nagle's algorithm stays on)
   --concurrency N      logins in flight at once (default 100)
   --json               print the results as JSON instead of the Markdown table
   -h, --help           show this help
 
---target takes the password from CHAT_SERVER_PASSWORD.`;
+--target takes the password from CHAT_SERVER_PASSWORD; it measures no transport floors, and
+scenario 6 tells when the server dropped the stalled reader only for a server on this host.`;
 
 /** How long closed clients may take to give their sockets back before the next run. */
 const RELEASE_TIMEOUT_MS = 15_000;
@@ -74,8 +86,6 @@ const MAX_CLIENTS = 20_000;
 /** What the command line asked for. */
 interface BenchOptions {
   scenarios: Scenario[];
-  /** Run our server with `--allow-ffi` (TCP_NODELAY); `--no-ffi` measures it without. */
-  ffi: boolean;
   /** `--runs`, or undefined for each scenario's own count. */
   runs?: number;
   quick: boolean;
@@ -108,7 +118,6 @@ function parseOptions(args: string[]): BenchOptions | null {
       pid: { type: "string" },
       reference: { type: "string" },
       "no-reference": { type: "boolean", default: false },
-      "no-ffi": { type: "boolean", default: false },
       concurrency: { type: "string" },
       json: { type: "boolean", default: false },
       help: { type: "boolean", short: "h", default: false },
@@ -117,10 +126,15 @@ function parseOptions(args: string[]): BenchOptions | null {
     allowPositionals: false,
   });
   if (values.help) return null;
-  const ids = (values.scenarios ?? "1,2,3,4,5").split(",").map((id) => id.trim());
+  const all = SCENARIOS.map((s) => s.id);
+  const ids = values.scenarios?.split(",").map((id) => id.trim()) ?? all.map(String);
   const scenarios = ids.map((id) => {
     const scenario = SCENARIOS.find((s) => String(s.id) === id);
-    if (!scenario) throw new UsageError(`Unknown scenario ${JSON.stringify(id)}: expected 1 to 5`);
+    if (!scenario) {
+      throw new UsageError(
+        `Unknown scenario ${JSON.stringify(id)}: expected ${all[0]} to ${all[all.length - 1]}`,
+      );
+    }
     return scenario;
   });
   const quick = values.quick;
@@ -139,7 +153,6 @@ function parseOptions(args: string[]): BenchOptions | null {
   }
   return {
     scenarios,
-    ffi: !values["no-ffi"],
     runs: values.runs ? positiveInt("runs", values.runs) : quick ? 1 : undefined,
     quick,
     sizes,
@@ -207,10 +220,11 @@ async function released(baseline: number): Promise<void> {
 
 async function runScenario(
   scenario: Scenario,
-  kinds: ServerKind[],
+  all: { kinds: ServerKind[]; floors: ServerKind[] },
   options: BenchOptions,
 ): Promise<ScenarioReport> {
   const { sizes } = options;
+  const kinds = scenario.floors ? [...all.kinds, ...all.floors] : all.kinds;
   const count = options.runs ?? scenario.runs;
   const runs: Record<string, RunResult[]> = Object.fromEntries(kinds.map((k) => [k.name, []]));
   progress(`\n[${scenario.id}] ${scenario.title}: ${scenario.describe(sizes)}`);
@@ -269,6 +283,7 @@ export async function main(args: string[]): Promise<number> {
   }
   const notes = await fitFileLimit(options.sizes, options.scenarios);
   const kinds: ServerKind[] = [];
+  const floors: ServerKind[] = [];
   let certDir: string | null = null;
   // Interrupted: stop the servers and remove the certificates before exiting.
   const onSignal = async () => {
@@ -296,14 +311,23 @@ export async function main(args: string[]): Promise<number> {
       primary = server.name;
       kinds.push({ name: server.name, start: () => Promise.resolve(server) });
       if (target.pid === undefined) notes.push("no --pid: CPU and memory figures are n/a");
+      if (options.scenarios.some((s) => s.floors)) {
+        notes.push("--target: the transport floors are not measured");
+      }
     } else {
       certDir = await Deno.makeTempDir({ prefix: "chat-bench-" });
       const pair = await ensureCertificates({ certDir, host: "127.0.0.1" });
       const common = { certDir, caCert: pair.certPem, password: BENCH_PASSWORD };
       kinds.push({
         name: "ours",
-        start: () => startOurs({ ...common, maxClients: MAX_CLIENTS, ffi: options.ffi }),
+        start: () => startOurs({ ...common, maxClients: MAX_CLIENTS }),
       });
+      for (const transport of ["node", "deno"] as const) {
+        floors.push({
+          name: FLOOR_NAMES[transport],
+          start: () => startFloor({ ...common, transport }),
+        });
+      }
       const script = options.reference;
       const node = script ? await nodeVersion() : null;
       if (script && node && await exists(script)) {
@@ -322,7 +346,7 @@ export async function main(args: string[]): Promise<number> {
     const started = new Date();
     const reports: ScenarioReport[] = [];
     for (const scenario of options.scenarios) {
-      reports.push(await runScenario(scenario, kinds, options));
+      reports.push(await runScenario(scenario, { kinds, floors }, options));
     }
     const servers = { primary, reference: referenceName, quick: options.quick };
     if (options.json) {
@@ -353,6 +377,7 @@ export async function main(args: string[]): Promise<number> {
       if (options.quick) console.log("Quick sizes: a smoke run, not a measurement");
       console.log();
       console.log(renderTable(reports, options.sizes, servers));
+      for (const details of renderDetails(reports, servers)) console.log(`\n${details}`);
       const all = [...notes.map((note) => `- ${note}`), ...renderNotes(reports)];
       if (all.length > 0) console.log(`\nNotes:\n${all.join("\n")}`);
     }

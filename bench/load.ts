@@ -117,11 +117,20 @@ export class Tracker {
   firstOther = "";
   /** `performance.now()` (ms) of the latest delivery. */
   lastDelivery = 0;
+  /**
+   * Longest time (ms) any receiver waited between two of its deliveries; see also
+   * {@link Tracker.openGapMs}.
+   */
+  maxGapMs = 0;
   #senders: number;
   #messages: number;
   #recipients: number;
   #latencies: Float64Array;
   #last: Int32Array;
+  /** `performance.now()` of each receiver's latest delivery; -1 before its first. */
+  #lastAt: Float64Array;
+  /** Deliveries seen by each receiver. */
+  #counts: Uint32Array;
   #acks: Uint32Array;
   #completed: Int32Array;
   #waiters: { sender: number; count: number; resolve: () => void }[] = [];
@@ -136,6 +145,8 @@ export class Tracker {
     this.expected = options.senders * options.messages * this.#recipients;
     this.#latencies = new Float64Array(Math.max(1, this.expected));
     this.#last = new Int32Array(options.receivers * options.senders).fill(-1);
+    this.#lastAt = new Float64Array(options.receivers).fill(-1);
+    this.#counts = new Uint32Array(options.receivers);
     this.#acks = new Uint32Array(options.senders * options.messages);
     this.#completed = new Int32Array(options.senders);
   }
@@ -158,6 +169,10 @@ export class Tracker {
     this.received++;
     this.bytes += frameBytes;
     this.lastDelivery = nowMs;
+    const previous = this.#lastAt[receiver];
+    if (previous >= 0 && nowMs - previous > this.maxGapMs) this.maxGapMs = nowMs - previous;
+    this.#lastAt[receiver] = nowMs;
+    this.#counts[receiver]++;
     const ack = sender * this.#messages + seq;
     if (++this.#acks[ack] === this.#recipients) {
       if (seq + 1 > this.#completed[sender]) this.#completed[sender] = seq + 1;
@@ -217,6 +232,22 @@ export class Tracker {
     this.#waiters = [];
   }
 
+  /**
+   * The longest wait still open at `nowMs`: over the receivers that `include` selects and that
+   * still miss deliveries, `nowMs` minus their latest delivery (or minus `sinceMs`, if none).
+   */
+  openGapMs(nowMs: number, sinceMs: number, include: (receiver: number) => boolean): number {
+    let gap = 0;
+    for (let receiver = 0; receiver < this.#counts.length; receiver++) {
+      const own = receiver < this.#senders ? this.#messages : 0;
+      const due = this.#senders * this.#messages - own;
+      if (this.#counts[receiver] >= due || !include(receiver)) continue;
+      const last = this.#lastAt[receiver] >= 0 ? this.#lastAt[receiver] : sinceMs;
+      gap = Math.max(gap, nowMs - last);
+    }
+    return gap;
+  }
+
   /** The recorded latencies in milliseconds, sorted ascending. */
   latencies(): Float64Array {
     return this.#latencies.slice(0, Math.min(this.received, this.#latencies.length)).sort();
@@ -239,7 +270,31 @@ export class Tracker {
   }
 }
 
-/** A logged-in benchmark client with its own read loop. */
+/** How {@link BenchClient.connect} opens a client. */
+export interface ClientOptions {
+  /** Where the client reports deliveries (none if unset or null). */
+  tracker?: Tracker | null;
+  /** Log in (default); if false, only complete the TLS handshake (a transport floor's client). */
+  login?: boolean;
+  /**
+   * Read nothing after the login reply: the socket stays open and the server's data piles up
+   * in the kernel buffers (a stalled reader).
+   */
+  stallAfterLogin?: boolean;
+}
+
+/** How long one client may take to connect, complete TLS and log in. */
+const CONNECT_TIMEOUT_MS = 20_000;
+
+function closeQuietly(conn: Deno.Conn | undefined): void {
+  try {
+    conn?.close();
+  } catch {
+    // Already closed.
+  }
+}
+
+/** A benchmark client (logged in, unless opened for a floor) with its own read loop. */
 export class BenchClient {
   /** Position among the clients of a scenario; senders are the first ones. */
   readonly index: number;
@@ -250,55 +305,72 @@ export class BenchClient {
   #reply = Promise.withResolvers<JsonObject | null>();
   #loggedIn = false;
   #closing = false;
+  #stall: boolean;
   #loop: Promise<void>;
 
-  private constructor(conn: Deno.TlsConn, index: number, tracker: Tracker | null) {
+  private constructor(conn: Deno.TlsConn, index: number, options: ClientOptions) {
     this.conn = conn;
     this.index = index;
-    this.#tracker = tracker;
+    this.#tracker = options.tracker ?? null;
+    this.#stall = options.stallAfterLogin ?? false;
     this.#loop = this.#run();
   }
 
-  /** Connects, completes TLS, sends `auth` and waits for a successful `auth_result`. */
-  static async login(
+  /**
+   * Connects and completes TLS, then (unless `login` is false) sends `auth` and waits for a
+   * successful `auth_result`. Gives up after 20 s, so a server that never answers cannot hang
+   * the bench.
+   */
+  static async connect(
     endpoint: Endpoint,
     index: number,
-    tracker: Tracker | null,
+    options: ClientOptions = {},
   ): Promise<BenchClient> {
-    // TCP first, so the client can turn Nagle's algorithm off (`Deno.connectTls` cannot):
-    // otherwise a sender's small writes wait for delayed ACKs and the bench measures that.
-    const tcp = await Deno.connect({ hostname: endpoint.hostname, port: endpoint.port });
-    let conn: Deno.TlsConn;
+    let conn: Deno.Conn | undefined;
+    let timedOut = false;
+    const timer = setTimeout(() => {
+      timedOut = true;
+      closeQuietly(conn);
+    }, CONNECT_TIMEOUT_MS);
     try {
-      tcp.setNoDelay(true);
-      conn = await Deno.startTls(tcp, {
-        hostname: endpoint.hostname,
-        caCerts: [endpoint.caCert],
-      });
-    } catch (error) {
+      // TCP first, so the client can turn Nagle's algorithm off (`Deno.connectTls` cannot):
+      // otherwise a sender's small writes wait for delayed ACKs and the bench measures that.
+      const tcp = await Deno.connect({ hostname: endpoint.hostname, port: endpoint.port });
+      conn = tcp;
+      if (timedOut) closeQuietly(tcp);
+      let tls: Deno.TlsConn;
       try {
-        tcp.close();
-      } catch {
-        // Already closed.
+        tcp.setNoDelay(true);
+        tls = await Deno.startTls(tcp, { hostname: endpoint.hostname, caCerts: [endpoint.caCert] });
+        conn = tls;
+        if (options.login === false) await tls.handshake();
+      } catch (error) {
+        closeQuietly(conn);
+        throw error;
       }
-      throw error;
-    }
-    const client = new BenchClient(conn, index, tracker);
-    try {
-      await client.send(encodeFrame({ type: "auth", password: endpoint.password }));
-      const reply = await client.#reply.promise;
-      if (reply?.type !== "auth_result" || reply.success !== true) {
-        throw new Error(
-          `Login of client ${index} failed: ${
-            reply ? JSON.stringify(reply) : `connection ended (${client.endReason})`
-          }`,
-        );
+      const client = new BenchClient(tls, index, options);
+      if (options.login === false) return client;
+      try {
+        await client.send(encodeFrame({ type: "auth", password: endpoint.password }));
+        const reply = await client.#reply.promise;
+        if (reply?.type !== "auth_result" || reply.success !== true) {
+          throw new Error(
+            `Login of client ${index} failed: ${
+              reply ? JSON.stringify(reply) : `connection ended (${client.endReason})`
+            }`,
+          );
+        }
+        client.#loggedIn = true;
+        return client;
+      } catch (error) {
+        await client.close();
+        throw error;
       }
-      client.#loggedIn = true;
-      return client;
     } catch (error) {
-      await client.close();
-      throw error;
+      if (!timedOut) throw error;
+      throw new Error(`Client ${index} did not connect within ${CONNECT_TIMEOUT_MS / 1000} s`);
+    } finally {
+      clearTimeout(timer);
     }
   }
 
@@ -318,17 +390,14 @@ export class BenchClient {
   /** Closes the connection and waits for the read loop. Idempotent. */
   async close(): Promise<void> {
     this.#closing = true;
-    try {
-      this.conn.close();
-    } catch {
-      // Already closed.
-    }
+    closeQuietly(this.conn);
     await this.#loop;
   }
 
   async #run(): Promise<void> {
     let buf = new Uint8Array(INITIAL_BUFFER);
     let end = 0;
+    let stalled = false;
     try {
       while (true) {
         const n = await this.conn.read(end === 0 ? buf : buf.subarray(end));
@@ -352,6 +421,11 @@ export class BenchClient {
           this.#frame(buf, offset + 4, stop, now);
           offset = stop;
         }
+        if (this.#stall && offset > 0) {
+          // The login reply is in: read nothing more, ever.
+          stalled = true;
+          return;
+        }
         if (offset > 0) {
           if (offset < end) buf.copyWithin(0, offset, end);
           end -= offset;
@@ -365,7 +439,7 @@ export class BenchClient {
     } catch (error) {
       this.endReason = this.#closing ? "closed" : (error as Error).name ?? "error";
     } finally {
-      this.endReason ??= "closed";
+      if (!stalled) this.endReason ??= "closed";
       this.#reply.resolve(null);
     }
   }
@@ -396,11 +470,13 @@ export interface ConnectOptions {
   concurrency: number;
   /** Where the clients report deliveries. */
   tracker?: Tracker | null;
+  /** Log in (default); if false, the clients only complete the TLS handshake. */
+  login?: boolean;
 }
 
 /**
- * Logs in `count` clients, at most `concurrency` at a time. If any login fails, closes the
- * others and throws the first error.
+ * Opens `count` clients (logged in unless `login` is false), at most `concurrency` at a time.
+ * If any fails, closes the others and throws the first error.
  */
 export async function connectMany(
   endpoint: Endpoint,
@@ -414,7 +490,10 @@ export async function connectMany(
     while (next < count && failure === undefined) {
       const index = next++;
       try {
-        clients[index] = await BenchClient.login(endpoint, index, options.tracker ?? null);
+        clients[index] = await BenchClient.connect(endpoint, index, {
+          tracker: options.tracker,
+          login: options.login,
+        });
       } catch (error) {
         failure ??= error;
       }

@@ -1,6 +1,7 @@
 /**
  * Medians over runs and the report: a Markdown table with one row per scenario, the servers
- * side by side, and whether the issue's target holds.
+ * side by side, and whether the issue's target holds; then, for a scenario that also measured
+ * other servers (the transport floors of scenario 4), a table with one row per server.
  *
  * @module
  */
@@ -41,22 +42,28 @@ export function formatNumber(value: number, digits: number): string {
 /** One cell: every metric of the scenario as `label value unit`. */
 export function formatMetrics(scenario: Scenario, metrics: Metrics | undefined): string {
   if (metrics === undefined) return "—";
-  return scenario.metrics.map(({ key, label, unit, digits }) => {
+  return scenario.metrics.map(({ key, label, unit, digits, format }) => {
+    if (format) return format(metrics[key]);
     const value = formatNumber(metrics[key], digits);
     return `${label} ${value}${unit ? " " + unit : ""}`;
   }).join("; ");
 }
 
-/** `ours / reference` of the scenario's first metric, e.g. `1.23x`. */
+/** `ours / other` of the scenario's first metric, e.g. `1.23x`. */
 function ratio(scenario: Scenario, ours?: Metrics, reference?: Metrics): string {
   const key = scenario.metrics[0].key;
   if (!ours || !reference || !(reference[key] > 0) || !Number.isFinite(ours[key])) return "—";
   return `${(ours[key] / reference[key]).toFixed(2)}x`;
 }
 
-function verdict(scenario: Scenario, ours?: Metrics, reference?: Metrics): string {
+function verdict(
+  scenario: Scenario,
+  all: Record<string, Metrics>,
+  ours?: Metrics,
+  reference?: Metrics,
+): string {
   if (!scenario.target || !ours) return "—";
-  const holds = scenario.target.check(ours, reference);
+  const holds = scenario.target.check(ours, reference, all);
   return holds === null ? "n/a" : holds ? "yes" : "**no**";
 }
 
@@ -75,8 +82,9 @@ export function renderTable(
     : `| # | Scenario | ${primary} | Target | Holds |`;
   const rule = reference ? "|---|---|---|---|---|---|---|" : "|---|---|---|---|---|";
   const rows = reports.map(({ scenario, runs }) => {
-    const ours = runs[primary] ? medians(runs[primary]) : undefined;
-    const ref = reference && runs[reference] ? medians(runs[reference]) : undefined;
+    const all = allMedians(runs);
+    const ours = all[primary];
+    const ref = reference ? all[reference] : undefined;
     const count = runs[primary]?.length ?? 0;
     const name = `${scenario.title}: ${scenario.describe(sizes)}; median of ${count} runs`;
     const target = scenario.target?.text ?? "—";
@@ -87,10 +95,48 @@ export function renderTable(
         ratio(scenario, ours, ref),
       ]
       : [formatMetrics(scenario, ours)];
-    const holds = quick ? "— (quick sizes)" : verdict(scenario, ours, ref);
+    const holds = quick ? "— (quick sizes)" : verdict(scenario, all, ours, ref);
     return `| ${scenario.id} | ${name} | ${cells.join(" | ")} | ${target} | ${holds} |`;
   });
   return [header, rule, ...rows].join("\n");
+}
+
+function allMedians(runs: Record<string, RunResult[]>): Record<string, Metrics> {
+  return Object.fromEntries(
+    Object.entries(runs).map(([name, results]) => [name, medians(results)]),
+  );
+}
+
+/**
+ * For each scenario that ran on more servers than `primary` and `reference` (scenario 4 and its
+ * transport floors), a heading and a table with one row per server and `primary / server` of
+ * the first figure.
+ */
+export function renderDetails(
+  reports: readonly ScenarioReport[],
+  servers: { primary: string; reference?: string },
+): string[] {
+  const { primary, reference } = servers;
+  const sections: string[] = [];
+  for (const { scenario, runs } of reports) {
+    const names = Object.keys(runs);
+    if (names.every((name) => name === primary || name === reference)) continue;
+    const all = allMedians(runs);
+    const ours = all[primary];
+    const rows = names.map((name) =>
+      `| ${name} | ${formatMetrics(scenario, all[name])} | ${ratio(scenario, ours, all[name])} |`
+    );
+    sections.push(
+      [
+        `Scenario ${scenario.id} by server (median of ${runs[primary]?.length ?? 0} runs each):`,
+        "",
+        `| Server | Figures | ${primary}/server (1st figure) |`,
+        "|---|---|---|",
+        ...rows,
+      ].join("\n"),
+    );
+  }
+  return sections;
 }
 
 /** Notes from every run, deduplicated, as Markdown bullets. */

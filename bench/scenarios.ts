@@ -1,11 +1,11 @@
 /**
- * The five benchmark scenarios. Each run measures one server once and returns named figures;
+ * The six benchmark scenarios. Each run measures one server once and returns named figures;
  * the bench takes the median of each figure over the runs.
  *
  * @module
  */
 import {
-  type BenchClient,
+  BenchClient,
   closeAll,
   connectMany,
   MessageTemplate,
@@ -13,7 +13,8 @@ import {
   sendPaced,
   Tracker,
 } from "./load.ts";
-import { cpuSeconds, rssBytes, type ServerHandle } from "./servers.ts";
+import { cpuSeconds, FLOOR_NAMES, rssBytes, type ServerHandle } from "./servers.ts";
+import { ServerWatch } from "./watch.ts";
 
 /** Figures of one run, by metric key. `NaN` when not measurable (no server pid). */
 export type Metrics = Record<string, number>;
@@ -30,6 +31,8 @@ export interface MetricSpec {
   label: string;
   unit: string;
   digits: number;
+  /** The whole `label value unit` text, for a figure that needs words (e.g. "not dropped"). */
+  format?: (value: number) => string;
 }
 
 /** The sizes of every scenario; {@link FULL_SIZES} by default, {@link QUICK_SIZES} for smoke. */
@@ -40,6 +43,8 @@ export interface Sizes {
   connect: { clients: number };
   idle: { clients: number; settleMs: number };
   large: { clients: number; senders: number; messages: number; bytes: number; window: number };
+  /** `readers` reading clients (the senders among them) and one stalled reader. */
+  stalled: { readers: number; senders: number; messages: number; bytes: number };
   /** Logins in flight at once. */
   concurrency: number;
   /** Deliveries missing after this long without progress count as lost. */
@@ -56,6 +61,9 @@ export const FULL_SIZES: Sizes = {
   idle: { clients: 5000, settleMs: 1000 },
   // 5 senders x 3 messages in flight x 60 KiB stays under the default 1 MiB send queue.
   large: { clients: 20, senders: 5, messages: 40, bytes: 60 * 1024, window: 3 },
+  // 5 x 200 x 16 KiB = 16 MB for every reader: over 3x what the 1 MiB send queue and the kernel
+  // (about 4 MiB here) hold for a socket that is never read.
+  stalled: { readers: 20, senders: 5, messages: 200, bytes: 16 * 1024 },
   concurrency: 100,
   stallMs: 3000,
   waitIdle: true,
@@ -68,6 +76,8 @@ export const QUICK_SIZES: Sizes = {
   connect: { clients: 20 },
   idle: { clients: 50, settleMs: 200 },
   large: { clients: 4, senders: 2, messages: 4, bytes: 60 * 1024, window: 3 },
+  // 8 MiB for every reader: past the 1 MiB send queue plus the stalled socket's kernel buffers.
+  stalled: { readers: 4, senders: 2, messages: 256, bytes: 16 * 1024 },
   concurrency: 20,
   stallMs: 2000,
   waitIdle: false,
@@ -84,6 +94,8 @@ export interface Scenario {
   freshServerPerRun: boolean;
   /** Whether an unmeasured run first warms the server's JIT up. */
   warmup: boolean;
+  /** Whether the transport floors (`floor_server.ts`) are measured too, beside the servers. */
+  floors?: boolean;
   /** Measured runs per server unless `--runs` says otherwise (the short, noisy ones get more). */
   runs: number;
   /** Clients the scenario holds open at once. */
@@ -93,10 +105,17 @@ export interface Scenario {
   run(server: ServerHandle, sizes: Sizes): Promise<RunResult>;
 }
 
-/** A target: its wording, and whether the medians meet it (`null`: cannot tell). */
+/**
+ * A target: its wording, and whether the medians meet it (`null`: cannot tell). `all` holds the
+ * medians of every server that ran the scenario, by name (the floors included).
+ */
 export interface Target {
   text: string;
-  check(ours: Metrics, reference: Metrics | undefined): boolean | null;
+  check(
+    ours: Metrics,
+    reference: Metrics | undefined,
+    all: Record<string, Metrics>,
+  ): boolean | null;
 }
 
 const LATENCY: MetricSpec[] = [
@@ -348,10 +367,16 @@ const connections: Scenario = {
   },
 };
 
+/** Largest RSS per idle client that meets scenario 4's target, whatever the floor. */
+const IDLE_KIB_TARGET = 30;
+/** Or: at most this many times the `node:tls` floor's RSS per idle connection. */
+const IDLE_FLOOR_RATIO = 1.15;
+
 const memory: Scenario = {
   id: 4,
   title: "Memory",
-  describe: ({ idle }) => `${idle.clients} idle authenticated clients`,
+  describe: ({ idle }) =>
+    `${idle.clients} idle clients (logged in; TLS handshake only on the transport floors)`,
   metrics: [
     { key: "kib_per_client", label: "RSS/client", unit: "KiB", digits: 1 },
     { key: "base_mib", label: "RSS idle", unit: "MiB", digits: 1 },
@@ -359,18 +384,29 @@ const memory: Scenario = {
   ],
   freshServerPerRun: true,
   warmup: false,
+  floors: true,
   runs: 3,
   clients: (sizes) => sizes.idle.clients,
   target: {
-    text: "<= 30 KiB per client",
-    check: (ours) => Number.isNaN(ours.kib_per_client) ? null : ours.kib_per_client <= 30,
+    text:
+      `<= ${IDLE_KIB_TARGET} KiB per idle client, or within ${IDLE_FLOOR_RATIO}x of the node:tls floor`,
+    check: (ours, _reference, all) => {
+      const kib = ours.kib_per_client;
+      if (Number.isNaN(kib)) return null;
+      const floor = all[FLOOR_NAMES.node]?.kib_per_client ?? NaN;
+      return kib <= IDLE_KIB_TARGET || kib <= IDLE_FLOOR_RATIO * floor;
+    },
   },
   async run(server, sizes) {
     const count = sizes.idle.clients;
     const rss = () => server.pid === undefined ? Promise.resolve(NaN) : rssBytes(server.pid);
     await quiesce(server, sizes);
     const base = await rss();
-    const clients = await connectMany(server.endpoint, count, { concurrency: sizes.concurrency });
+    // A floor's clients only complete the TLS handshake; a chat server's log in.
+    const clients = await connectMany(server.endpoint, count, {
+      concurrency: sizes.concurrency,
+      login: !server.transportOnly,
+    });
     try {
       await delay(sizes.idle.settleMs);
       await quiesce(server, sizes);
@@ -420,5 +456,158 @@ const large: Scenario = {
   },
 };
 
+/** How often scenario 6 samples the server's RSS and the stalled reader's socket. */
+const WATCH_INTERVAL_MS = 100;
+/** Scenario 6's target for the longest wait of a reading client (PROTOCOL.md: about 1 s). */
+const MAX_GAP_TARGET_MS = 2000;
+
+/** Resolves with whether `promise` settled within `ms`. */
+async function within(promise: Promise<unknown>, ms: number): Promise<boolean> {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const late = new Promise<false>((resolve) => timer = setTimeout(() => resolve(false), ms));
+  try {
+    return await Promise.race([promise.then(() => true), late]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+function formatDrop(seconds: number): string {
+  if (seconds === Infinity) return "stalled reader not dropped";
+  if (Number.isNaN(seconds)) return "stalled reader dropped: n/a";
+  return `stalled reader dropped after ${formatSeconds(seconds)} s`;
+}
+
+function formatSeconds(seconds: number): string {
+  return seconds.toLocaleString("en-US", { minimumFractionDigits: 2, maximumFractionDigits: 2 });
+}
+
+function formatKib(bytes: number): string {
+  return Math.round(bytes / 1024).toLocaleString("en-US");
+}
+
+const stalledReader: Scenario = {
+  id: 6,
+  title: "Burst with a stalled reader",
+  describe: ({ stalled: s }) =>
+    `${s.readers} reading clients and 1 that logs in and never reads again; ${s.senders} of the ` +
+    `readers send ${s.messages} messages of ${s.bytes / 1024} KiB each, as fast as TCP lets them`,
+  metrics: [
+    { key: "deliveries_per_s", label: "deliveries/s", unit: "", digits: 0 },
+    { key: "mb_per_s", label: "delivered", unit: "MB/s", digits: 1 },
+    LOST,
+    { key: "out_of_order", label: "out of order", unit: "", digits: 0 },
+    { key: "p99_ms", label: "p99", unit: "ms", digits: 1 },
+    { key: "max_gap_ms", label: "longest gap", unit: "ms", digits: 0 },
+    { key: "stalled_drop_s", label: "", unit: "s", digits: 2, format: formatDrop },
+    { key: "cpu_ms_per_mb", label: "server CPU/MB", unit: "ms", digits: 2 },
+    { key: "rss_growth_mib", label: "server RSS growth", unit: "MiB", digits: 1 },
+    { key: "gen_cpu_ms_per_mb", label: "load generator CPU/MB", unit: "ms", digits: 2 },
+  ],
+  // A fresh server per run, so its RSS growth is this run's alone.
+  freshServerPerRun: true,
+  warmup: false,
+  runs: 3,
+  clients: (sizes) => sizes.stalled.readers + 1,
+  target: {
+    text: `0 lost, in order, stalled reader dropped, longest gap <= ${MAX_GAP_TARGET_MS} ms`,
+    check: (ours) =>
+      ours.lost === 0 && ours.out_of_order === 0 && ours.stalled_dropped === 1 &&
+      ours.max_gap_ms <= MAX_GAP_TARGET_MS,
+  },
+  async run(server, sizes) {
+    const s = sizes.stalled;
+    const tracker = new Tracker({ receivers: s.readers, senders: s.senders, messages: s.messages });
+    const readers = await connectMany(server.endpoint, s.readers, {
+      concurrency: sizes.concurrency,
+      tracker,
+    });
+    let stalled: BenchClient | undefined;
+    try {
+      // Logs in after the readers, reads the login reply and then nothing, ever.
+      stalled = await BenchClient.connect(server.endpoint, s.readers, { stallAfterLogin: true });
+      const templates = readers.slice(0, s.senders).map((client) =>
+        new MessageTemplate(client.index, s.bytes)
+      );
+      await quiesce(server, sizes);
+      const { hostname, port } = server.endpoint;
+      const watch = new ServerWatch({
+        pid: server.pid,
+        serverPort: port,
+        clientPort: (stalled.conn.localAddr as Deno.NetAddr).port,
+        ipv6: hostname.includes(":"),
+        intervalMs: WATCH_INTERVAL_MS,
+      });
+      await watch.begin();
+      const cpu0 = await cpuOf(server);
+      const gen0 = await cpuSeconds(Deno.pid);
+      const start = performance.now();
+      watch.run(start);
+      // No window: each sender writes as fast as its socket takes the bytes, so the server's
+      // flow control (and TCP) is all that paces it.
+      let failures = 0;
+      let sent = false;
+      const sending = Promise.all(
+        templates.map((template, i) =>
+          sendBurst(readers[i], template, { count: s.messages, tracker }).catch(() => failures++)
+        ),
+      ).then(() => sent = true);
+      await tracker.settle(sizes.stallMs);
+      // Deliveries stopped while senders are still held back: the readers still connected and
+      // still missing deliveries have been waiting since their last one.
+      const openGap = sent
+        ? 0
+        : tracker.openGapMs(performance.now(), start, (i) => !readers[i].ended);
+      const cpu = await cpuOf(server) - cpu0;
+      const genCpu = await cpuSeconds(Deno.pid) - gen0;
+      const seen = await watch.stop();
+      const notes = problems(tracker, readers);
+      // A server that stopped reading from a sender for good would hold its write forever.
+      if (!await within(sending, sizes.stallMs)) {
+        notes.push(
+          `senders still blocked ${2 * sizes.stallMs / 1000} s after the last delivery: closed`,
+        );
+        await closeAll(readers);
+        await sending;
+      }
+      if (failures > 0) {
+        notes.push(`${failures} of ${s.senders} senders could not send all their messages`);
+      }
+      if (seen.error) notes.push(`sampling the server stopped early: ${seen.error}`);
+      notes.push(
+        `up to ${formatKib(seen.kernelQueued)} KiB queued in the kernel for the stalled reader`,
+      );
+      const elapsedS = tracker.received > 0 ? (tracker.lastDelivery - start) / 1000 : NaN;
+      const mb = tracker.bytes / 1e6;
+      const dropS = seen.closedAfterMs / 1000;
+      return {
+        metrics: {
+          deliveries_per_s: tracker.received / elapsedS,
+          mb_per_s: mb / elapsedS,
+          lost: tracker.expected - tracker.received,
+          out_of_order: tracker.outOfOrder,
+          p99_ms: percentile(tracker.latencies(), 0.99),
+          max_gap_ms: Math.max(tracker.maxGapMs, openGap),
+          stalled_drop_s: dropS,
+          stalled_dropped: Number.isNaN(dropS) ? NaN : dropS === Infinity ? 0 : 1,
+          cpu_ms_per_mb: cpu * 1000 / mb,
+          rss_growth_mib: seen.rssGrowth / 1024 ** 2,
+          gen_cpu_ms_per_mb: genCpu * 1000 / mb,
+        },
+        notes,
+      };
+    } finally {
+      await closeAll([...readers, stalled]);
+    }
+  },
+};
+
 /** Every scenario, by id. */
-export const SCENARIOS: readonly Scenario[] = [burst, steady, connections, memory, large];
+export const SCENARIOS: readonly Scenario[] = [
+  burst,
+  steady,
+  connections,
+  memory,
+  large,
+  stalledReader,
+];

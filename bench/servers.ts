@@ -1,10 +1,11 @@
 /**
- * The servers under test: the project's `main.ts` and the Node.js reference, each started as a
- * subprocess on a free port, plus readers for a process's CPU time and resident memory from
- * `/proc`.
+ * The servers under test: the project's `main.ts`, the Node.js reference and the transport floors
+ * of `floor_server.ts`, each started as a subprocess on a free port, plus readers for a process's
+ * CPU time and resident memory from `/proc`.
  *
  * @module
  */
+import type { FloorTransport } from "./floor_server.ts";
 import type { Endpoint } from "./load.ts";
 
 /** Clock ticks per second of `/proc/<pid>/stat` (`getconf CLK_TCK`, 100 on Linux). */
@@ -18,6 +19,8 @@ const STOP_TIMEOUT_MS = 5_000;
 export const MAIN_PATH = new URL("../main.ts", import.meta.url).pathname;
 /** The repository root (where `deno.json` is). */
 export const REPO_ROOT = new URL("..", import.meta.url).pathname;
+/** The transport floor server. */
+export const FLOOR_PATH = new URL("./floor_server.ts", import.meta.url).pathname;
 /** Default location of the reference server: `../shared/reference/` from the repository. */
 export const REFERENCE_PATH =
   new URL("../../shared/reference/ref-node-server.mjs", import.meta.url).pathname;
@@ -29,23 +32,27 @@ export interface ServerHandle extends AsyncDisposable {
   endpoint: Endpoint;
   /** Process id, if known: needed for CPU and memory figures. */
   pid?: number;
+  /** A transport floor: its clients only complete the TLS handshake and never log in. */
+  transportOnly?: boolean;
   /** Stops the server if the bench started it; waits for it to exit. */
   stop(): Promise<void>;
 }
 
 /**
- * Reads a file under `/proc` through `cat`: Deno lets only `--allow-all` read `/proc` itself,
- * and the bench task runs with `--allow-run` instead.
+ * Reads files under `/proc` through `cat` (concatenated, in one process): Deno lets only
+ * `--allow-all` read `/proc` itself, and the bench task runs with `--allow-run` instead.
  */
-export async function readProc(path: string): Promise<string> {
+export async function readProc(...paths: string[]): Promise<string> {
   const out = await new Deno.Command("cat", {
-    args: [path],
+    args: paths,
     stdin: "null",
     stdout: "piped",
     stderr: "piped",
   }).output();
   if (!out.success) {
-    throw new Error(`Cannot read ${path}: ${new TextDecoder().decode(out.stderr).trim()}`);
+    throw new Error(
+      `Cannot read ${paths.join(", ")}: ${new TextDecoder().decode(out.stderr).trim()}`,
+    );
   }
   return new TextDecoder().decode(out.stdout);
 }
@@ -61,9 +68,17 @@ export async function cpuSeconds(pid: number): Promise<number> {
 
 /** Resident set size in bytes, from `VmRSS` in `/proc/<pid>/status`. */
 export async function rssBytes(pid: number): Promise<number> {
-  const status = await readProc(`/proc/${pid}/status`);
-  const match = /^VmRSS:\s+(\d+)\s+kB$/m.exec(status);
-  if (!match) throw new Error(`No VmRSS for process ${pid}`);
+  return statusBytes(await readProc(`/proc/${pid}/status`), "VmRSS");
+}
+
+/**
+ * A size field (`VmRSS`, `VmHWM`, ...) of a `/proc/<pid>/status` text, in bytes.
+ *
+ * @throws {Error} if the field is missing
+ */
+export function statusBytes(status: string, field: string): number {
+  const match = new RegExp(`^${field}:\\s+(\\d+)\\s+kB$`, "m").exec(status);
+  if (!match) throw new Error(`No ${field} in the process status`);
   return Number(match[1]) * 1024;
 }
 
@@ -214,11 +229,11 @@ export interface StartOptions {
 
 /**
  * Starts the project's server with the limits the bench needs relaxed (`--rate 0
- * --max-per-ip 0 --max-clients 20000`) and everything else at its default, with the permissions
- * of `deno task start` plus `--allow-ffi` (which lets it set `TCP_NODELAY`) unless `ffi` is false.
+ * --max-per-ip 0 --max-clients 20000`) and everything else at its default, with exactly the
+ * permissions of `deno task start` (its cert dir being the bench's).
  */
 export function startOurs(
-  options: StartOptions & { maxClients: number; ffi: boolean },
+  options: StartOptions & { maxClients: number },
 ): Promise<ServerHandle> {
   const port = freePort();
   const permissions = [
@@ -227,7 +242,6 @@ export function startOurs(
     `--allow-write=${options.certDir}`,
     "--allow-run=openssl",
     "--allow-env=CHAT_SERVER_PASSWORD,HOST,PORT",
-    ...(options.ffi ? ["--allow-ffi"] : []),
   ];
   return spawnServer({
     name: "ours",
@@ -267,6 +281,44 @@ export function startReference(options: StartOptions & { script: string }): Prom
     caCert: options.caCert,
     password: options.password,
   });
+}
+
+/** Column names of the transport floors, by transport. */
+export const FLOOR_NAMES: Record<FloorTransport, string> = {
+  node: "node:tls floor",
+  deno: "Deno.listenTls floor",
+};
+
+/**
+ * Starts a transport floor (`floor_server.ts`) in Deno: a TLS server that completes handshakes
+ * and holds the connections idle, with the permissions it needs (net, and reading the certs).
+ */
+export async function startFloor(
+  options: StartOptions & { transport: FloorTransport },
+): Promise<ServerHandle> {
+  const port = freePort();
+  const handle = await spawnServer({
+    name: FLOOR_NAMES[options.transport],
+    command: Deno.execPath(),
+    args: [
+      "run",
+      "--no-prompt",
+      "--allow-net",
+      `--allow-read=${options.certDir}`,
+      FLOOR_PATH,
+      "--transport",
+      options.transport,
+      "--port",
+      String(port),
+      "--cert-dir",
+      options.certDir,
+    ],
+    port,
+    caCert: options.caCert,
+    password: options.password,
+  });
+  handle.transportOnly = true;
+  return handle;
 }
 
 /** A server the bench did not start (`--target`): never stopped, measured only if `pid` given. */
