@@ -83,10 +83,6 @@ export async function main(args: string[]): Promise<number> {
   }
   await setupLogging({ level: config.logLevel, format: config.logFormat });
   const logger = getLogger(["chat-server"]);
-  globalThis.addEventListener("unhandledrejection", (event) => {
-    event.preventDefault();
-    logger.error("Unhandled rejection: {reason}", { reason: String(event.reason) });
-  });
 
   let server: ChatServer;
   try {
@@ -95,16 +91,14 @@ export async function main(args: string[]): Promise<number> {
       return 0;
     }
     const password = await readPassword({
-      env: readEnv("CHAT_SERVER_PASSWORD"),
+      env: config.passwordFile === undefined ? readEnv("CHAT_SERVER_PASSWORD") : undefined,
       file: config.passwordFile,
     });
     const verifier = await PasswordVerifier.create(password);
     const pair = await loadCertificates(config);
     console.log("Server password set successfully...");
-    requirePermission(
-      { name: "net", host: `${config.host}:${config.port || 1}` },
-      `listen on ${config.host}:${config.port}`,
-    );
+    const address = hostPort(config.host, config.port);
+    requirePermission({ name: "net", host: address }, `listen on ${address}`);
     server = new ChatServer({
       hostname: config.host,
       port: config.port,
@@ -119,12 +113,14 @@ export async function main(args: string[]): Promise<number> {
       printError(error.message);
       return 1;
     }
-    if (error instanceof Deno.errors.AddrInUse || error instanceof Deno.errors.AddrNotAvailable) {
-      printError(`Cannot listen on ${config.host}:${config.port}: ${error.message}`);
-      return 1;
-    }
-    throw error;
+    printError(`Cannot listen on ${hostPort(config.host, config.port)}: ${listenError(error)}`);
+    return 1;
   }
+  // From here on, a stray rejection in one connection must not stop the server.
+  globalThis.addEventListener("unhandledrejection", (event) => {
+    event.preventDefault();
+    logger.error("Unhandled rejection: {reason}", { reason: String(event.reason) });
+  });
 
   const stopped = Promise.withResolvers<void>();
   let signals = 0;
@@ -142,6 +138,29 @@ export async function main(args: string[]): Promise<number> {
   Deno.removeSignalListener("SIGINT", onSignal);
   Deno.removeSignalListener("SIGTERM", onSignal);
   return 0;
+}
+
+/** `host:port`, with an IPv6 host in brackets (`[::1]:4000`), as `--allow-net` spells it. */
+function hostPort(host: string, port: number): string {
+  return `${host.includes(":") ? `[${host}]` : host}:${port}`;
+}
+
+/** Why the listener could not be bound, in words a person can act on. */
+function listenError(error: unknown): string {
+  const { code, syscall } = (error ?? {}) as { code?: unknown; syscall?: unknown };
+  const message = error instanceof Error ? error.message : String(error);
+  if (syscall === "getaddrinfo") return `cannot resolve the host name (${message}); check --host`;
+  switch (code) {
+    case "EADDRINUSE":
+      return "the port is already in use (pick another with --port)";
+    case "EACCES":
+    case "EPERM":
+      return `not allowed (${message}); ports below 1024 need root or CAP_NET_BIND_SERVICE`;
+    case "EADDRNOTAVAIL":
+      return "this machine has no such address (check --host)";
+    default:
+      return message;
+  }
 }
 
 /** Prints the fingerprint banner and rewrites `server_fingerprint.txt` (if allowed). */
@@ -168,5 +187,11 @@ async function printBanner(
 }
 
 if (import.meta.main) {
-  Deno.exit(await main(Deno.args));
+  main(Deno.args).then(
+    (code) => Deno.exit(code),
+    (error) => {
+      printError(error instanceof Error ? (error.stack ?? error.message) : String(error));
+      Deno.exit(1);
+    },
+  );
 }

@@ -18,8 +18,13 @@ export interface Limits {
   maxClients: number;
   /** Concurrent connections from one IP; 0 = unlimited. */
   maxPerIp: number;
-  /** Bytes queued for one client before it is dropped as a slow consumer. */
+  /**
+   * Bytes queued for one client (counting what its queued frames keep alive) above which the
+   * server stops reading from the senders until the client catches up.
+   */
   maxSendQueue: number;
+  /** Time a client with queued bytes may accept nothing before it is dropped. */
+  writeTimeoutMs: number;
   /** Messages per second per client; 0 disables rate limiting. */
   rate: number;
   /** Token bucket size. */
@@ -38,6 +43,7 @@ export const DEFAULT_LIMITS: Readonly<Limits> = Object.freeze({
   maxClients: 10_000,
   maxPerIp: 64,
   maxSendQueue: 1024 * 1024,
+  writeTimeoutMs: 10_000,
   rate: 20,
   burst: 50,
   maxAuthFailures: 5,
@@ -79,7 +85,7 @@ export const USAGE = `Usage: deno task start [options]
 Options (flags win over environment variables, which win over defaults):
   --host HOST               address to listen on (env HOST; default 127.0.0.1)
   --port PORT               port, 0 picks a free one (env PORT; default 4000)
-  --password-file FILE      read the password from FILE (used if CHAT_SERVER_PASSWORD is unset)
+  --password-file FILE      read the password from FILE (wins over CHAT_SERVER_PASSWORD)
   --cert-dir DIR            where cert.pem, key.pem and server_fingerprint.txt live (default certs)
   --cert FILE --key FILE    use an existing certificate and key instead of generating them
   --certs-only              generate the certificates if needed, print the fingerprint and exit
@@ -88,7 +94,10 @@ Options (flags win over environment variables, which win over defaults):
   --auth-timeout SECS       time from connect to a complete auth frame (default 10)
   --max-clients N           concurrent connections, all IPs (default 10000)
   --max-per-ip N            concurrent connections from one IP, 0 = unlimited (default 64)
-  --max-send-queue BYTES    bytes queued for a client before it is dropped (default 1048576)
+  --max-send-queue BYTES    bytes queued for a client above which senders are paused until it
+                            catches up; at least 2 x --max-frame (default 1048576)
+  --write-timeout SECS      a client with queued bytes that accepts nothing this long is
+                            dropped (default 10)
   --rate N --burst N        messages per second per client and bucket size; --rate 0 disables
                             (default 20 / 50)
   --max-auth-failures N     failed logins from one IP before it is locked out (default 5)
@@ -97,7 +106,7 @@ Options (flags win over environment variables, which win over defaults):
   --log-format FORMAT       text or json (default text)
   -h, --help                show this help
 
-The password comes from CHAT_SERVER_PASSWORD, else --password-file, else a hidden prompt.`;
+The password comes from --password-file, else CHAT_SERVER_PASSWORD, else a hidden prompt.`;
 
 const NUMERIC_FLAGS = {
   "max-frame": { key: "maxFrame", min: 1, max: 16 * 1024 * 1024, scale: 1 },
@@ -105,7 +114,8 @@ const NUMERIC_FLAGS = {
   "auth-timeout": { key: "authTimeoutMs", min: 0.001, max: 3600, scale: 1000 },
   "max-clients": { key: "maxClients", min: 1, max: 1_000_000, scale: 1 },
   "max-per-ip": { key: "maxPerIp", min: 0, max: 1_000_000, scale: 1 },
-  "max-send-queue": { key: "maxSendQueue", min: 1024, max: 1024 ** 3, scale: 1 },
+  "max-send-queue": { key: "maxSendQueue", min: 65536, max: 1024 ** 3, scale: 1 },
+  "write-timeout": { key: "writeTimeoutMs", min: 1, max: 3600, scale: 1000 },
   "rate": { key: "rate", min: 0, max: 1_000_000, scale: 1 },
   "burst": { key: "burst", min: 1, max: 1_000_000, scale: 1 },
   "max-auth-failures": { key: "maxAuthFailures", min: 1, max: 1_000_000, scale: 1 },
@@ -168,6 +178,12 @@ export function parseConfig(
       );
     }
     limits[spec.key] = Math.round(value * spec.scale);
+  }
+  if (limits.maxSendQueue < 2 * limits.maxFrame) {
+    throw new ConfigError(
+      `Invalid --max-send-queue ${limits.maxSendQueue}: it must be at least twice --max-frame ` +
+        `(${limits.maxFrame}), so a client can hold one broadcast while the next is queued`,
+    );
   }
 
   const host = flag("host") ?? env("HOST") ?? "127.0.0.1";

@@ -1,8 +1,7 @@
 /**
- * A per-client bounded send queue. Frames queued while a write is in flight are coalesced into
- * one write, and a client whose queue passes the limit is reported as a slow consumer instead of
- * growing memory without bound. `conn.writable` has no useful backpressure, so this is the only
- * path bytes take to a socket.
+ * A per-client send queue with honest memory accounting. Frames queued while a write is in flight
+ * are coalesced into one write; the write's completion (the bytes reached the kernel) is the
+ * client's progress, which flow control and the stall checks watch.
  *
  * The first write of an idle outbox waits for the end of the current event-loop turn (one
  * `setImmediate` shared by every outbox): a burst of messages read in one turn then leaves as one
@@ -10,27 +9,36 @@
  * back to back in one buffer (as the registry lays out broadcasts) are queued as one run and
  * written as one view of that buffer, without a copy per client.
  *
+ * Memory: a queued frame is charged for the whole buffer it keeps alive (a view of a 64 KiB arena
+ * chunk is charged 64 KiB, once per chunk run), plus the write in flight. Passing the limit does
+ * not drop anything: the outbox reports that it is full, and its owner slows the senders down.
+ *
  * @module
  */
 import { setImmediate } from "node:timers";
 
-/** The part of a connection the outbox writes to. */
+/** The part of a connection the outbox writes to: a `node:net`/`node:tls` socket. */
 export interface FrameWriter {
-  write(data: Uint8Array): Promise<number>;
+  /** Writes `data` and calls `done` once it has been handed to the kernel, or has failed. */
+  write(data: Uint8Array, done: (error?: Error | null) => void): unknown;
 }
 
 /** Options for {@link Outbox}. */
 export interface OutboxOptions {
-  /** Bytes (queued plus in flight) past which the outbox overflows. */
+  /** Charged bytes (queued plus in flight) above which the outbox is full. */
   limit: number;
-  /** Called once when a push would pass the limit; the outbox is closed first. */
-  onOverflow?: (queuedBytes: number) => void;
+  /** Monotonic clock in milliseconds. */
+  now: () => number;
+  /** Called when the outbox becomes full. */
+  onFull?: () => void;
+  /** Called when a full outbox has drained to half its limit. */
+  onRelieved?: () => void;
   /** Called once when a write fails; the outbox is closed first. */
   onError?: (error: unknown) => void;
 }
 
-/** Largest coalesced write; bigger batches are split so one write never copies too much. */
-const MAX_BATCH = 256 * 1024;
+/** Largest coalesced write. Small enough that a reader's progress shows well within a second. */
+const MAX_BATCH = 64 * 1024;
 /** Frames this large are written on their own: one more write costs less than copying them. */
 const COPY_LIMIT = 16 * 1024;
 
@@ -43,37 +51,47 @@ function flushDue(): void {
   for (const outbox of outboxes) outbox.flush();
 }
 
-/** Bounded, coalescing send queue for one connection. */
+/** Coalescing send queue for one connection. */
 export class Outbox {
   #writer: FrameWriter;
   #limit: number;
-  #onOverflow?: (queuedBytes: number) => void;
+  #now: () => number;
+  #onFull?: () => void;
+  #onRelieved?: () => void;
   #onError?: (error: unknown) => void;
   #queue: Uint8Array[] = [];
+  /** What each queued frame is charged: its buffer's size, on the last frame of a buffer's run. */
+  #charges: number[] = [];
   /** Bytes that directly follow the last queued frame in its buffer and belong to its run. */
   #tail = 0;
+  /** Charged bytes, queued and in flight. */
   #bytes = 0;
+  #inFlight = 0;
   #writing = false;
   #scheduled = false;
   #closed = false;
+  #full = false;
+  /** When the outbox last made progress, or started waiting with bytes to write. */
+  #since = 0;
   #idle: (() => void)[] = [];
-  #bytesWritten = 0;
 
   constructor(writer: FrameWriter, options: OutboxOptions) {
     this.#writer = writer;
     this.#limit = options.limit;
-    this.#onOverflow = options.onOverflow;
+    this.#now = options.now;
+    this.#onFull = options.onFull;
+    this.#onRelieved = options.onRelieved;
     this.#onError = options.onError;
   }
 
-  /** Bytes queued or in flight. */
+  /** Bytes charged to this client: what its queued frames keep alive, plus the write in flight. */
   get queuedBytes(): number {
     return this.#bytes;
   }
 
-  /** Bytes handed to the connection so far. */
-  get bytesWritten(): number {
-    return this.#bytesWritten;
+  /** Whether the charged bytes passed the limit (until they drain to half of it). */
+  get full(): boolean {
+    return this.#full;
   }
 
   /** Whether the outbox no longer accepts frames. */
@@ -81,33 +99,47 @@ export class Outbox {
     return this.#closed;
   }
 
+  /** Milliseconds the outbox has had bytes to write without any write completing; 0 if empty. */
+  stalledFor(now: number): number {
+    return this.#bytes > 0 ? now - this.#since : 0;
+  }
+
   /**
    * Queues one frame. The frame is not copied, so it may be shared between outboxes and must
-   * not be changed afterwards. Returns `false` if the outbox is closed or just overflowed.
+   * not be changed afterwards. Never refuses a frame while open: the caller checks
+   * {@link Outbox.full} and slows down. Returns `false` only if the outbox is closed.
    */
   push(frame: Uint8Array): boolean {
     if (this.#closed) return false;
-    if (this.#bytes + frame.byteLength > this.#limit) {
-      const queued = this.#bytes;
-      this.close();
-      this.#onOverflow?.(queued);
-      return false;
-    }
     const queue = this.#queue;
-    const last = queue.length > 0 ? queue[queue.length - 1] : undefined;
-    if (
-      last !== undefined && frame.buffer === last.buffer &&
-      frame.byteOffset === last.byteOffset + last.byteLength + this.#tail
-    ) {
-      this.#tail += frame.byteLength;
+    const n = queue.length;
+    const last = n > 0 ? queue[n - 1] : undefined;
+    let charge = 0;
+    if (last !== undefined && frame.buffer === last.buffer) {
+      // The buffer is charged already; the charge moves to the last frame that keeps it alive.
+      if (frame.byteOffset === last.byteOffset + last.byteLength + this.#tail) {
+        this.#tail += frame.byteLength;
+      } else {
+        if (this.#tail > 0) this.#sealTail();
+        queue.push(frame);
+        this.#charges.push(this.#charges[n - 1]);
+        this.#charges[n - 1] = 0;
+      }
     } else {
       if (this.#tail > 0) this.#sealTail();
+      charge = frame.buffer.byteLength;
       queue.push(frame);
+      this.#charges.push(charge);
     }
-    this.#bytes += frame.byteLength;
+    if (this.#bytes === 0) this.#since = this.#now();
+    this.#bytes += charge;
     if (!this.#writing && !this.#scheduled) {
       this.#scheduled = true;
       if (due.push(this) === 1) setImmediate(flushDue);
+    }
+    if (!this.#full && this.#bytes > this.#limit) {
+      this.#full = true;
+      this.#onFull?.();
     }
     return true;
   }
@@ -118,13 +150,12 @@ export class Outbox {
    */
   flush(): void {
     this.#scheduled = false;
-    if (!this.#writing && !this.#closed && this.#queue.length > 0) this.#pump();
+    if (!this.#writing && !this.#closed && this.#queue.length > 0) this.#write();
   }
 
   /** Resolves once everything queued so far is written, or the outbox is closed. */
   drain(): Promise<void> {
-    if (!this.#writing && this.#queue.length === 0) return Promise.resolve();
-    if (this.#closed) return Promise.resolve();
+    if (this.#closed || (!this.#writing && this.#queue.length === 0)) return Promise.resolve();
     return new Promise((resolve) => this.#idle.push(resolve));
   }
 
@@ -133,43 +164,51 @@ export class Outbox {
     if (this.#closed) return;
     this.#closed = true;
     this.#queue = [];
+    this.#charges = [];
     this.#tail = 0;
     this.#bytes = 0;
+    this.#inFlight = 0;
     this.#settle();
   }
 
-  async #pump(): Promise<void> {
+  #write(): void {
+    const { data, charge } = this.#takeBatch();
     this.#writing = true;
+    this.#inFlight = charge;
     try {
-      while (this.#queue.length > 0 && !this.#closed) {
-        const batch = this.#takeBatch();
-        let offset = 0;
-        while (offset < batch.byteLength) {
-          offset += await this.#writer.write(offset === 0 ? batch : batch.subarray(offset));
-          if (this.#closed) return;
-        }
-        this.#bytes -= batch.byteLength;
-        this.#bytesWritten += batch.byteLength;
-      }
+      this.#writer.write(data, this.#written);
     } catch (error) {
-      if (!this.#closed) {
-        this.close();
-        this.#onError?.(error);
-      }
-    } finally {
-      this.#writing = false;
-      this.#settle();
+      this.#written(error as Error);
     }
   }
 
+  #written = (error?: Error | null): void => {
+    this.#writing = false;
+    if (this.#closed) return;
+    if (error) {
+      this.close();
+      this.#onError?.(error);
+      return;
+    }
+    this.#bytes -= this.#inFlight;
+    this.#inFlight = 0;
+    this.#since = this.#now();
+    if (this.#queue.length > 0) this.#write();
+    if (this.#full && this.#bytes <= this.#limit / 2) {
+      this.#full = false;
+      this.#onRelieved?.();
+    }
+    this.#settle();
+  };
+
   /**
-   * Takes the next write: small frames copied together into one buffer (up to
-   * {@link MAX_BATCH}), a large frame alone and uncopied.
+   * Takes the next write and what it charges while in flight: small frames copied together into
+   * one buffer (up to {@link MAX_BATCH}), or one frame (or run) alone and uncopied.
    */
-  #takeBatch(): Uint8Array {
+  #takeBatch(): { data: Uint8Array; charge: number } {
     if (this.#tail > 0) this.#sealTail();
     const queue = this.#queue;
-    if (queue.length === 1 || queue[0].byteLength >= COPY_LIMIT) return queue.shift()!;
+    const charges = this.#charges;
     let count = 0;
     let size = 0;
     while (count < queue.length) {
@@ -178,15 +217,29 @@ export class Outbox {
       size += length;
       count++;
     }
-    if (count === 1) return queue.shift()!;
-    const batch = new Uint8Array(size);
-    let offset = 0;
-    for (let i = 0; i < count; i++) {
-      batch.set(queue[i], offset);
-      offset += queue[i].byteLength;
+    if (count <= 1) {
+      const data = queue.shift()!;
+      // Its charge moves from the queue to the write in flight.
+      return { data, charge: charges.shift()! };
     }
-    this.#queue = count === queue.length ? [] : queue.slice(count);
-    return batch;
+    const data = new Uint8Array(size);
+    let offset = 0;
+    let released = 0;
+    for (let i = 0; i < count; i++) {
+      data.set(queue[i], offset);
+      offset += queue[i].byteLength;
+      released += charges[i];
+    }
+    if (count === queue.length) {
+      this.#queue = [];
+      this.#charges = [];
+    } else {
+      queue.splice(0, count);
+      charges.splice(0, count);
+    }
+    // The copy replaces what the frames kept alive.
+    this.#bytes += size - released;
+    return { data, charge: size };
   }
 
   /** Replaces the last queued frame with one view over its whole run. */
@@ -202,8 +255,7 @@ export class Outbox {
   }
 
   #settle(): void {
-    if (this.#writing && !this.#closed) return;
-    if (this.#queue.length > 0 && !this.#closed) return;
+    if (!this.#closed && (this.#writing || this.#queue.length > 0)) return;
     const waiters = this.#idle;
     this.#idle = [];
     for (const resolve of waiters) resolve();

@@ -146,15 +146,14 @@ export interface PasswordSources {
 }
 
 /**
- * Gets the server password: `CHAT_SERVER_PASSWORD`, else `--password-file`, else a hidden prompt.
+ * Gets the server password: `--password-file` (a flag wins over the environment), else
+ * `CHAT_SERVER_PASSWORD`, else a hidden prompt.
  *
  * @throws {PasswordError} when none is available or the password is empty
  */
 export async function readPassword(sources: PasswordSources): Promise<string> {
   let password: string;
-  if (sources.env !== undefined) {
-    password = sources.env;
-  } else if (sources.file !== undefined) {
+  if (sources.file !== undefined) {
     try {
       password = (await Deno.readTextFile(sources.file)).replace(/\r?\n$/, "");
     } catch (error) {
@@ -169,6 +168,8 @@ export async function readPassword(sources: PasswordSources): Promise<string> {
         `Cannot read password file ${sources.file}: ${(error as Error).message}`,
       );
     }
+  } else if (sources.env !== undefined) {
+    password = sources.env;
   } else {
     if (!sources.prompt && !Deno.stdin.isTerminal()) {
       throw new PasswordError(

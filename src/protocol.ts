@@ -2,8 +2,9 @@
  * Frame codec and message validation for the chat protocol.
  *
  * A frame is a 4-byte unsigned big-endian length `N` followed by `N` bytes of UTF-8 JSON.
- * Everything here is pure except {@link FrameReader}, which pulls frames from a byte stream
- * through a BYOB reader without copying bodies that arrive in one piece.
+ * Everything here is pure except {@link FrameReader}, which pulls frames from a byte stream (the
+ * clients' and tests' way of reading); the server feeds the chunks of its `node:tls` sockets to a
+ * {@link FrameDecoder}.
  *
  * @module
  */
@@ -231,59 +232,131 @@ function countChars(text: string, stop: number): number {
 }
 
 /**
- * Push-style frame decoder for callers that receive chunks (e.g. `node:tls` sockets).
- * Rejects a bad length as soon as the 4 header bytes are in, before buffering the body.
+ * Push-style frame decoder for callers that receive chunks (`node:tls` sockets): feed it chunks
+ * with {@link FrameDecoder.feed} and take frames one at a time with {@link FrameDecoder.next}, so
+ * a caller can stop between two frames (flow control) and go on later. A bad length is rejected
+ * as soon as its 4 header bytes are in, before any room for the body is allocated.
+ *
+ * A chunk is kept as it is (no copy) until a frame straddles two chunks; then the pending bytes
+ * move to a buffer sized for the whole frame, so a frame that trickles in byte by byte costs
+ * linear, not quadratic, copying.
  */
 export class FrameDecoder {
   #maxFrame: number;
-  #buf: Uint8Array = new Uint8Array(0);
+  /** Holds the pending bytes at `#offset`; either a caller's chunk or our own buffer. */
+  #buf: Uint8Array = EMPTY;
+  #offset = 0;
+  #length = 0;
+  /** Whether `#buf` is ours (then later chunks may be appended into its free room). */
+  #owned = false;
   #error: ProtocolError | undefined;
 
   constructor(options: { maxFrame?: number } = {}) {
     this.#maxFrame = options.maxFrame ?? DEFAULT_MAX_FRAME;
   }
 
-  /** Bytes buffered towards the next frame. */
-  get pending(): number {
-    return this.#buf.length;
+  /** Bytes received and not yet returned as frames. */
+  get buffered(): number {
+    return this.#length;
   }
 
   /**
-   * Adds a chunk and returns the complete frame bodies it finished, in order.
+   * Adds a chunk. The decoder keeps a view of it until its bytes are returned, so the caller
+   * must not reuse the chunk's memory.
+   */
+  feed(chunk: Uint8Array): void {
+    if (chunk.length === 0) return;
+    if (this.#length === 0) {
+      this.#buf = chunk;
+      this.#offset = 0;
+      this.#length = chunk.length;
+      this.#owned = false;
+      return;
+    }
+    const end = this.#offset + this.#length;
+    const need = this.#length + chunk.length;
+    if (this.#owned && end + chunk.length <= this.#buf.length) {
+      this.#buf.set(chunk, end);
+      this.#length = need;
+      return;
+    }
+    // Room for the frame being completed, and at least twice what is pending, so appends stay
+    // linear. Views returned earlier keep the old buffer: it is never overwritten.
+    let size = Math.max(need, 2 * this.#length, 1024);
+    if (this.#length >= HEADER_SIZE) {
+      const frame = HEADER_SIZE + this.#peekLength();
+      if (frame <= HEADER_SIZE + this.#maxFrame) size = Math.max(need, frame);
+    }
+    const grown = new Uint8Array(size);
+    grown.set(this.#buf.subarray(this.#offset, end));
+    grown.set(chunk, this.#length);
+    this.#buf = grown;
+    this.#offset = 0;
+    this.#length = need;
+    this.#owned = true;
+  }
+
+  /**
+   * Returns the next complete frame body, or `null` if more bytes are needed. The body is a view
+   * of the received bytes, valid until the caller changes them.
+   *
+   * @throws {ProtocolError} on a bad length prefix; the decoder then keeps throwing it.
+   */
+  next(): Uint8Array | null {
+    if (this.#error) throw this.#error;
+    if (this.#length < HEADER_SIZE) return null;
+    const length = this.#peekLength();
+    try {
+      checkFrameLength(length, this.#maxFrame);
+    } catch (error) {
+      this.#error = error as ProtocolError;
+      this.#release();
+      throw error;
+    }
+    const size = HEADER_SIZE + length;
+    if (this.#length < size) return null;
+    const start = this.#offset + HEADER_SIZE;
+    const body = this.#buf.subarray(start, start + length);
+    this.#offset += size;
+    this.#length -= size;
+    if (this.#length === 0) this.#release();
+    return body;
+  }
+
+  /**
+   * Adds a chunk and returns (copies of) the complete frame bodies it finished, in order.
    *
    * @throws {ProtocolError} on a bad length prefix (on the next call if frames came before it in
    * the same chunk); the decoder then keeps throwing it.
    */
   push(chunk: Uint8Array): Uint8Array[] {
     if (this.#error) throw this.#error;
-    let buf = chunk;
-    if (this.#buf.length > 0) {
-      buf = new Uint8Array(this.#buf.length + chunk.length);
-      buf.set(this.#buf);
-      buf.set(chunk, this.#buf.length);
-    }
+    this.feed(chunk);
     const frames: Uint8Array[] = [];
-    let offset = 0;
-    while (buf.length - offset >= HEADER_SIZE) {
-      const length = new DataView(buf.buffer, buf.byteOffset + offset, HEADER_SIZE).getUint32(0);
-      try {
-        checkFrameLength(length, this.#maxFrame);
-      } catch (error) {
-        // The frames before the bad prefix are still returned; the error comes on the next push.
-        this.#error = error as ProtocolError;
-        this.#buf = new Uint8Array(0);
-        if (frames.length === 0) throw error;
-        return frames;
-      }
-      if (buf.length - offset - HEADER_SIZE < length) break;
-      frames.push(buf.slice(offset + HEADER_SIZE, offset + HEADER_SIZE + length));
-      offset += HEADER_SIZE + length;
+    try {
+      for (let body = this.next(); body !== null; body = this.next()) frames.push(body.slice());
+    } catch (error) {
+      // The frames before the bad prefix are still returned; the error comes on the next push.
+      if (frames.length === 0) throw error;
     }
-    this.#buf = buf.slice(offset);
     return frames;
+  }
+
+  #peekLength(): number {
+    const buf = this.#buf;
+    const at = this.#offset;
+    return ((buf[at] << 24) | (buf[at + 1] << 16) | (buf[at + 2] << 8) | buf[at + 3]) >>> 0;
+  }
+
+  #release(): void {
+    this.#buf = EMPTY;
+    this.#offset = 0;
+    this.#length = 0;
+    this.#owned = false;
   }
 }
 
+const EMPTY = new Uint8Array(0);
 const INITIAL_BUFFER = 1024;
 const SHRINK_ABOVE = 32 * 1024;
 

@@ -3,10 +3,12 @@
  *
  * A small broadcast frame is first copied (once) into a shared arena, right after the previous
  * one: an outbox that queues several broadcasts then holds one contiguous run of the arena and
- * writes it as one view, with no copy per recipient.
+ * writes it as one view, with no copy per recipient. A recipient whose queue fills is reported to
+ * flow control, which pauses the senders; nobody is skipped.
  *
  * @module
  */
+import type { FlowControl } from "./flow.ts";
 import type { Outbox } from "./outbox.ts";
 
 /** Size of one arena chunk. A chunk lives until no outbox holds a view of it. */
@@ -35,8 +37,13 @@ export interface Client {
 /** A `Map` of logged-in clients by id. */
 export class Registry {
   #clients = new Map<number, Client>();
+  #flow: FlowControl;
   #arena = new Uint8Array(0);
   #used = 0;
+
+  constructor(flow: FlowControl) {
+    this.#flow = flow;
+  }
 
   /** Number of logged-in clients. */
   get size(): number {
@@ -60,7 +67,8 @@ export class Registry {
 
   /**
    * Queues `frame` (encoded once by the caller) to every client except `from`. A recipient whose
-   * outbox overflows is dropped by its own overflow handler; nobody waits on anybody.
+   * queue is now full holds the room: senders wait (see {@link FlowControl}) until it drains or
+   * is dropped as a stalled reader.
    *
    * @returns the number of clients the frame was queued to
    */
@@ -69,9 +77,11 @@ export class Registry {
     let delivered = 0;
     for (const client of this.#clients.values()) {
       if (client === from) continue;
-      if (client.outbox.push(frame)) {
+      const outbox = client.outbox;
+      if (outbox.push(frame)) {
         client.received++;
         delivered++;
+        if (outbox.full) this.#flow.hold(outbox);
       }
     }
     return delivered;

@@ -1,24 +1,38 @@
 /**
- * `ChatServer`: the TLS listener, the accept loop, connection caps and the server's lifecycle.
- * The accept loop never awaits a connection: each one runs in its own {@link Session} task.
+ * `ChatServer`: the TLS listener, connection caps, the handshake deadline and the server's
+ * lifecycle. Each accepted connection is handled by its own {@link Session}, driven by its
+ * socket's events; nothing one connection does can hold up the accept loop or the others.
+ *
+ * The listener is `node:tls` (`tls.createServer`), not `Deno.listenTls`: a `Deno.listenTls`
+ * connection cannot be released while its handshake is pending (Deno 2.9's handshake task keeps
+ * the TCP stream until the peer acts), so a silent peer would hold its socket forever. `node:tls`
+ * closes a handshake that passes `handshakeTimeout` for real, and has `setNoDelay`. The
+ * measurements behind the move are in BENCHMARKS.md.
  *
  * @module
  */
+import type { AddressInfo, Socket } from "node:net";
+import tls from "node:tls";
 import { getLogger, type Logger } from "@logtape/logtape";
+import { hasTcpBackpressure } from "./backpressure.ts";
 import { DEFAULT_LIMITS, type Limits } from "./config.ts";
+import { FlowControl } from "./flow.ts";
 import { AuthLockout } from "./limits.ts";
 import { PasswordVerifier } from "./password.ts";
-import { ProtocolError } from "./protocol.ts";
-import { setListenerNoDelay } from "./nodelay.ts";
+import { encodeError, type ErrorCode } from "./protocol.ts";
 import { Registry } from "./registry.ts";
-import { normalizeIp, type ServerStats, Session, type SessionContext } from "./session.ts";
+import { CLOSE_GRACE_MS, normalizeIp, type ServerStats, Session } from "./session.ts";
 
-/** Connections being refused (handshake + error frame) at once; past this they are just closed. */
-const MAX_REJECTING = 256;
-/** Pause after an accept error such as EMFILE, so the loop does not spin. */
-const ACCEPT_BACKOFF_MS = 50;
-/** How often expired lockout records are forgotten. */
-const SWEEP_INTERVAL_MS = 60_000;
+/** Refusals (handshake, then an error frame) in progress at once; past this, closed at once. */
+const MAX_REFUSING = 256;
+/** Refusals in progress at once for one address; past this, closed at once. */
+const MAX_REFUSING_PER_IP = 4;
+/** How often stalled readers and expired lockout records are looked for. */
+const WATCH_INTERVAL_MS = 250;
+/** At shutdown, how long a connection in its handshake may take to finish it and get the notice. */
+const HANDSHAKE_GRACE_MS = 200;
+/** Backlog of the listening socket (Linux caps it at `net.core.somaxconn`). */
+const BACKLOG = 511;
 
 /** Options for {@link ChatServer}. */
 export interface ChatServerOptions {
@@ -38,33 +52,61 @@ export interface ChatServerOptions {
   limits?: Partial<Limits>;
   /** Aborting it closes the server. */
   signal?: AbortSignal;
-  /** Clock in milliseconds, for tests. */
+  /** Monotonic clock in milliseconds, for tests (default `performance.now`). */
   now?: () => number;
 }
 
 /** A snapshot of the server's counters. */
 export interface ServerSnapshot extends ServerStats {
-  /** Open connections, logged in or not (refused ones excluded). */
+  /** Admitted connections that are open, logged in or not (refused ones excluded). */
   connections: number;
   /** Logged-in clients. */
   clients: number;
+  /** Connections being refused (over a cap, waiting for their error frame to go out). */
+  refusing: number;
+  /** Every socket the server holds: admitted, refusing, or in their TLS handshake. */
+  sockets: number;
+  /** Recipients whose full queue is holding the senders back right now. */
+  holders: number;
+  /** Senders paused right now. */
+  pausedSenders: number;
+}
+
+/** The closing error a connection gets instead of a session. */
+interface Refusal {
+  code: ErrorCode;
+  message: string;
+}
+
+/** What the server knows of a TCP connection from its accept on. */
+interface Connection {
+  ip: string;
+  acceptedAt: number;
+  /** Set for a connection over a cap: the error it gets once its handshake completes. */
+  refusal?: Refusal;
+  session?: Session;
 }
 
 /** The chat server. `await listen()`, then `close()` (or `await using`). */
 export class ChatServer implements AsyncDisposable {
   #options: ChatServerOptions;
   #limits: Limits;
+  #now: () => number;
   #logger: Logger = getLogger(["chat-server"]);
-  #listener: Deno.TlsListener | null = null;
-  #acceptLoop: Promise<void> | null = null;
-  #registry = new Registry();
+  #verifier: PasswordVerifier | null = null;
+  #server: tls.Server | null = null;
+  #flow = new FlowControl();
+  #registry = new Registry(this.#flow);
   #lockout: AuthLockout;
+  #connections = new Map<Socket, Connection>();
   #sessions = new Set<Session>();
+  #admitted = 0;
   #perIp = new Map<string, number>();
-  #tasks = new Set<Promise<void>>();
-  #rejecting = 0;
+  #refusing = 0;
+  #refusingPerIp = new Map<string, number>();
   #nextId = 0;
-  #sweep: ReturnType<typeof setInterval> | undefined;
+  #watch: ReturnType<typeof setInterval> | undefined;
+  #checkedBackpressure = false;
   #closing: Promise<void> | null = null;
   #stats: ServerStats = {
     accepted: 0,
@@ -75,17 +117,19 @@ export class ChatServer implements AsyncDisposable {
     authFailures: 0,
     messages: 0,
     deliveries: 0,
-    slowConsumers: 0,
+    stalledReaders: 0,
+    writeTimeouts: 0,
+    senderPauses: 0,
     errors: {},
   };
-  #context: SessionContext | null = null;
 
   constructor(options: ChatServerOptions) {
     if (options.password === undefined && options.verifier === undefined) {
       throw new TypeError("ChatServer needs a password or a verifier");
     }
-    this.#options = options;
+    this.#options = { ...options };
     this.#limits = { ...DEFAULT_LIMITS, ...options.limits };
+    this.#now = options.now ?? (() => performance.now());
     this.#lockout = new AuthLockout({
       maxFailures: this.#limits.maxAuthFailures,
       windowMs: this.#limits.lockoutMs,
@@ -97,10 +141,11 @@ export class ChatServer implements AsyncDisposable {
     return this.#limits;
   }
 
-  /** The bound address; throws before {@link ChatServer.listen}. */
+  /** The bound address; throws before {@link ChatServer.listen} has resolved. */
   get addr(): Deno.NetAddr {
-    if (!this.#listener) throw new TypeError("ChatServer is not listening");
-    return this.#listener.addr;
+    const address = this.#server?.address() as AddressInfo | null | undefined;
+    if (!address) throw new TypeError("ChatServer is not listening");
+    return { transport: "tcp", hostname: address.address, port: address.port };
   }
 
   /** Current counters. */
@@ -108,40 +153,67 @@ export class ChatServer implements AsyncDisposable {
     return {
       ...this.#stats,
       errors: { ...this.#stats.errors },
-      connections: this.#sessions.size,
+      connections: this.#admitted,
       clients: this.#registry.size,
+      refusing: this.#refusing,
+      sockets: this.#connections.size,
+      holders: this.#flow.holders,
+      pausedSenders: this.#flow.waiting,
     };
   }
 
-  /** Binds the TLS listener and starts accepting. Resolves with the bound address. */
+  /**
+   * Binds the TLS listener and starts accepting. Resolves with the bound address. May be called
+   * again after it failed (e.g. the port was in use).
+   *
+   * @throws {Deno.errors.NotCapable} without network permission for the address
+   * @throws {Error} from the bind, with a Node.js `code` such as `EADDRINUSE` or `ENOTFOUND`
+   */
   async listen(): Promise<Deno.NetAddr> {
-    if (this.#listener || this.#closing) throw new TypeError("ChatServer can listen only once");
-    const verifier = this.#options.verifier ??
-      await PasswordVerifier.create(this.#options.password!);
-    delete this.#options.password;
-    this.#context = {
-      limits: this.#limits,
-      verifier,
-      registry: this.#registry,
-      lockout: this.#lockout,
-      logger: this.#logger,
-      stats: this.#stats,
-      now: this.#options.now ?? Date.now,
-    };
-    this.#listener = Deno.listenTls({
-      hostname: this.#options.hostname ?? "127.0.0.1",
-      port: this.#options.port ?? 4000,
+    if (this.#server || this.#closing) throw new TypeError("ChatServer is already listening");
+    const hostname = this.#options.hostname ?? "127.0.0.1";
+    const port = this.#options.port ?? 4000;
+    const host = `${hostname.includes(":") ? `[${hostname}]` : hostname}:${port}`;
+    // node:net throws a missing permission from a later tick, where nobody can catch it.
+    if (Deno.permissions.querySync({ name: "net", host }).state !== "granted") {
+      throw new Deno.errors.NotCapable(`Requires net access to "${host}"`);
+    }
+    if (!this.#verifier) {
+      this.#verifier = this.#options.verifier ??
+        await PasswordVerifier.create(this.#options.password!);
+      delete this.#options.password;
+    }
+    const server = tls.createServer({
       cert: this.#options.cert,
       key: this.#options.key,
+      minVersion: "TLSv1.2",
+      handshakeTimeout: this.#limits.handshakeTimeoutMs,
+      // The session decides when to end its side: after its last frames are flushed.
+      allowHalfOpen: true,
     });
-    const addr = this.#listener.addr;
-    if (!setListenerNoDelay(addr.port)) {
-      this.#logger.info("Nagle's algorithm stays on: grant --allow-ffi to set TCP_NODELAY");
-    }
-    this.#sweep = setInterval(() => this.#lockout.sweep(Date.now()), SWEEP_INTERVAL_MS);
-    Deno.unrefTimer(this.#sweep as unknown as number);
+    server.on("connection", (socket: Socket) => this.#accept(socket));
+    server.on("secureConnection", (socket: tls.TLSSocket) => this.#secured(socket));
+    server.on("tlsClientError", (error: Error, socket: tls.TLSSocket) => {
+      this.#handshakeFailed(error, socket);
+    });
+    await new Promise<void>((resolve, reject) => {
+      server.once("error", reject);
+      server.listen({ host: hostname, port, backlog: BACKLOG }, () => {
+        server.off("error", reject);
+        resolve();
+      });
+    }).catch((error) => {
+      server.close();
+      throw error;
+    });
+    server.on("error", (error: Error) => {
+      this.#logger.error("Listener error: {error}", { error: String(error) });
+    });
+    this.#server = server;
+    this.#watch = setInterval(() => this.#watchConnections(), WATCH_INTERVAL_MS);
+    Deno.unrefTimer(this.#watch as unknown as number);
     this.#options.signal?.addEventListener("abort", this.#onAbort, { once: true });
-    this.#acceptLoop = this.#accept(this.#listener);
+    const addr = this.addr;
     this.#logger.info("server started on port -> {port} and ip -> {hostname}", {
       port: addr.port,
       hostname: addr.hostname,
@@ -150,8 +222,9 @@ export class ChatServer implements AsyncDisposable {
   }
 
   /**
-   * Stops accepting, tells every client `shutting_down`, flushes for at most a couple of
-   * seconds and closes everything. Idempotent; resolves when every connection is closed.
+   * Stops accepting, closes connections still in their handshake, tells every client
+   * `shutting_down`, flushes for at most a couple of seconds and closes everything. Idempotent;
+   * resolves when every socket is released.
    */
   close(): Promise<void> {
     this.#closing ??= this.#shutdown();
@@ -168,82 +241,156 @@ export class ChatServer implements AsyncDisposable {
 
   async #shutdown(): Promise<void> {
     this.#options.signal?.removeEventListener("abort", this.#onAbort);
-    clearInterval(this.#sweep);
-    if (!this.#listener) return;
+    clearInterval(this.#watch);
+    const server = this.#server;
+    if (!server) return;
     this.#logger.info("Shutting down: {connections} connections", {
-      connections: this.#sessions.size,
+      connections: this.#connections.size,
     });
-    try {
-      this.#listener.close();
-    } catch {
-      // Already closed.
+    const listenerClosed = new Promise<void>((resolve) => server.close(() => resolve()));
+    const handshaking: Socket[] = [];
+    for (const [socket, connection] of this.#connections) {
+      if (connection.session) connection.session.shutdown();
+      else if (connection.refusal) socket.destroy();
+      else handshaking.push(socket);
     }
-    await this.#acceptLoop;
-    await Promise.all([...this.#sessions].map((session) => session.shutdown()));
-    while (this.#tasks.size > 0) await Promise.all(this.#tasks);
+    // A handshake about to complete gets the notice (see #secured); a silent one is closed.
+    const handshakes = setTimeout(() => {
+      for (const socket of handshaking) {
+        if (!this.#connections.get(socket)?.session) socket.destroy();
+      }
+    }, HANDSHAKE_GRACE_MS);
+    const deadline = setTimeout(() => {
+      for (const socket of this.#connections.keys()) socket.destroy();
+    }, CLOSE_GRACE_MS + 500);
+    await Promise.all([...this.#sessions].map((session) => session.closed));
+    while (this.#connections.size > 0) await new Promise((resolve) => setTimeout(resolve, 10));
+    clearTimeout(deadline);
+    clearTimeout(handshakes);
+    await listenerClosed;
     this.#logger.info("Server stopped");
   }
 
-  async #accept(listener: Deno.TlsListener): Promise<void> {
-    while (!this.#closing) {
-      let conn: Deno.TlsConn;
-      try {
-        conn = await listener.accept();
-      } catch (error) {
-        if (this.#closing || error instanceof Deno.errors.BadResource) return;
-        this.#logger.warn("Accept failed: {error}", { error: String(error) });
-        await new Promise((resolve) => setTimeout(resolve, ACCEPT_BACKOFF_MS));
-        continue;
-      }
-      try {
-        this.#admit(conn);
-      } catch (error) {
-        // Never expected; the loop must survive it all the same.
-        this.#logger.error("Cannot admit connection: {error}", { error: String(error) });
-        try {
-          conn.close();
-        } catch { /* already closed */ }
-      }
-    }
-  }
-
-  #admit(conn: Deno.TlsConn): void {
+  /** A TCP connection was accepted: count it, and refuse it if it is over a cap. */
+  #accept(socket: Socket): void {
     const stats = this.#stats;
     stats.accepted++;
-    const ip = normalizeIp((conn.remoteAddr as Deno.NetAddr).hostname);
-    const perIp = this.#perIp.get(ip) ?? 0;
-    let reject: ProtocolError | undefined;
-    if (this.#sessions.size >= this.#limits.maxClients) {
-      reject = new ProtocolError("server_full", "Server is full, try again later");
-    } else if (this.#limits.maxPerIp > 0 && perIp >= this.#limits.maxPerIp) {
-      reject = new ProtocolError("too_many_connections", "Too many connections from your address");
-    }
-    const session = new Session(conn, this.#context!, { id: ++this.#nextId });
-    if (reject) {
-      stats.rejected++;
-      this.#logger.debug("Refusing connection from {ip}: {code}", { ip, code: reject.code });
-      if (this.#rejecting >= MAX_REJECTING) {
-        conn.close();
-        return;
-      }
-      this.#rejecting++;
-      this.#track(session.run(reject).finally(() => this.#rejecting--));
+    if (this.#closing) {
+      socket.destroy();
       return;
     }
-    this.#sessions.add(session);
-    this.#perIp.set(ip, perIp + 1);
-    this.#track(
-      session.run().finally(() => {
-        this.#sessions.delete(session);
-        const left = (this.#perIp.get(ip) ?? 1) - 1;
-        if (left > 0) this.#perIp.set(ip, left);
-        else this.#perIp.delete(ip);
-      }),
-    );
+    const ip = normalizeIp(socket.remoteAddress ?? "");
+    const connection: Connection = { ip, acceptedAt: this.#now() };
+    const limits = this.#limits;
+    const fromIp = this.#perIp.get(ip) ?? 0;
+    if (this.#admitted >= limits.maxClients) {
+      connection.refusal = { code: "server_full", message: "Server is full, try again later" };
+    } else if (limits.maxPerIp > 0 && fromIp >= limits.maxPerIp) {
+      connection.refusal = {
+        code: "too_many_connections",
+        message: "Too many connections from your address",
+      };
+    }
+    if (connection.refusal) {
+      stats.rejected++;
+      const refusingFromIp = this.#refusingPerIp.get(ip) ?? 0;
+      this.#logger.debug("Refusing connection from {ip}: {code}", {
+        ip,
+        code: connection.refusal.code,
+      });
+      if (this.#refusing >= MAX_REFUSING || refusingFromIp >= MAX_REFUSING_PER_IP) {
+        socket.destroy(); // before any TLS work
+        return;
+      }
+      this.#refusing++;
+      this.#refusingPerIp.set(ip, refusingFromIp + 1);
+      socket.once("close", () => {
+        this.#refusing--;
+        decrement(this.#refusingPerIp, ip);
+      });
+    } else {
+      this.#admitted++;
+      this.#perIp.set(ip, fromIp + 1);
+      socket.once("close", () => {
+        this.#admitted--;
+        decrement(this.#perIp, ip);
+      });
+    }
+    this.#connections.set(socket, connection);
+    socket.once("close", () => this.#connections.delete(socket));
+    socket.setNoDelay(true);
   }
 
-  #track(task: Promise<void>): void {
-    this.#tasks.add(task);
-    task.finally(() => this.#tasks.delete(task));
+  /** The TLS handshake completed: start the session, or send the refusal. */
+  #secured(socket: tls.TLSSocket): void {
+    // deno-lint-ignore no-explicit-any
+    const raw = (socket as any)._parent as Socket | undefined;
+    const connection = raw ? this.#connections.get(raw) : undefined;
+    if (!connection) {
+      socket.destroy();
+      return;
+    }
+    if (!this.#checkedBackpressure) {
+      this.#checkedBackpressure = true;
+      if (!hasTcpBackpressure(socket)) {
+        this.#logger.warn(
+          "This Deno cannot stop reading a TLS socket at the TCP level: paused senders are buffered in memory",
+        );
+      }
+    }
+    const refusal: Refusal | undefined = connection.refusal ??
+      (this.#closing ? { code: "shutting_down", message: "Server is shutting down" } : undefined);
+    if (refusal) {
+      // The error frame, then close; a peer that does not close its side is cut off.
+      socket.on("error", () => {});
+      socket.end(encodeError(refusal.code, refusal.message), () => socket.destroy());
+      const timer = setTimeout(() => socket.destroy(), CLOSE_GRACE_MS);
+      socket.once("close", () => clearTimeout(timer));
+      this.#count(refusal.code);
+      return;
+    }
+    const session = new Session(socket, {
+      limits: this.#limits,
+      verifier: this.#verifier!,
+      registry: this.#registry,
+      flow: this.#flow,
+      lockout: this.#lockout,
+      logger: this.#logger,
+      stats: this.#stats,
+      now: this.#now,
+    }, { id: ++this.#nextId, ip: connection.ip, acceptedAt: connection.acceptedAt });
+    connection.session = session;
+    this.#sessions.add(session);
+    session.closed.then(() => this.#sessions.delete(session));
   }
+
+  #handshakeFailed(error: Error, socket: tls.TLSSocket): void {
+    socket.destroy();
+    if (this.#closing) return;
+    const timedOut = /timeout/i.test(error.message);
+    if (timedOut) this.#stats.handshakeTimeouts++;
+    else this.#stats.handshakeFailures++;
+    this.#logger.debug("Handshake with {ip} {what}: {error}", {
+      ip: normalizeIp(socket.remoteAddress ?? ""),
+      what: timedOut ? "timed out" : "failed",
+      error: error.message,
+    });
+  }
+
+  #watchConnections(): void {
+    const now = this.#now();
+    for (const session of this.#sessions) session.checkStall(now);
+    this.#lockout.sweep(now);
+  }
+
+  #count(code: ErrorCode): void {
+    const errors = this.#stats.errors;
+    errors[code] = (errors[code] ?? 0) + 1;
+  }
+}
+
+function decrement(counts: Map<string, number>, key: string): void {
+  const left = (counts.get(key) ?? 1) - 1;
+  if (left > 0) counts.set(key, left);
+  else counts.delete(key);
 }

@@ -1,12 +1,15 @@
 /**
- * One connection from accept to close: TLS handshake under a timeout, authentication under a
- * timeout, then the message loop with its limits. Every failure ends here, in this connection's
- * own task, and every path releases the socket.
+ * One client connection after its TLS handshake: authentication under a deadline, then the
+ * message loop with its limits and flow control. The session is driven by its socket's events;
+ * every failure ends here, in this connection only, and every path releases the socket.
  *
  * @module
  */
+import type { TLSSocket } from "node:tls";
 import type { Logger } from "@logtape/logtape";
+import { startReading, stopReading } from "./backpressure.ts";
 import type { Limits } from "./config.ts";
+import { type FlowControl, STALL_MS } from "./flow.ts";
 import type { AuthLockout } from "./limits.ts";
 import { TokenBucket } from "./limits.ts";
 import { Outbox } from "./outbox.ts";
@@ -19,7 +22,7 @@ import {
   encodeBroadcast,
   encodeError,
   type ErrorCode,
-  FrameReader,
+  FrameDecoder,
   parseAuth,
   parseChat,
   ProtocolError,
@@ -28,6 +31,9 @@ import type { Client, Registry } from "./registry.ts";
 
 /** How long a closing connection may take to flush its last frames. */
 export const CLOSE_GRACE_MS = 2000;
+
+/** The one `rate_limited` notice, encoded once. */
+const RATE_LIMITED_FRAME = encodeError("rate_limited", "Message dropped: sending too fast");
 
 /** Counters shared by all sessions of a server. */
 export interface ServerStats {
@@ -39,7 +45,12 @@ export interface ServerStats {
   authFailures: number;
   messages: number;
   deliveries: number;
-  slowConsumers: number;
+  /** Clients dropped for holding the room back without reading (flow control). */
+  stalledReaders: number;
+  /** Clients dropped for accepting nothing for `--write-timeout`. */
+  writeTimeouts: number;
+  /** Times a sender was paused because a recipient's queue was full. */
+  senderPauses: number;
   errors: Partial<Record<ErrorCode, number>>;
 }
 
@@ -48,10 +59,11 @@ export interface SessionContext {
   limits: Limits;
   verifier: PasswordVerifier;
   registry: Registry;
+  flow: FlowControl;
   lockout: AuthLockout;
   logger: Logger;
   stats: ServerStats;
-  /** Clock in milliseconds; injectable for tests. */
+  /** Monotonic clock in milliseconds; injectable for tests. */
   now: () => number;
 }
 
@@ -61,46 +73,72 @@ export function normalizeIp(hostname: string): string {
   return mapped ? mapped[1] : hostname;
 }
 
-/** One client connection. Create it, then await {@link Session.run}; it never rejects. */
+const enum State {
+  /** Waiting for the auth frame. */
+  Auth,
+  /** Checking the password. */
+  Verifying,
+  /** Logged in. */
+  Chat,
+  /** Flushing its last frames, or closed. */
+  Closing,
+}
+
+/** One client connection, from its completed handshake to its close. */
 export class Session {
   /** Connection id, unique per server. */
   readonly id: number;
   /** Peer IP as shown to other clients. */
   readonly ip: string;
-  #conn: Deno.TlsConn;
+  /** Resolves once the socket is closed and everything is cleaned up. */
+  readonly closed: Promise<void>;
+  #socket: TLSSocket;
   #ctx: SessionContext;
   #outbox: Outbox;
+  #decoder: FrameDecoder;
   #client: Client | null = null;
-  #secure = false;
-  #closing: Promise<void> | null = null;
+  #state = State.Auth;
+  #paused = false;
+  /** The peer finished sending (its frames are still handled). */
+  #ended = false;
+  #bucket: TokenBucket | null = null;
+  #noticeAt = -Infinity;
   #reason = "closed by peer";
-  #stalled = false;
-  /** A closing error to send as soon as the handshake completes. */
-  #pending: ProtocolError | undefined;
-  #timer: ReturnType<typeof setTimeout> | undefined;
   #authTimer: ReturnType<typeof setTimeout> | undefined;
+  #graceTimer: ReturnType<typeof setTimeout> | undefined;
+  #onClosed!: () => void;
 
-  constructor(conn: Deno.TlsConn, context: SessionContext, options: { id: number }) {
-    this.#conn = conn;
+  /**
+   * @param socket a `node:tls` socket whose handshake has completed
+   * @param options `acceptedAt`: when the TCP connection was accepted (on `context.now`), from
+   * which the auth deadline runs
+   */
+  constructor(
+    socket: TLSSocket,
+    context: SessionContext,
+    options: { id: number; ip: string; acceptedAt: number },
+  ) {
+    this.#socket = socket;
     this.#ctx = context;
     this.id = options.id;
-    this.ip = normalizeIp((conn.remoteAddr as Deno.NetAddr).hostname);
-    this.#outbox = new Outbox(conn, {
+    this.ip = options.ip;
+    this.closed = new Promise((resolve) => this.#onClosed = resolve);
+    this.#decoder = new FrameDecoder({ maxFrame: context.limits.maxFrame });
+    this.#outbox = new Outbox(socket, {
       limit: context.limits.maxSendQueue,
-      onOverflow: (queued) => {
-        context.stats.slowConsumers++;
-        context.logger.warn(
-          "Dropping client {id} from {ip}: slow consumer, {queued} bytes queued",
-          {
-            id: this.id,
-            ip: this.ip,
-            queued,
-          },
-        );
-        this.#finish(`slow consumer: ${queued} bytes queued`);
-      },
-      onError: () => this.#finish("write failed"),
+      now: context.now,
+      onRelieved: () => this.#relieved(),
+      onError: () => this.#drop("write failed"),
     });
+    const wait = options.acceptedAt + context.limits.authTimeoutMs - context.now();
+    this.#authTimer = setTimeout(() => {
+      this.#fail(new ProtocolError("auth_timeout", "Cannot wait longer for auth"));
+    }, Math.max(0, wait));
+    socket.on("data", (chunk: Uint8Array) => this.#receive(chunk));
+    socket.on("end", () => this.#peerEnded());
+    socket.on("error", (error: Error) => this.#socketError(error));
+    socket.on("close", () => this.#cleanUp());
+    context.logger.info("Connection {id} from {ip}", { id: this.id, ip: this.ip });
   }
 
   /** Whether the client has logged in. */
@@ -108,138 +146,172 @@ export class Session {
     return this.#client !== null;
   }
 
+  /** Tells the client the server is stopping, flushes briefly and closes. */
+  shutdown(): void {
+    this.#fail(new ProtocolError("shutting_down", "Server is shutting down"));
+  }
+
   /**
-   * Runs the connection to its end. With `reject`, the session only completes the handshake,
-   * sends that error and closes (used for connection caps).
+   * Drops the client if it has had bytes to write and accepted none for too long: for
+   * `--write-timeout`, or for {@link STALL_MS} while its full queue holds the room back.
+   * Called periodically by the server.
    */
-  async run(reject?: ProtocolError): Promise<void> {
-    const { limits, logger } = this.#ctx;
-    const authDeadline = performance.now() + limits.authTimeoutMs;
-    try {
-      this.#timer = setTimeout(() => this.#handshakeTimedOut(), limits.handshakeTimeoutMs);
-      await this.#conn.handshake();
-      clearTimeout(this.#timer);
-      if (this.#stalled) return;
-      if (this.#closing) return;
-      this.#secure = true;
-      reject ??= this.#pending;
-      if (reject) return await this.#fail(reject);
-      this.#authTimer = setTimeout(() => {
-        this.#fail(new ProtocolError("auth_timeout", "Cannot wait longer for auth"));
-      }, Math.max(0, authDeadline - performance.now()));
-      logger.info("Connection {id} from {ip}", { id: this.id, ip: this.ip });
-      await this.#serve();
-    } catch (error) {
-      this.#onError(error);
-    } finally {
-      clearTimeout(this.#timer);
-      clearTimeout(this.#authTimer);
-      await this.#finish(this.#reason);
-      if (this.#client) {
-        this.#ctx.registry.delete(this.#client);
-        logger.info("Client {id} from {ip} disconnected: {reason}", {
-          id: this.id,
-          ip: this.ip,
-          reason: this.#reason,
-        });
-      } else if (this.#secure) {
-        logger.debug("Connection {id} from {ip} closed before login: {reason}", {
-          id: this.id,
-          ip: this.ip,
-          reason: this.#reason,
-        });
+  checkStall(now: number): void {
+    if (this.#state === State.Closing) return;
+    const idle = this.#outbox.stalledFor(now);
+    if (idle === 0) return;
+    const { limits, stats, flow, logger } = this.#ctx;
+    if (idle >= limits.writeTimeoutMs) {
+      stats.writeTimeouts++;
+      logger.warn("Dropping client {id} from {ip}: accepted nothing for {seconds} s", {
+        id: this.id,
+        ip: this.ip,
+        seconds: Math.round(idle / 1000),
+      });
+      this.#drop("write timeout");
+    } else if (idle >= STALL_MS && flow.isHolder(this.#outbox)) {
+      stats.stalledReaders++;
+      logger.warn(
+        "Dropping client {id} from {ip}: stalled reader, {queued} bytes queued and none accepted for {ms} ms",
+        { id: this.id, ip: this.ip, queued: this.#outbox.queuedBytes, ms: Math.round(idle) },
+      );
+      this.#drop("stalled reader");
+    }
+  }
+
+  /** Called by flow control when the room is free again. */
+  resume(): void {
+    if (!this.#paused || this.#state === State.Closing) return;
+    this.#paused = false;
+    startReading(this.#socket);
+    this.#handleFrames();
+  }
+
+  #receive(chunk: Uint8Array): void {
+    if (this.#state === State.Closing) return;
+    this.#decoder.feed(chunk);
+    this.#handleFrames();
+  }
+
+  /** Handles the frames received so far, until one must wait (auth check, flow control). */
+  #handleFrames(): void {
+    const { flow } = this.#ctx;
+    while (!this.#paused) {
+      const state = this.#state;
+      if (state !== State.Auth && state !== State.Chat) return;
+      if (state === State.Chat && (flow.blocked || this.#outbox.full)) {
+        this.#pause();
+        return;
+      }
+      let body: Uint8Array | null;
+      try {
+        body = this.#decoder.next();
+      } catch (error) {
+        this.#fail(error);
+        return;
+      }
+      if (body === null) break;
+      if (state === State.Auth) this.#authenticate(body);
+      else this.#handleMessage(body);
+    }
+    if (this.#ended && !this.#paused) {
+      const state = this.#state;
+      if (state === State.Auth || state === State.Chat) {
+        this.#finish(this.#decoder.buffered > 0 ? "closed inside a frame" : "closed by peer");
       }
     }
   }
 
   /**
-   * Deno cannot release a socket while its TLS handshake is in progress: `close()` rejects the
-   * pending handshake but the socket stays open until the peer acts (checked on Deno 2.9.6). So a
-   * timed-out handshake is not closed, which would only hide it; the session stays counted
-   * against the connection caps until the peer completes the handshake (then it is closed at
-   * once) or goes away.
+   * Stops reading until the room is free: a full recipient holds it (flow control), or this
+   * client's own queue is full (it does not read its replies).
    */
-  #handshakeTimedOut(): void {
-    this.#stalled = true;
-    this.#reason = "handshake timeout";
-    this.#ctx.stats.handshakeTimeouts++;
-    this.#ctx.logger.debug("Handshake with {ip} timed out", { ip: this.ip });
+  #pause(): void {
+    this.#paused = true;
+    stopReading(this.#socket);
+    if (this.#outbox.full) return; // resumed by #relieved
+    this.#ctx.stats.senderPauses++;
+    this.#ctx.flow.wait(this);
   }
 
-  /**
-   * Tells the client the server is stopping, flushes briefly and closes. A connection still in
-   * its handshake gets the notice as soon as the handshake completes (within the grace period).
-   */
-  shutdown(): Promise<void> {
-    const notice = new ProtocolError("shutting_down", "Server is shutting down");
-    if (this.#secure || this.#closing) return this.#fail(notice);
-    this.#pending = notice;
-    clearTimeout(this.#timer);
-    this.#timer = setTimeout(() => this.#finish("server shutting down"), CLOSE_GRACE_MS);
-    return Promise.resolve();
+  /** This client's queue drained to half its limit. */
+  #relieved(): void {
+    this.#ctx.flow.release(this.#outbox);
+    if (this.#paused && !this.#ctx.flow.blocked) this.resume();
   }
 
-  async #serve(): Promise<void> {
-    const { limits, stats, registry, logger, now } = this.#ctx;
-    // Plain conn.read() calls: a BYOB stream costs ~6 KiB of heap per idle connection. Closing the
-    // connection ends the reads.
-    const reader = new FrameReader(this.#conn, { maxFrame: limits.maxFrame });
-    const first = await reader.read();
-    if (first === null || this.#closing) return;
-    const password = parseAuth(decodeBody(first));
-    this.#checkLockout();
-    const ok = await this.#ctx.verifier.verify(password);
-    if (this.#closing) return;
-    // Guesses sent together all passed the first check; those whose verdict comes after the
-    // lockout began get no verdict either.
-    this.#checkLockout();
-    clearTimeout(this.#authTimer);
-    if (!ok) {
-      stats.authFailures++;
-      const locked = this.#ctx.lockout.fail(this.ip, now());
-      logger.warn("Failed login from {ip}{lock}", {
+  async #authenticate(body: Uint8Array): Promise<void> {
+    const { verifier, lockout, stats, logger, registry, limits, now } = this.#ctx;
+    this.#state = State.Verifying;
+    try {
+      const password = parseAuth(decodeBody(body));
+      this.#checkLockout();
+      const ok = await verifier.verify(password);
+      if (this.#state !== State.Verifying) return;
+      // Guesses sent together all passed the first check; those whose verdict comes after the
+      // lockout began get no verdict either.
+      this.#checkLockout();
+      clearTimeout(this.#authTimer);
+      if (!ok) {
+        stats.authFailures++;
+        const locked = lockout.fail(this.ip, now());
+        logger.warn("Failed login from {ip}{lock}", {
+          ip: this.ip,
+          lock: locked ? "; locked out" : "",
+        });
+        this.#send(AUTH_FAILED_FRAME);
+        this.#finish("wrong password");
+        return;
+      }
+      stats.authenticated++;
+      this.#client = {
+        id: this.id,
         ip: this.ip,
-        lock: locked ? "; locked out" : "",
-      });
-      this.#outbox.push(AUTH_FAILED_FRAME);
-      this.#reason = "wrong password";
+        name: DEFAULT_SENDER,
+        since: Date.now(),
+        sent: 0,
+        received: 0,
+        outbox: this.#outbox,
+      };
+      this.#bucket = new TokenBucket({ rate: limits.rate, burst: limits.burst, now: now() });
+      this.#send(AUTH_OK_FRAME);
+      registry.add(this.#client);
+      this.#state = State.Chat;
+      logger.info("Client {id} from {ip} logged in", { id: this.id, ip: this.ip });
+    } catch (error) {
+      this.#fail(error);
       return;
     }
-    stats.authenticated++;
-    const client: Client = {
-      id: this.id,
-      ip: this.ip,
-      name: DEFAULT_SENDER,
-      since: Date.now(),
-      sent: 0,
-      received: 0,
-      outbox: this.#outbox,
-    };
-    this.#outbox.push(AUTH_OK_FRAME);
-    this.#client = client;
-    registry.add(client);
-    logger.info("Client {id} from {ip} logged in", { id: this.id, ip: this.ip });
+    this.#handleFrames();
+  }
 
-    const bucket = new TokenBucket({ rate: limits.rate, burst: limits.burst, now: now() });
-    while (!this.#closing) {
-      const body = await reader.read();
-      if (body === null || this.#closing) return;
-      try {
-        const frame = decodeBody(body);
-        // Every frame costs a token, valid or not, so a flood of bad frames is limited too.
-        if (!bucket.take(now())) {
-          throw new ProtocolError("rate_limited", "Message dropped: sending too fast");
-        }
-        const message = parseChat(frame);
-        client.name = message.sender;
-        client.sent++;
-        stats.messages++;
-        stats.deliveries += registry.broadcast(client, encodeBroadcast(message, this.ip));
-      } catch (error) {
-        if (!(error instanceof ProtocolError) || error.closes) throw error;
-        this.#count(error.code);
-        this.#outbox.push(encodeError(error.code, error.message));
+  #handleMessage(body: Uint8Array): void {
+    const { limits, stats, registry, now } = this.#ctx;
+    const client = this.#client!;
+    // The token is taken before the frame is even parsed: a flood costs one comparison a frame.
+    const time = now();
+    if (!this.#bucket!.take(time)) {
+      this.#count("rate_limited");
+      // At most one notice per token period, so a flood cannot make the server write much.
+      if (time - this.#noticeAt >= 1000 / limits.rate) {
+        this.#noticeAt = time;
+        this.#send(RATE_LIMITED_FRAME);
       }
+      return;
+    }
+    try {
+      const message = parseChat(decodeBody(body));
+      client.name = message.sender;
+      client.sent++;
+      stats.messages++;
+      stats.deliveries += registry.broadcast(client, encodeBroadcast(message, this.ip));
+    } catch (error) {
+      if (!(error instanceof ProtocolError) || error.closes) {
+        this.#fail(error);
+        return;
+      }
+      this.#count(error.code);
+      this.#send(encodeError(error.code, error.message));
     }
   }
 
@@ -250,33 +322,25 @@ export class Session {
     }
   }
 
-  /** Reports a closing protocol error to the client, then closes. */
-  #fail(error: ProtocolError): Promise<void> {
-    if (this.#closing) return this.#closing;
-    this.#count(error.code);
-    if (this.#secure) this.#outbox.push(encodeError(error.code, error.message));
-    return this.#finish(error.code);
+  /** Queues a frame of this session's own (a reply, not a broadcast). */
+  #send(frame: Uint8Array): void {
+    this.#outbox.push(frame);
   }
 
-  #onError(error: unknown): void {
-    if (error instanceof ProtocolError) {
-      this.#fail(error);
-      return;
-    }
-    if (this.#closing) return; // the close we started surfaced as a read/handshake error
-    if (this.#stalled) return;
-    if (!this.#secure) {
-      this.#ctx.stats.handshakeFailures++;
-      this.#reason = "handshake failed";
-      this.#ctx.logger.debug("Handshake with {ip} failed: {error}", {
-        ip: this.ip,
+  /** Reports an error to the client; a closing one (or any other failure) ends the session. */
+  #fail(error: unknown): void {
+    if (this.#state === State.Closing) return;
+    if (!(error instanceof ProtocolError)) {
+      this.#ctx.logger.error("Closing connection {id} after an unexpected error: {error}", {
+        id: this.id,
         error: String(error),
       });
-    } else {
-      this.#reason = error instanceof Deno.errors.UnexpectedEof
-        ? "closed inside a frame"
-        : `connection error: ${(error as Error)?.name ?? "unknown"}`;
+      this.#finish("internal error");
+      return;
     }
+    this.#count(error.code);
+    this.#send(encodeError(error.code, error.message));
+    if (error.closes) this.#finish(error.code);
   }
 
   #count(code: ErrorCode): void {
@@ -284,31 +348,67 @@ export class Session {
     errors[code] = (errors[code] ?? 0) + 1;
   }
 
-  /** Flushes what is queued (for at most {@link CLOSE_GRACE_MS}) and closes. Idempotent. */
-  #finish(reason: string): Promise<void> {
-    if (this.#closing) return this.#closing;
-    this.#reason = reason;
-    this.#closing = this.#close();
-    return this.#closing;
+  #peerEnded(): void {
+    this.#ended = true;
+    if (!this.#paused) this.#handleFrames();
   }
 
-  async #close(): Promise<void> {
-    clearTimeout(this.#timer);
-    clearTimeout(this.#authTimer);
-    if (this.#client) this.#ctx.registry.delete(this.#client);
-    if (this.#secure && !this.#outbox.closed && this.#outbox.queuedBytes > 0) {
-      let grace: ReturnType<typeof setTimeout> | undefined;
-      await Promise.race([
-        this.#outbox.drain(),
-        new Promise<void>((resolve) => grace = setTimeout(resolve, CLOSE_GRACE_MS)),
-      ]);
-      clearTimeout(grace);
-    }
+  #socketError(error: Error): void {
+    if (this.#state === State.Closing) return;
+    const code = (error as { code?: string }).code;
+    this.#reason = `connection error: ${code ?? error.name}`;
+  }
+
+  /** Leaves the room, flushes what is queued (for at most {@link CLOSE_GRACE_MS}) and closes. */
+  #finish(reason: string): void {
+    if (this.#state === State.Closing) return;
+    this.#leave(reason);
+    const socket = this.#socket;
+    this.#graceTimer = setTimeout(() => socket.destroy(), CLOSE_GRACE_MS);
+    // Once the last frames are in the kernel, close (it sends them, then FIN): waiting for the
+    // peer to close its side would keep a socket for nothing, and let its writes go unread.
+    this.#outbox.drain().then(() => {
+      if (!socket.destroyed) socket.end(() => socket.destroy());
+    });
+  }
+
+  /** Closes at once, dropping whatever is queued. */
+  #drop(reason: string): void {
+    if (this.#state !== State.Closing) this.#leave(reason);
     this.#outbox.close();
-    try {
-      this.#conn.close();
-    } catch {
-      // Already closed.
+    this.#socket.destroy();
+  }
+
+  /** Stops reading and handling frames and leaves the room; the socket is closed by the caller. */
+  #leave(reason: string): void {
+    this.#state = State.Closing;
+    this.#reason = reason;
+    if (!this.#paused) stopReading(this.#socket);
+    clearTimeout(this.#authTimer);
+    const { registry, flow } = this.#ctx;
+    if (this.#client) registry.delete(this.#client);
+    flow.forget(this);
+    flow.release(this.#outbox);
+  }
+
+  #cleanUp(): void {
+    if (this.#state !== State.Closing) this.#leave(this.#reason);
+    clearTimeout(this.#graceTimer);
+    this.#outbox.close();
+    const { logger } = this.#ctx;
+    if (this.#client) {
+      logger.info("Client {id} from {ip} disconnected: {reason}", {
+        id: this.id,
+        ip: this.ip,
+        reason: this.#reason,
+      });
+    } else {
+      logger.debug("Connection {id} from {ip} closed before login: {reason}", {
+        id: this.id,
+        ip: this.ip,
+        reason: this.#reason,
+      });
     }
+    this.#onClosed();
   }
 }

@@ -291,7 +291,7 @@ function pushDecode(chunks: Uint8Array[], maxFrame: number): Decoded {
       return { frames, error: protocolCode(error, FRAME_CODES, "FrameDecoder"), pending: 0 };
     }
   }
-  return { frames, error: null, pending: decoder.pending };
+  return { frames, error: null, pending: decoder.buffered };
 }
 
 async function readerDecode(chunks: Uint8Array[], maxFrame: number): Promise<Decoded> {

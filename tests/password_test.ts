@@ -16,12 +16,13 @@ Deno.test("PasswordVerifier accepts only the password", async () => {
   await assert.rejects(PasswordVerifier.create(""), PasswordError);
 });
 
-Deno.test("readPassword prefers the environment, then the file, then the prompt", async () => {
+Deno.test("readPassword prefers --password-file, then the environment, then the prompt", async () => {
   const file = await Deno.makeTempFile();
   try {
     await Deno.writeTextFile(file, "from-file\r\n");
     const prompt = () => Promise.resolve("from-prompt");
-    assert.equal(await readPassword({ env: "from-env", file, prompt }), "from-env");
+    assert.equal(await readPassword({ env: "from-env", file, prompt }), "from-file");
+    assert.equal(await readPassword({ env: "from-env", prompt }), "from-env");
     assert.equal(await readPassword({ file, prompt }), "from-file");
     assert.equal(await readPassword({ prompt }), "from-prompt");
     await assert.rejects(readPassword({ file: `${file}.missing` }), /Cannot read password file/);

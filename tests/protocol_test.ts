@@ -143,7 +143,7 @@ Deno.test("FrameDecoder decodes pushed chunks and rejects bad lengths early", ()
     '{"a":1}',
     '{"b":2}',
   ]);
-  assert.equal(decoder.pending, 0);
+  assert.equal(decoder.buffered, 0);
   assert.equal(codeOf(() => decoder.push(header(101))), "frame_too_large");
   assert.equal(codeOf(() => new FrameDecoder().push(header(0))), "empty_frame");
 });

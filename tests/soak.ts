@@ -311,7 +311,7 @@ export function formatReport(report: SoakReport, extra: string[] = []): string {
     lines.push(
       `Server counters: accepted ${s.accepted}, rejected ${s.rejected}, handshake failures` +
         ` ${s.handshakeFailures}, handshake timeouts ${s.handshakeTimeouts}, logins ${s.authenticated}, auth failures ${s.authFailures},` +
-        ` messages ${s.messages}, deliveries ${s.deliveries}, slow consumers ${s.slowConsumers},` +
+        ` messages ${s.messages}, deliveries ${s.deliveries}, stalled readers ${s.stalledReaders}, write timeouts ${s.writeTimeouts},` +
         ` connections now ${s.connections}, clients now ${s.clients}`,
       `Server errors by code: ${fmtCounts(s.errors)}`,
     );
@@ -460,6 +460,7 @@ async function main(args: string[]): Promise<number> {
       maxClients: 10_000,
       maxPerIp: 0,
       maxSendQueue: 1048576,
+      writeTimeoutMs: 10_000,
       rate: 20,
       burst: 50,
       maxAuthFailures: 5,
