@@ -157,7 +157,8 @@ function listenError(error: unknown): string {
     case "EPERM":
       return `not allowed (${message}); ports below 1024 need root or CAP_NET_BIND_SERVICE`;
     case "EADDRNOTAVAIL":
-      return "this machine has no such address (check --host)";
+    case "EINVAL":
+      return `this machine has no such address (${message}); check --host`;
     default:
       return message;
   }

@@ -23,18 +23,24 @@ export interface FrameWriter {
   write(data: Uint8Array, done: (error?: Error | null) => void): unknown;
 }
 
+/** What an outbox tells its owner. Methods rather than closures: one object per connection less. */
+export interface OutboxOwner {
+  /** The outbox became full. */
+  outboxFull?(): void;
+  /** A full outbox drained to half its limit. */
+  outboxRelieved?(): void;
+  /** A write failed; the outbox is closed first. Called once. */
+  outboxFailed?(error: unknown): void;
+}
+
 /** Options for {@link Outbox}. */
 export interface OutboxOptions {
   /** Charged bytes (queued plus in flight) above which the outbox is full. */
   limit: number;
   /** Monotonic clock in milliseconds. */
   now: () => number;
-  /** Called when the outbox becomes full. */
-  onFull?: () => void;
-  /** Called when a full outbox has drained to half its limit. */
-  onRelieved?: () => void;
-  /** Called once when a write fails; the outbox is closed first. */
-  onError?: (error: unknown) => void;
+  /** Told when the outbox fills, drains or fails. */
+  owner?: OutboxOwner;
 }
 
 /** Largest coalesced write. Small enough that a reader's progress shows well within a second. */
@@ -56,9 +62,7 @@ export class Outbox {
   #writer: FrameWriter;
   #limit: number;
   #now: () => number;
-  #onFull?: () => void;
-  #onRelieved?: () => void;
-  #onError?: (error: unknown) => void;
+  #owner: OutboxOwner | undefined;
   #queue: Uint8Array[] = [];
   /** What each queued frame is charged: its buffer's size, on the last frame of a buffer's run. */
   #charges: number[] = [];
@@ -79,9 +83,7 @@ export class Outbox {
     this.#writer = writer;
     this.#limit = options.limit;
     this.#now = options.now;
-    this.#onFull = options.onFull;
-    this.#onRelieved = options.onRelieved;
-    this.#onError = options.onError;
+    this.#owner = options.owner;
   }
 
   /** Bytes charged to this client: what its queued frames keep alive, plus the write in flight. */
@@ -139,7 +141,7 @@ export class Outbox {
     }
     if (!this.#full && this.#bytes > this.#limit) {
       this.#full = true;
-      this.#onFull?.();
+      this.#owner?.outboxFull?.();
     }
     return true;
   }
@@ -187,7 +189,7 @@ export class Outbox {
     if (this.#closed) return;
     if (error) {
       this.close();
-      this.#onError?.(error);
+      this.#owner?.outboxFailed?.(error);
       return;
     }
     this.#bytes -= this.#inFlight;
@@ -196,7 +198,7 @@ export class Outbox {
     if (this.#queue.length > 0) this.#write();
     if (this.#full && this.#bytes <= this.#limit / 2) {
       this.#full = false;
-      this.#onRelieved?.();
+      this.#owner?.outboxRelieved?.();
     }
     this.#settle();
   };

@@ -44,6 +44,8 @@ function flagFor(desc: Deno.PermissionDescriptor): string {
       return desc.command === undefined ? "--allow-run" : `--allow-run=${pathText(desc.command)}`;
     case "env":
       return desc.variable === undefined ? "--allow-env" : `--allow-env=${desc.variable}`;
+    case "net":
+      return desc.host === undefined ? "--allow-net" : `--allow-net=${desc.host}`;
     default:
       return `--allow-${desc.name}`;
   }

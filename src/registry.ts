@@ -26,10 +26,6 @@ export interface Client {
   name: string;
   /** `Date.now()` at login. */
   readonly since: number;
-  /** Messages accepted from this client. */
-  sent: number;
-  /** Frames queued to this client by broadcasts. */
-  received: number;
   /** The client's send queue. */
   readonly outbox: Outbox;
 }
@@ -60,11 +56,6 @@ export class Registry {
     return this.#clients.delete(client.id);
   }
 
-  /** The logged-in clients, in login order. */
-  values(): IterableIterator<Client> {
-    return this.#clients.values();
-  }
-
   /**
    * Queues `frame` (encoded once by the caller) to every client except `from`. A recipient whose
    * queue is now full holds the room: senders wait (see {@link FlowControl}) until it drains or
@@ -79,7 +70,6 @@ export class Registry {
       if (client === from) continue;
       const outbox = client.outbox;
       if (outbox.push(frame)) {
-        client.received++;
         delivered++;
         if (outbox.full) this.#flow.hold(outbox);
       }

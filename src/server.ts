@@ -21,7 +21,13 @@ import { AuthLockout } from "./limits.ts";
 import { PasswordVerifier } from "./password.ts";
 import { encodeError, type ErrorCode } from "./protocol.ts";
 import { Registry } from "./registry.ts";
-import { CLOSE_GRACE_MS, normalizeIp, type ServerStats, Session } from "./session.ts";
+import {
+  CLOSE_GRACE_MS,
+  normalizeIp,
+  type ServerStats,
+  Session,
+  type SessionContext,
+} from "./session.ts";
 
 /** Refusals (handshake, then an error frame) in progress at once; past this, closed at once. */
 const MAX_REFUSING = 256;
@@ -83,8 +89,8 @@ interface Connection {
   ip: string;
   acceptedAt: number;
   /** Set for a connection over a cap: the error it gets once its handshake completes. */
-  refusal?: Refusal;
-  session?: Session;
+  refusal: Refusal | undefined;
+  session: Session | undefined;
 }
 
 /** The chat server. `await listen()`, then `close()` (or `await using`). */
@@ -93,7 +99,6 @@ export class ChatServer implements AsyncDisposable {
   #limits: Limits;
   #now: () => number;
   #logger: Logger = getLogger(["chat-server"]);
-  #verifier: PasswordVerifier | null = null;
   #server: tls.Server | null = null;
   #flow = new FlowControl();
   #registry = new Registry(this.#flow);
@@ -108,6 +113,11 @@ export class ChatServer implements AsyncDisposable {
   #watch: ReturnType<typeof setInterval> | undefined;
   #checkedBackpressure = false;
   #closing: Promise<void> | null = null;
+  #context: SessionContext | null = null;
+  /** Wakes the shutdown when the last session has closed. */
+  #allClosed: (() => void) | null = null;
+  /** One `close` listener for every accepted socket (`this` is the socket). */
+  #released: (this: Socket) => void;
   #stats: ServerStats = {
     accepted: 0,
     rejected: 0,
@@ -134,6 +144,11 @@ export class ChatServer implements AsyncDisposable {
       maxFailures: this.#limits.maxAuthFailures,
       windowMs: this.#limits.lockoutMs,
     });
+    // deno-lint-ignore no-this-alias
+    const server = this;
+    this.#released = function (this: Socket) {
+      server.#release(this);
+    };
   }
 
   /** The effective limits. */
@@ -178,10 +193,24 @@ export class ChatServer implements AsyncDisposable {
     if (Deno.permissions.querySync({ name: "net", host }).state !== "granted") {
       throw new Deno.errors.NotCapable(`Requires net access to "${host}"`);
     }
-    if (!this.#verifier) {
-      this.#verifier = this.#options.verifier ??
+    if (!this.#context) {
+      const verifier = this.#options.verifier ??
         await PasswordVerifier.create(this.#options.password!);
       delete this.#options.password;
+      this.#context = {
+        limits: this.#limits,
+        verifier,
+        registry: this.#registry,
+        flow: this.#flow,
+        lockout: this.#lockout,
+        logger: this.#logger,
+        stats: this.#stats,
+        now: this.#now,
+        closed: (session) => {
+          this.#sessions.delete(session);
+          if (this.#sessions.size === 0) this.#allClosed?.();
+        },
+      };
     }
     const server = tls.createServer({
       cert: this.#options.cert,
@@ -263,7 +292,9 @@ export class ChatServer implements AsyncDisposable {
     const deadline = setTimeout(() => {
       for (const socket of this.#connections.keys()) socket.destroy();
     }, CLOSE_GRACE_MS + 500);
-    await Promise.all([...this.#sessions].map((session) => session.closed));
+    if (this.#sessions.size > 0) {
+      await new Promise<void>((resolve) => this.#allClosed = resolve);
+    }
     while (this.#connections.size > 0) await new Promise((resolve) => setTimeout(resolve, 10));
     clearTimeout(deadline);
     clearTimeout(handshakes);
@@ -280,7 +311,12 @@ export class ChatServer implements AsyncDisposable {
       return;
     }
     const ip = normalizeIp(socket.remoteAddress ?? "");
-    const connection: Connection = { ip, acceptedAt: this.#now() };
+    const connection: Connection = {
+      ip,
+      acceptedAt: this.#now(),
+      refusal: undefined,
+      session: undefined,
+    };
     const limits = this.#limits;
     const fromIp = this.#perIp.get(ip) ?? 0;
     if (this.#admitted >= limits.maxClients) {
@@ -304,21 +340,27 @@ export class ChatServer implements AsyncDisposable {
       }
       this.#refusing++;
       this.#refusingPerIp.set(ip, refusingFromIp + 1);
-      socket.once("close", () => {
-        this.#refusing--;
-        decrement(this.#refusingPerIp, ip);
-      });
     } else {
       this.#admitted++;
       this.#perIp.set(ip, fromIp + 1);
-      socket.once("close", () => {
-        this.#admitted--;
-        decrement(this.#perIp, ip);
-      });
     }
     this.#connections.set(socket, connection);
-    socket.once("close", () => this.#connections.delete(socket));
+    socket.on("close", this.#released);
     socket.setNoDelay(true);
+  }
+
+  /** An accepted socket is gone: give back what it was counted against. */
+  #release(socket: Socket): void {
+    const connection = this.#connections.get(socket);
+    if (!connection) return;
+    this.#connections.delete(socket);
+    if (connection.refusal) {
+      this.#refusing--;
+      decrement(this.#refusingPerIp, connection.ip);
+    } else {
+      this.#admitted--;
+      decrement(this.#perIp, connection.ip);
+    }
   }
 
   /** The TLS handshake completed: start the session, or send the refusal. */
@@ -349,19 +391,13 @@ export class ChatServer implements AsyncDisposable {
       this.#count(refusal.code);
       return;
     }
-    const session = new Session(socket, {
-      limits: this.#limits,
-      verifier: this.#verifier!,
-      registry: this.#registry,
-      flow: this.#flow,
-      lockout: this.#lockout,
-      logger: this.#logger,
-      stats: this.#stats,
-      now: this.#now,
-    }, { id: ++this.#nextId, ip: connection.ip, acceptedAt: connection.acceptedAt });
+    const session = new Session(socket, this.#context!, {
+      id: ++this.#nextId,
+      ip: connection.ip,
+      acceptedAt: connection.acceptedAt,
+    });
     connection.session = session;
     this.#sessions.add(session);
-    session.closed.then(() => this.#sessions.delete(session));
   }
 
   #handshakeFailed(error: Error, socket: tls.TLSSocket): void {

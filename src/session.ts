@@ -12,7 +12,7 @@ import type { Limits } from "./config.ts";
 import { type FlowControl, STALL_MS } from "./flow.ts";
 import type { AuthLockout } from "./limits.ts";
 import { TokenBucket } from "./limits.ts";
-import { Outbox } from "./outbox.ts";
+import { Outbox, type OutboxOwner } from "./outbox.ts";
 import type { PasswordVerifier } from "./password.ts";
 import {
   AUTH_FAILED_FRAME,
@@ -65,7 +65,15 @@ export interface SessionContext {
   stats: ServerStats;
   /** Monotonic clock in milliseconds; injectable for tests. */
   now: () => number;
+  /** Called once when a session's socket has closed and the session is cleaned up. */
+  closed: (session: Session) => void;
 }
+
+/** Where a socket keeps its session, for the listeners every session shares. */
+const SESSION = Symbol("session");
+
+/** A socket with its session attached. */
+type SessionSocket = TLSSocket & { [SESSION]: Session };
 
 /** Shows an IPv4-mapped IPv6 address (`::ffff:1.2.3.4`) as plain IPv4. */
 export function normalizeIp(hostname: string): string {
@@ -84,19 +92,25 @@ const enum State {
   Closing,
 }
 
-/** One client connection, from its completed handshake to its close. */
-export class Session {
+/**
+ * One client connection, from its completed handshake to its close. Once logged in, the session
+ * is the registry's {@link Client}. An idle connection's memory matters at ten thousand of them:
+ * the socket listeners are shared by every session, and nothing else is allocated per session
+ * beyond its decoder, outbox and rate bucket.
+ */
+export class Session implements Client, OutboxOwner {
   /** Connection id, unique per server. */
   readonly id: number;
   /** Peer IP as shown to other clients. */
   readonly ip: string;
-  /** Resolves once the socket is closed and everything is cleaned up. */
-  readonly closed: Promise<void>;
+  /** Last `sender` name the client used (`anon` until it sends). */
+  name: string = DEFAULT_SENDER;
+  /** `Date.now()` at login (0 before). */
+  since = 0;
   #socket: TLSSocket;
   #ctx: SessionContext;
   #outbox: Outbox;
   #decoder: FrameDecoder;
-  #client: Client | null = null;
   #state = State.Auth;
   #paused = false;
   /** The peer finished sending (its frames are still handled). */
@@ -106,7 +120,6 @@ export class Session {
   #reason = "closed by peer";
   #authTimer: ReturnType<typeof setTimeout> | undefined;
   #graceTimer: ReturnType<typeof setTimeout> | undefined;
-  #onClosed!: () => void;
 
   /**
    * @param socket a `node:tls` socket whose handshake has completed
@@ -122,28 +135,51 @@ export class Session {
     this.#ctx = context;
     this.id = options.id;
     this.ip = options.ip;
-    this.closed = new Promise((resolve) => this.#onClosed = resolve);
     this.#decoder = new FrameDecoder({ maxFrame: context.limits.maxFrame });
     this.#outbox = new Outbox(socket, {
       limit: context.limits.maxSendQueue,
       now: context.now,
-      onRelieved: () => this.#relieved(),
-      onError: () => this.#drop("write failed"),
+      owner: this,
     });
     const wait = options.acceptedAt + context.limits.authTimeoutMs - context.now();
-    this.#authTimer = setTimeout(() => {
-      this.#fail(new ProtocolError("auth_timeout", "Cannot wait longer for auth"));
-    }, Math.max(0, wait));
-    socket.on("data", (chunk: Uint8Array) => this.#receive(chunk));
-    socket.on("end", () => this.#peerEnded());
-    socket.on("error", (error: Error) => this.#socketError(error));
-    socket.on("close", () => this.#cleanUp());
+    this.#authTimer = setTimeout(Session.#authTimedOut, Math.max(0, wait), this);
+    (socket as SessionSocket)[SESSION] = this;
+    socket.on("data", Session.#onData);
+    socket.on("end", Session.#onEnd);
+    socket.on("error", Session.#onError);
+    socket.on("close", Session.#onClose);
     context.logger.info("Connection {id} from {ip}", { id: this.id, ip: this.ip });
+  }
+
+  static #authTimedOut(session: Session): void {
+    session.#authTimer = undefined;
+    session.#fail(new ProtocolError("auth_timeout", "Cannot wait longer for auth"));
+  }
+
+  static #onData(this: SessionSocket, chunk: Uint8Array): void {
+    this[SESSION].#receive(chunk);
+  }
+
+  static #onEnd(this: SessionSocket): void {
+    this[SESSION].#peerEnded();
+  }
+
+  static #onError(this: SessionSocket, error: Error): void {
+    this[SESSION].#socketError(error);
+  }
+
+  static #onClose(this: SessionSocket): void {
+    this[SESSION].#cleanUp();
+  }
+
+  /** The client's send queue. */
+  get outbox(): Outbox {
+    return this.#outbox;
   }
 
   /** Whether the client has logged in. */
   get authenticated(): boolean {
-    return this.#client !== null;
+    return this.since !== 0;
   }
 
   /** Tells the client the server is stopping, flushes briefly and closes. */
@@ -229,15 +265,20 @@ export class Session {
   #pause(): void {
     this.#paused = true;
     stopReading(this.#socket);
-    if (this.#outbox.full) return; // resumed by #relieved
+    if (this.#outbox.full) return; // resumed by outboxRelieved
     this.#ctx.stats.senderPauses++;
     this.#ctx.flow.wait(this);
   }
 
-  /** This client's queue drained to half its limit. */
-  #relieved(): void {
+  /** Called by the outbox: this client's queue drained to half its limit. */
+  outboxRelieved(): void {
     this.#ctx.flow.release(this.#outbox);
     if (this.#paused && !this.#ctx.flow.blocked) this.resume();
+  }
+
+  /** Called by the outbox: a write failed. */
+  outboxFailed(): void {
+    this.#drop("write failed");
   }
 
   async #authenticate(body: Uint8Array): Promise<void> {
@@ -252,6 +293,7 @@ export class Session {
       // lockout began get no verdict either.
       this.#checkLockout();
       clearTimeout(this.#authTimer);
+      this.#authTimer = undefined;
       if (!ok) {
         stats.authFailures++;
         const locked = lockout.fail(this.ip, now());
@@ -264,18 +306,10 @@ export class Session {
         return;
       }
       stats.authenticated++;
-      this.#client = {
-        id: this.id,
-        ip: this.ip,
-        name: DEFAULT_SENDER,
-        since: Date.now(),
-        sent: 0,
-        received: 0,
-        outbox: this.#outbox,
-      };
+      this.since = Date.now();
       this.#bucket = new TokenBucket({ rate: limits.rate, burst: limits.burst, now: now() });
       this.#send(AUTH_OK_FRAME);
-      registry.add(this.#client);
+      registry.add(this);
       this.#state = State.Chat;
       logger.info("Client {id} from {ip} logged in", { id: this.id, ip: this.ip });
     } catch (error) {
@@ -287,7 +321,6 @@ export class Session {
 
   #handleMessage(body: Uint8Array): void {
     const { limits, stats, registry, now } = this.#ctx;
-    const client = this.#client!;
     // The token is taken before the frame is even parsed: a flood costs one comparison a frame.
     const time = now();
     if (!this.#bucket!.take(time)) {
@@ -301,10 +334,9 @@ export class Session {
     }
     try {
       const message = parseChat(decodeBody(body));
-      client.name = message.sender;
-      client.sent++;
+      this.name = message.sender;
       stats.messages++;
-      stats.deliveries += registry.broadcast(client, encodeBroadcast(message, this.ip));
+      stats.deliveries += registry.broadcast(this, encodeBroadcast(message, this.ip));
     } catch (error) {
       if (!(error instanceof ProtocolError) || error.closes) {
         this.#fail(error);
@@ -385,8 +417,9 @@ export class Session {
     this.#reason = reason;
     if (!this.#paused) stopReading(this.#socket);
     clearTimeout(this.#authTimer);
+    this.#authTimer = undefined;
     const { registry, flow } = this.#ctx;
-    if (this.#client) registry.delete(this.#client);
+    if (this.authenticated) registry.delete(this);
     flow.forget(this);
     flow.release(this.#outbox);
   }
@@ -396,7 +429,7 @@ export class Session {
     clearTimeout(this.#graceTimer);
     this.#outbox.close();
     const { logger } = this.#ctx;
-    if (this.#client) {
+    if (this.authenticated) {
       logger.info("Client {id} from {ip} disconnected: {reason}", {
         id: this.id,
         ip: this.ip,
@@ -409,6 +442,6 @@ export class Session {
         reason: this.#reason,
       });
     }
-    this.#onClosed();
+    this.#ctx.closed(this);
   }
 }

@@ -111,6 +111,145 @@ Deno.test("main.ts stops on SIGTERM with exit 0 after telling clients shutting_d
   }
 });
 
+Deno.test("main.ts exits 0 within 3 s of SIGTERM while refused connections stay silent", async () => {
+  const dir = await certDirCopy();
+  try {
+    const server = await spawnServer(["--port", "0", "--cert-dir", dir, "--max-per-ip", "1"], {
+      env: { CHAT_SERVER_PASSWORD: PASSWORD },
+    });
+    await using _ = server;
+    // One silent connection takes the address's only slot; the next ones are refused and stay
+    // silent too, so their refusal never completes on its own.
+    const silent = await Promise.all(
+      Array.from({ length: 3 }, () => Deno.connect({ hostname: "127.0.0.1", port: server.port })),
+    );
+    try {
+      await new Promise((resolve) => setTimeout(resolve, 300));
+      const started = performance.now();
+      server.child.kill("SIGTERM");
+      const { code, output } = await server.exited();
+      const elapsed = performance.now() - started;
+      assert.equal(code, 0, output);
+      assert.ok(elapsed < 3000, `exited ${Math.round(elapsed)} ms after SIGTERM`);
+    } finally {
+      for (const conn of silent) conn.close();
+    }
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("main.ts exits 1 with a clear message when it cannot listen", async (t) => {
+  const dir = await certDirCopy();
+  const env = { CHAT_SERVER_PASSWORD: PASSWORD };
+  try {
+    await t.step("a host name that does not resolve", async () => {
+      const { code, stderr } = await runMain(
+        ["--cert-dir", dir, "--host", "no-such-host.invalid", "--port", "0"],
+        { env },
+      );
+      assert.equal(code, 1, stderr);
+      assert.match(
+        stderr,
+        /Cannot listen on no-such-host\.invalid:0: cannot resolve the host name/,
+      );
+    });
+    await t.step("a port already in use", async () => {
+      using taken = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+      const port = (taken.addr as Deno.NetAddr).port;
+      const { code, stderr } = await runMain(["--cert-dir", dir, "--port", String(port)], { env });
+      assert.equal(code, 1, stderr);
+      assert.match(
+        stderr,
+        new RegExp(`Cannot listen on 127\\.0\\.0\\.1:${port}: the port is already in use`),
+      );
+    });
+    await t.step("an address this machine does not have", async () => {
+      const { code, stderr } = await runMain(
+        ["--cert-dir", dir, "--host", "192.0.2.1", "--port", "0"],
+        { env },
+      );
+      assert.equal(code, 1, stderr);
+      assert.match(stderr, /Cannot listen on 192\.0\.2\.1:0: this machine has no such address/);
+    });
+    // Root may bind port 80 unless it lacks CAP_NET_BIND_SERVICE: setpriv drops that capability.
+    const asRoot = Deno.uid() === 0;
+    const setpriv = asRoot && commandAvailable("setpriv", ["--version"]);
+    await t.step({
+      name: "a privileged port without the right to bind it",
+      ignore: asRoot && !setpriv,
+      fn: async () => {
+        const command = [Deno.execPath(), "run", "--no-prompt", "-A", MAIN, "--cert-dir", dir];
+        const argv = asRoot
+          ? ["setpriv", "--bounding-set=-net_bind_service", ...command, "--port", "80"]
+          : [...command, "--port", "80"];
+        const out = await new Deno.Command(argv[0], { args: argv.slice(1), env, stdin: "null" })
+          .output();
+        const stderr = new TextDecoder().decode(out.stderr);
+        assert.equal(out.code, 1, stderr);
+        assert.match(stderr, /Cannot listen on 127\.0\.0\.1:80: not allowed/);
+      },
+    });
+    if (asRoot && !setpriv) console.log("Skipping the port 80 case: root without setpriv");
+    await t.step("no permission for the address", async () => {
+      const { code, stderr } = await runMain(
+        ["--cert-dir", dir, "--host", "::1", "--port", "4100"],
+        {
+          env,
+          permissions: ["--allow-read", "--allow-env", "--allow-net=127.0.0.1:4100"],
+        },
+      );
+      assert.equal(code, 1, stderr);
+      assert.match(stderr, /Cannot listen on \[::1\]:4100: run with --allow-net=\[::1\]:4100/);
+    });
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+const HAS_IPV6 = (() => {
+  try {
+    Deno.listen({ hostname: "::1", port: 0 }).close();
+    return true;
+  } catch {
+    return false;
+  }
+})();
+if (!HAS_IPV6) console.log("Skipping the IPv6 listen test: this machine has no ::1");
+
+Deno.test({
+  name: "main.ts listens on ::1 with exactly --allow-net=[::1]:PORT",
+  ignore: !HAS_IPV6,
+  async fn() {
+    const dir = await certDirCopy();
+    try {
+      await Deno.writeTextFile(`${dir}/password`, `${PASSWORD}\n`);
+      const probe = Deno.listen({ hostname: "::1", port: 0 });
+      const port = (probe.addr as Deno.NetAddr).port;
+      probe.close();
+      await using server = await spawnServer(
+        [
+          "--host",
+          "::1",
+          "--port",
+          String(port),
+          "--cert-dir",
+          dir,
+          "--password-file",
+          `${dir}/password`,
+        ],
+        { permissions: [`--allow-net=[::1]:${port}`, "--allow-read"] },
+      );
+      assert.equal(server.port, port);
+      const { client, reply } = await TestClient.login(port, PASSWORD, { hostname: "::1" });
+      await client.close();
+      assert.equal(reply.success, true);
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+});
+
 Deno.test("main.ts runs with only --allow-net --allow-read once certificates exist", async () => {
   const dir = await certDirCopy();
   try {

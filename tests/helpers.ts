@@ -96,8 +96,9 @@ export class TestClient implements AsyncDisposable {
   static async login(
     port: number,
     password = PASSWORD,
+    options: { hostname?: string } = {},
   ): Promise<{ client: TestClient; reply: Frame }> {
-    const client = await TestClient.connect(port);
+    const client = await TestClient.connect(port, options);
     await client.send({ type: "auth", password });
     return { client, reply: await client.recv() };
   }

@@ -91,8 +91,10 @@ Deno.test("Outbox reports full past the limit and relieved at half of it, droppi
   const outbox = new Outbox(
     writer,
     options(100, {
-      onFull: () => events.push("full"),
-      onRelieved: () => events.push("relieved"),
+      owner: {
+        outboxFull: () => events.push("full"),
+        outboxRelieved: () => events.push("relieved"),
+      },
     }),
   );
   outbox.push(new Uint8Array(60));
@@ -134,7 +136,12 @@ Deno.test("Outbox reports a failed write once and stops", async () => {
   const writer = new GatedWriter();
   writer.failNext = true;
   const errors: unknown[] = [];
-  const outbox = new Outbox(writer, options(100, { onError: (error) => errors.push(error) }));
+  const outbox = new Outbox(
+    writer,
+    options(100, {
+      owner: { outboxFailed: (error) => errors.push(error) },
+    }),
+  );
   outbox.push(bytes(1));
   await outbox.drain();
   assert.equal(errors.length, 1);

@@ -2,6 +2,7 @@ import assert from "node:assert/strict";
 import net from "node:net";
 import tls from "node:tls";
 import { encodeFrame, FrameDecoder } from "../src/protocol.ts";
+import { ChatServer } from "../src/server.ts";
 import {
   type Frame,
   lengthPrefix,
@@ -284,6 +285,33 @@ Deno.test("ChatServer lifts a lockout once the window has passed", async () => {
   assert.equal((await loginFrom("127.0.0.4", srv.port, PASSWORD)).replies[0].success, true);
 });
 
+Deno.test("ChatServer's lockout and rate limit ignore steps of the wall clock", async () => {
+  // Date.now is replaced before the server starts, so a server that read the wall clock (even
+  // through a reference taken at start) would see the step.
+  const wallClock = Date.now;
+  let step = 0;
+  Date.now = () => wallClock() + step;
+  try {
+    await using srv = await startServer({
+      limits: { maxAuthFailures: 2, lockoutMs: 60_000, rate: 0.1, burst: 1 },
+    });
+    await using a = (await TestClient.login(srv.port)).client;
+    await using b = (await TestClient.login(srv.port)).client;
+    for (let i = 0; i < 2; i++) await loginFrom("127.0.0.5", srv.port, "bad");
+    assert.equal((await loginFrom("127.0.0.5", srv.port, PASSWORD)).replies[0].code, "locked_out");
+    await a.send({ type: "message", content: "one" });
+    assert.equal((await b.recv()).content, "one");
+    step = 2 * 3600_000; // e.g. NTP steps the clock two hours ahead
+    const after = await loginFrom("127.0.0.5", srv.port, PASSWORD);
+    assert.equal(after.replies[0].code, "locked_out", "a clock step lifted the lockout");
+    await a.send({ type: "message", content: "two" });
+    assert.equal((await a.recv()).code, "rate_limited", "a clock step refilled the bucket");
+    assert.equal(await b.tryRecv(200), null);
+  } finally {
+    Date.now = wallClock;
+  }
+});
+
 Deno.test("ChatServer refuses connections past the global and per-IP caps", async (t) => {
   await t.step("server_full", async () => {
     await using srv = await startServer({ limits: { maxClients: 2 } });
@@ -326,4 +354,36 @@ Deno.test("ChatServer tells clients shutting_down and closes them on close()", a
   await a.close();
   await b.close();
   await srv.server.close(); // idempotent
+});
+
+Deno.test("ChatServer.listen can be retried after the port was busy, and still knows the password", async () => {
+  const { cert, key } = await testCerts();
+  const taken = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const port = (taken.addr as Deno.NetAddr).port;
+  const server = new ChatServer({ hostname: "127.0.0.1", port, cert, key, password: PASSWORD });
+  await using _ = server;
+  await assert.rejects(server.listen(), (error: Error & { code?: string }) => {
+    assert.equal(error.code, "EADDRINUSE");
+    return true;
+  });
+  taken.close();
+  assert.equal((await server.listen()).port, port);
+  const { client, reply } = await TestClient.login(port);
+  await client.close();
+  assert.equal(reply.success, true);
+});
+
+Deno.test({
+  name: "ChatServer.listen rejects without network permission instead of throwing later",
+  permissions: { read: true, write: true, run: true, env: true, net: false },
+  async fn() {
+    const { cert, key } = await testCerts();
+    const server = new ChatServer({ port: 0, cert, key, password: PASSWORD });
+    try {
+      // node:net would throw this from a later tick, where nothing can catch it.
+      await assert.rejects(server.listen(), Deno.errors.NotCapable);
+    } finally {
+      await server.close();
+    }
+  },
 });
