@@ -402,7 +402,10 @@ export class ChatServer implements AsyncDisposable {
 
   #handshakeFailed(error: Error, socket: tls.TLSSocket): void {
     socket.destroy();
-    if (this.#closing) return;
+    // deno-lint-ignore no-explicit-any
+    const raw = (socket as any)._parent as Socket | undefined;
+    // Not ours to count: closed at once when refused, or cut off by the shutdown.
+    if (this.#closing || !raw || !this.#connections.has(raw)) return;
     const timedOut = /timeout/i.test(error.message);
     if (timedOut) this.#stats.handshakeTimeouts++;
     else this.#stats.handshakeFailures++;

@@ -294,8 +294,26 @@ function pushDecode(chunks: Uint8Array[], maxFrame: number): Decoded {
   return { frames, error: null, pending: decoder.buffered };
 }
 
+/**
+ * The server's path: chunks fed as they arrive, frames taken one at a time with `next()` and kept
+ * as the views it returns (no copy), so a later chunk that overwrote an earlier body would show.
+ */
+function nextDecode(chunks: Uint8Array[], maxFrame: number): Decoded {
+  const decoder = new FrameDecoder({ maxFrame });
+  const frames: Uint8Array[] = [];
+  try {
+    for (const chunk of chunks) {
+      decoder.feed(chunk.slice()); // the caller's chunk is the decoder's from here on
+      for (let body = decoder.next(); body !== null; body = decoder.next()) frames.push(body);
+    }
+  } catch (error) {
+    return { frames, error: protocolCode(error, FRAME_CODES, "FrameDecoder.next"), pending: 0 };
+  }
+  return { frames, error: null, pending: decoder.buffered };
+}
+
 async function readerDecode(chunks: Uint8Array[], maxFrame: number): Promise<Decoded> {
-  // The server's path: read() calls on the connection.
+  // The clients' and tests' path: read() calls on a connection.
   const reader = new FrameReader(chunkInput("source", chunks), { maxFrame });
   const frames: Uint8Array[] = [];
   try {
@@ -435,6 +453,7 @@ async function runCase(index: number, counts: Record<string, number>): Promise<v
     const chunks = splits(rng, input);
     sameDecoding(pushDecode([input], maxFrame), expected, "FrameDecoder (one chunk)");
     sameDecoding(pushDecode(chunks, maxFrame), expected, "FrameDecoder (split)");
+    sameDecoding(nextDecode(chunks, maxFrame), expected, "FrameDecoder.next (split, views)");
     if (index % READER_EVERY === 0) {
       const streamed = await readerDecode(chunks, maxFrame);
       sameDecoding(
