@@ -66,6 +66,8 @@ const USAGE = `Usage: deno task bench [options]
   --pid PID            process id of the --target server, for its CPU and memory figures
   --reference FILE     the Node.js reference server (default ../shared/reference/ref-node-server.mjs)
   --no-reference       do not run the reference server
+  --baseline DIR       also run DIR/main.ts, a checkout of an earlier version of this project,
+                       as "before" (started as its own deno task start runs it)
   --concurrency N      logins in flight at once (default 100)
   --json               print the results as JSON instead of the Markdown table
   -h, --help           show this help
@@ -92,6 +94,8 @@ interface BenchOptions {
   sizes: Sizes;
   target?: { hostname: string; port: number; ca: string; pid?: number };
   reference: string | null;
+  /** A checkout of an earlier version, run beside ours as "before". */
+  baseline?: string;
   json: boolean;
 }
 
@@ -118,6 +122,7 @@ function parseOptions(args: string[]): BenchOptions | null {
       pid: { type: "string" },
       reference: { type: "string" },
       "no-reference": { type: "boolean", default: false },
+      baseline: { type: "string" },
       concurrency: { type: "string" },
       json: { type: "boolean", default: false },
       help: { type: "boolean", short: "h", default: false },
@@ -158,6 +163,7 @@ function parseOptions(args: string[]): BenchOptions | null {
     sizes,
     target,
     reference: values["no-reference"] || target ? null : values.reference ?? REFERENCE_PATH,
+    baseline: target ? undefined : values.baseline,
     json: values.json,
   };
 }
@@ -322,6 +328,18 @@ export async function main(args: string[]): Promise<number> {
         name: "ours",
         start: () => startOurs({ ...common, maxClients: MAX_CLIENTS }),
       });
+      if (options.baseline) {
+        const checkout = options.baseline;
+        if (!await exists(`${checkout}/main.ts`)) {
+          console.error(`error: --baseline ${checkout}: no main.ts there`);
+          return 2;
+        }
+        kinds.push({
+          name: "before",
+          start: () => startOurs({ ...common, maxClients: MAX_CLIENTS, checkout, name: "before" }),
+        });
+        notes.push(`before: ${checkout}/main.ts, started as its own deno task start runs it`);
+      }
       for (const transport of ["node", "deno"] as const) {
         floors.push({
           name: FLOOR_NAMES[transport],

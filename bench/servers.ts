@@ -15,8 +15,6 @@ const OUTPUT_TAIL = 16 * 1024;
 const START_TIMEOUT_MS = 20_000;
 const STOP_TIMEOUT_MS = 5_000;
 
-/** The project's entry point. */
-export const MAIN_PATH = new URL("../main.ts", import.meta.url).pathname;
 /** The repository root (where `deno.json` is). */
 export const REPO_ROOT = new URL("..", import.meta.url).pathname;
 /** The transport floor server. */
@@ -228,29 +226,50 @@ export interface StartOptions {
 }
 
 /**
+ * The `deno run` flags of `deno task start` in `configPath` (a deno.json), with its cert dir
+ * `certs` replaced by `certDir`: the bench runs the server exactly as that task does.
+ */
+export async function startTaskFlags(configPath: string, certDir: string): Promise<string[]> {
+  const config = JSON.parse(await Deno.readTextFile(configPath));
+  const task: string = config.tasks?.start ?? "";
+  const words = task.split(/\s+/);
+  const run = words.indexOf("run");
+  const main = words.findIndex((word) => word.endsWith("main.ts"));
+  if (words[0] !== "deno" || run !== 1 || main < run) {
+    throw new Error(`Cannot read the start task of ${configPath}: ${JSON.stringify(task)}`);
+  }
+  return words.slice(run + 1, main).map((flag) =>
+    flag.replace(
+      /=(.*)$/,
+      (_, list: string) =>
+        "=" + list.split(",").map((item) => item === "certs" ? certDir : item).join(","),
+    )
+  );
+}
+
+/**
  * Starts the project's server with the limits the bench needs relaxed (`--rate 0
  * --max-per-ip 0 --max-clients 20000`) and everything else at its default, with exactly the
- * permissions of `deno task start` (its cert dir being the bench's).
+ * flags of `deno task start` (its cert dir being the bench's). With `checkout`, starts that
+ * checkout of the project instead (an earlier version, for before/after figures), as its own
+ * `deno task start` runs it.
  */
-export function startOurs(
-  options: StartOptions & { maxClients: number },
+export async function startOurs(
+  options: StartOptions & { maxClients: number; checkout?: string; name?: string },
 ): Promise<ServerHandle> {
   const port = freePort();
-  const permissions = [
-    "--allow-net",
-    `--allow-read=${options.certDir}`,
-    `--allow-write=${options.certDir}`,
-    "--allow-run=openssl",
-    "--allow-env=CHAT_SERVER_PASSWORD,HOST,PORT",
-  ];
+  const root = options.checkout ?? REPO_ROOT;
+  const config = `${root.replace(/\/$/, "")}/deno.json`;
+  const flags = await startTaskFlags(config, options.certDir);
   return spawnServer({
-    name: "ours",
+    name: options.name ?? "ours",
     command: Deno.execPath(),
     args: [
       "run",
-      "--no-prompt",
-      ...permissions,
-      MAIN_PATH,
+      "--config",
+      config,
+      ...flags,
+      `${root.replace(/\/$/, "")}/main.ts`,
       "--port",
       String(port),
       "--cert-dir",

@@ -61,13 +61,20 @@ export class FlowControl {
     }
   }
 
-  /** Parks a sender until the room is free; resumes it at once if it already is. */
-  wait(sender: Sender): void {
+  /**
+   * Parks a sender until the room is free (resumes it at once if it already is). A sender that
+   * is already waiting keeps its place in line.
+   *
+   * @returns whether the sender was not waiting yet
+   */
+  wait(sender: Sender): boolean {
     if (this.#holders.size === 0) {
       queueMicrotask(() => sender.resume());
-      return;
+      return false;
     }
+    if (this.#waiting.has(sender)) return false;
     this.#waiting.add(sender);
+    return true;
   }
 
   /** Forgets a sender that closed while waiting. */

@@ -218,6 +218,11 @@ export class Session implements Client, OutboxOwner {
   /** Called by flow control when the room is free again. */
   resume(): void {
     if (!this.#paused || this.#state === State.Closing) return;
+    const { flow } = this.#ctx;
+    if (flow.blocked || this.#outbox.full) {
+      this.#pause(); // still held: wait (again) without touching the socket
+      return;
+    }
     this.#paused = false;
     startReading(this.#socket);
     this.#handleFrames();
@@ -263,17 +268,20 @@ export class Session implements Client, OutboxOwner {
    * client's own queue is full (it does not read its replies).
    */
   #pause(): void {
-    this.#paused = true;
-    stopReading(this.#socket);
-    if (this.#outbox.full) return; // resumed by outboxRelieved
-    this.#ctx.stats.senderPauses++;
-    this.#ctx.flow.wait(this);
+    if (!this.#paused) {
+      this.#paused = true;
+      stopReading(this.#socket);
+    }
+    // A full queue of its own resumes it through outboxRelieved; a full room through the flow
+    // control. Either way resume() looks again, and pauses again if the other still holds.
+    if (this.#outbox.full) return;
+    if (this.#ctx.flow.wait(this)) this.#ctx.stats.senderPauses++;
   }
 
   /** Called by the outbox: this client's queue drained to half its limit. */
   outboxRelieved(): void {
     this.#ctx.flow.release(this.#outbox);
-    if (this.#paused && !this.#ctx.flow.blocked) this.resume();
+    this.resume();
   }
 
   /** Called by the outbox: a write failed. */

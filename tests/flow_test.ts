@@ -187,3 +187,38 @@ Deno.test("ChatServer stops reading a client whose own replies back up: its writ
   await third.send({ type: "message", content: "still here" });
   assert.equal((await other.recv()).content, "still here");
 });
+
+Deno.test("ChatServer resumes every paused sender, including senders whose own queue filled", async () => {
+  // Senders are recipients too: a sender whose own queue fills while another recipient still
+  // holds the room must be resumed when the room frees, not only when its own queue drains.
+  await using srv = await startServer({ limits: { rate: 0, maxPerIp: 0 } });
+  const readers: TestClient[] = [];
+  const senders: TestClient[] = [];
+  let sending: Promise<unknown> = Promise.resolve();
+  try {
+    for (let i = 0; i < 4; i++) readers.push((await TestClient.login(srv.port)).client);
+    for (let i = 0; i < 2; i++) senders.push((await TestClient.login(srv.port)).client);
+    using _stalled = await stalledClient(srv.port);
+    assert.ok(await waitFor(() => srv.server.stats().clients === 7));
+    const content = "x".repeat(16 * 1024);
+    const count = 256; // 2 x 256 x 16 KiB = 8 MB to each reader
+    sending = Promise.all(senders.map(async (sender, k) => {
+      for (let i = 0; i < count; i++) {
+        await sender.send({ type: "message", content: `${k}:${i}:${content}` });
+      }
+    }));
+    sending.catch(() => {}); // a failure shows as a reader timing out
+    await Promise.all(readers.map(async (reader) => {
+      const next = [0, 0];
+      for (let n = 0; n < 2 * count; n++) {
+        const [k, i] = ((await reader.recv(10_000)).content as string).split(":").map(Number);
+        assert.equal(i, next[k]++, `sender ${k}: out of order`);
+      }
+    }));
+    await sending;
+    assert.equal(srv.server.stats().messages, 2 * count);
+  } finally {
+    await Promise.all([...readers, ...senders].map((client) => client.close()));
+    await sending.catch(() => {});
+  }
+});
