@@ -217,8 +217,9 @@ export class ChatServer implements AsyncDisposable {
       key: this.#options.key,
       minVersion: "TLSv1.2",
       handshakeTimeout: this.#limits.handshakeTimeoutMs,
-      // The session decides when to end its side: after its last frames are flushed.
-      allowHalfOpen: true,
+      // A peer that leaves during its handshake is closed at once (with allowHalfOpen its socket
+      // would wait for the handshake timeout). Sessions switch it on: see #secured.
+      allowHalfOpen: false,
     });
     server.on("connection", (socket: Socket) => this.#accept(socket));
     server.on("secureConnection", (socket: tls.TLSSocket) => this.#secured(socket));
@@ -391,6 +392,9 @@ export class ChatServer implements AsyncDisposable {
       this.#count(refusal.code);
       return;
     }
+    // A client that half-closes still gets its replies: the session ends its side itself, once
+    // its last frames are flushed.
+    socket.allowHalfOpen = true;
     const session = new Session(socket, this.#context!, {
       id: ++this.#nextId,
       ip: connection.ip,

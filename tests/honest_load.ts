@@ -1,21 +1,25 @@
 /**
- * Honest load for the soak: clients that chat at a steady rate and check that they receive every
- * message from every other honest client exactly once and in per-sender order.
+ * Honest load for the soak: clients that chat at a steady rate, read everything the server sends
+ * them as fast as it comes, and check that they receive every message from every other honest
+ * client exactly once, in per-sender order, with the sender's real address as `sender_ip`.
+ *
+ * The clients connect over `node:tls` from several loopback addresses (`honestAddress`), a share
+ * of `--max-per-ip` each, so the honest load fits under the per-IP cap.
  *
  * @module
  */
-import { CLIENT_MAX_FRAME, encodeFrame, FrameReader, type JsonObject } from "../src/protocol.ts";
+import { CLIENT_MAX_FRAME, encodeFrame, FrameDecoder, type JsonObject } from "../src/protocol.ts";
 import {
   AUTH_FRAME,
-  closeQuietly,
+  connectFrom,
   DECODER,
   type Endpoint,
   HONEST_FRAME_MAX,
   HONEST_PREFIX,
-  openTls,
+  honestAddress,
+  type NetConn,
   Rng,
   sleep,
-  writeAll,
 } from "./soak_common.ts";
 // ---------------------------------------------------------------------------------------------
 // Honest load
@@ -30,11 +34,16 @@ interface HonestCounters {
   foreignFrames: number;
   foreignBytes: number;
   lostConnection: string | null;
+  /** Bytes of every frame received after login (the room's traffic as a member sees it). */
+  bytes: number;
+  /** Longest time from a send to its arrival here, ms. */
+  maxDelayMs: number;
+  delaySumMs: number;
 }
 
 class HonestClient {
   readonly id: number;
-  readonly conn: Deno.TlsConn;
+  readonly conn: NetConn;
   readonly counters: HonestCounters = {
     sent: 0,
     received: 0,
@@ -44,57 +53,86 @@ class HonestClient {
     foreignFrames: 0,
     foreignBytes: 0,
     lostConnection: null,
+    bytes: 0,
+    maxDelayMs: 0,
+    delaySumMs: 0,
   };
   /** Next expected sequence number from each other honest client. */
   readonly next: Int32Array;
-  #reading: Promise<void> | null = null;
+  #addresses: readonly string[];
+  #decoder = new FrameDecoder({ maxFrame: CLIENT_MAX_FRAME });
+  /** Takes the first frame (the auth reply) while logging in. */
+  #first: ((frame: JsonObject | null) => void) | null = null;
   #closing = false;
   #onProgress: () => void;
 
-  constructor(id: number, conn: Deno.TlsConn, total: number, onProgress: () => void) {
+  constructor(
+    id: number,
+    conn: NetConn,
+    addresses: readonly string[],
+    onProgress: () => void,
+  ) {
     this.id = id;
     this.conn = conn;
-    this.next = new Int32Array(total);
+    this.next = new Int32Array(addresses.length);
+    this.#addresses = addresses;
     this.#onProgress = onProgress;
   }
 
-  /** Logs in; resolves once `auth_result` arrives, then keeps reading in the background. */
+  /** Logs in; resolves once `auth_result` arrives, then keeps reading everything as it comes. */
   async start(): Promise<void> {
-    const reader = new FrameReader(this.conn.readable, { maxFrame: CLIENT_MAX_FRAME });
-    if (!await writeAll(this.conn, AUTH_FRAME)) throw new Error("Cannot send auth");
-    const first = await reader.read();
-    const reply = first && JSON.parse(DECODER.decode(first));
-    if (reply?.success !== true) {
-      throw new Error(`Honest login refused: ${JSON.stringify(reply)}`);
+    const socket = this.conn.socket;
+    const reply = new Promise<JsonObject | null>((resolve) => this.#first = resolve);
+    socket.on("data", (chunk: Uint8Array) => this.#receive(chunk));
+    socket.on("error", (error: Error) => {
+      if (!this.#closing) {
+        this.counters.lostConnection ??= (error as { code?: string }).code ?? error.name;
+      }
+    });
+    this.conn.closed.then(() => {
+      this.#first?.(null);
+      if (!this.#closing) this.counters.lostConnection ??= "closed by server";
+    });
+    await this.conn.write(AUTH_FRAME);
+    const frame = await reply;
+    if (frame?.success !== true) {
+      throw new Error(`Honest login refused: ${JSON.stringify(frame)}`);
     }
-    this.#reading = this.#read(reader);
   }
 
+  /** Sends one message; resolves once it is in the kernel (so a paused sender waits here). */
   async send(content: string): Promise<boolean> {
     this.counters.sent++;
-    const ok = await writeAll(
-      this.conn,
-      encodeFrame({ type: "message", content, sender: `${HONEST_PREFIX}${this.id}` }),
-    );
-    if (!ok) this.counters.lostConnection ??= "write failed";
-    return ok;
+    try {
+      await this.conn.write(
+        encodeFrame({ type: "message", content, sender: `${HONEST_PREFIX}${this.id}` }),
+      );
+      return true;
+    } catch {
+      if (!this.#closing) this.counters.lostConnection ??= "write failed";
+      return false;
+    }
   }
 
   async close(): Promise<void> {
     this.#closing = true;
-    closeQuietly(this.conn);
-    await this.#reading;
+    this.conn.close();
+    await this.conn.closed;
   }
 
-  async #read(reader: FrameReader): Promise<void> {
+  #receive(chunk: Uint8Array): void {
     const c = this.counters;
+    const decoder = this.#decoder;
     try {
-      while (true) {
-        const body = await reader.read();
-        if (body === null) {
-          if (!this.#closing) c.lostConnection ??= "closed by server";
-          return;
+      decoder.feed(chunk);
+      for (let body = decoder.next(); body !== null; body = decoder.next()) {
+        if (this.#first) {
+          const first = this.#first;
+          this.#first = null;
+          first(JSON.parse(DECODER.decode(body)));
+          continue;
         }
+        c.bytes += 4 + body.length;
         if (body.length > HONEST_FRAME_MAX) {
           c.foreignFrames++;
           c.foreignBytes += body.length;
@@ -103,7 +141,8 @@ class HonestClient {
         this.#take(JSON.parse(DECODER.decode(body)), body.length);
       }
     } catch (error) {
-      if (!this.#closing) c.lostConnection ??= (error as Error).name;
+      c.errors.push(`unreadable stream: ${(error as Error).message}`);
+      this.conn.close();
     }
   }
 
@@ -123,7 +162,11 @@ class HonestClient {
       return;
     }
     const from = Number(sender.slice(HONEST_PREFIX.length));
-    const seq = Number(String(frame.content).split(":", 1)[0]);
+    const [seqText, sentAt] = String(frame.content).split(":", 2);
+    const seq = Number(seqText);
+    if (frame.sender_ip !== this.#addresses[from]) {
+      c.errors.push(`sender_ip ${frame.sender_ip} instead of ${this.#addresses[from]}`);
+    }
     if (from === this.id) {
       c.errors.push("own message echoed");
     } else if (seq === this.next[from]) {
@@ -137,6 +180,11 @@ class HonestClient {
       this.next[from] = seq + 1;
       c.received++;
     }
+    const delay = performance.now() - Number(sentAt);
+    if (Number.isFinite(delay)) {
+      c.maxDelayMs = Math.max(c.maxDelayMs, delay);
+      c.delaySumMs += delay;
+    }
     this.#onProgress();
   }
 }
@@ -144,6 +192,8 @@ class HonestClient {
 /** Totals of the honest load. */
 export interface HonestResult {
   clients: number;
+  /** Source addresses the honest clients came from. */
+  addresses: string[];
   sent: number;
   /** Deliveries owed: each honest message times the other honest clients. */
   expected: number;
@@ -159,32 +209,41 @@ export interface HonestResult {
   /** Frames from abusers that honest clients received and ignored. */
   foreignFrames: number;
   foreignBytes: number;
+  /** Longest and mean time from a send to its delivery, ms. */
+  maxDelayMs: number;
+  meanDelayMs: number;
 }
 
 /**
  * `clients` honest clients that log in first, then each send `rate` messages per second (with
  * jitter) and check that every message of every other honest client arrives exactly once and in
- * order.
+ * order. Each source address carries `perAddress` clients.
  */
 export class HonestLoad implements AsyncDisposable {
   #clients: HonestClient[] = [];
+  #addresses: string[];
   #rate: number;
   #rng: Rng;
   #stop = new AbortController();
   #loops: Promise<void>[] = [];
   #progress: (() => void) | null = null;
 
-  private constructor(rate: number, rng: Rng) {
+  private constructor(rate: number, rng: Rng, addresses: string[]) {
     this.#rate = rate;
     this.#rng = rng;
+    this.#addresses = addresses;
   }
 
   /** Connects and logs in every client (a few at a time); throws if any login fails. */
   static async start(
     endpoint: Endpoint,
-    options: { clients: number; rate: number; rng: Rng },
+    options: { clients: number; rate: number; rng: Rng; perAddress: number },
   ): Promise<HonestLoad> {
-    const load = new HonestLoad(options.rate, options.rng);
+    const addresses = Array.from(
+      { length: options.clients },
+      (_, i) => honestAddress(i, options.perAddress),
+    );
+    const load = new HonestLoad(options.rate, options.rng, addresses);
     const onProgress = () => load.#progress?.();
     try {
       for (let first = 0; first < options.clients; first += 20) {
@@ -193,8 +252,13 @@ export class HonestLoad implements AsyncDisposable {
           (_, i) => first + i,
         );
         await Promise.all(ids.map(async (id) => {
-          const client = new HonestClient(id, await openTls(endpoint), options.clients, onProgress);
-          load.#clients.push(client);
+          const conn = await connectFrom(endpoint, {
+            localAddress: addresses[id],
+            tls: true,
+            pull: false,
+          });
+          const client = new HonestClient(id, conn, addresses, onProgress);
+          load.#clients[id] = client;
           await client.start();
         }));
       }
@@ -215,29 +279,51 @@ export class HonestLoad implements AsyncDisposable {
         while (!this.#stop.signal.aborted) {
           const seq = client.counters.sent;
           const pad = "x".repeat(rng.int(8, 480));
-          if (!await client.send(`${seq}:${pad}`)) return;
+          const sentAt = Math.round(performance.now());
+          if (!await client.send(`${seq}:${sentAt}:${pad}`)) return;
           await sleep(period * (0.5 + rng.float()), this.#stop.signal);
         }
       })());
     }
   }
 
-  /** Stops sending and waits for the send loops to end. */
+  /** Stops sending and waits for the send loops to end (every message is in the kernel). */
   async stopChatting(): Promise<void> {
     this.#stop.abort();
     await Promise.all(this.#loops);
   }
 
-  /** Waits until every owed delivery has arrived, or `timeoutMs` passes. */
-  async drain(timeoutMs: number): Promise<boolean> {
-    const deadline = Date.now() + timeoutMs;
-    while (!this.#complete() && Date.now() < deadline) {
+  /**
+   * Waits until every owed delivery has arrived. Flow control may delay deliveries, so this waits
+   * as long as they keep coming: it gives up only after `stallMs` without any delivery, or after
+   * `maxMs` in all. Returns whether everything arrived.
+   */
+  async drain(options: { stallMs: number; maxMs: number }): Promise<boolean> {
+    const started = Date.now();
+    let last = this.result().received;
+    let lastProgress = started;
+    while (!this.#complete()) {
+      const now = Date.now();
+      if (now - lastProgress >= options.stallMs || now - started >= options.maxMs) break;
       const progress = new AbortController();
       this.#progress = () => progress.abort();
       await sleep(250, progress.signal);
       this.#progress = null;
+      const received = this.result().received;
+      if (received !== last) {
+        last = received;
+        lastProgress = Date.now();
+      }
     }
     return this.#complete();
+  }
+
+  /**
+   * Bytes the first honest client has received since it logged in: the room's traffic as seen
+   * by a member that keeps up (the stalled readers compare what they get with it).
+   */
+  roomBytes(): number {
+    return this.#clients[0]?.counters.bytes ?? 0;
   }
 
   #complete(): boolean {
@@ -252,6 +338,7 @@ export class HonestLoad implements AsyncDisposable {
     const total = sent.reduce((a, b) => a + b, 0);
     const result: HonestResult = {
       clients: this.#clients.length,
+      addresses: [...new Set(this.#addresses)],
       sent: total,
       expected: 0,
       received: 0,
@@ -262,8 +349,12 @@ export class HonestLoad implements AsyncDisposable {
       lost: {},
       foreignFrames: 0,
       foreignBytes: 0,
+      maxDelayMs: 0,
+      meanDelayMs: 0,
     };
+    let delaySum = 0;
     for (const client of this.#clients) {
+      if (!client) continue;
       const c = client.counters;
       const owed = total - c.sent;
       result.expected += owed;
@@ -273,18 +364,21 @@ export class HonestLoad implements AsyncDisposable {
       result.outOfOrder += c.outOfOrder;
       result.foreignFrames += c.foreignFrames;
       result.foreignBytes += c.foreignBytes;
+      result.maxDelayMs = Math.max(result.maxDelayMs, Math.round(c.maxDelayMs));
+      delaySum += c.delaySumMs;
       for (const code of c.errors) result.errors[code] = (result.errors[code] ?? 0) + 1;
       if (c.lostConnection) {
         result.lost[c.lostConnection] = (result.lost[c.lostConnection] ?? 0) + 1;
       }
     }
+    result.meanDelayMs = result.received > 0 ? Math.round(delaySum / result.received) : 0;
     return result;
   }
 
   /** Stops sending and closes every client. Idempotent. */
   async close(): Promise<void> {
     await this.stopChatting();
-    await Promise.all(this.#clients.map((client) => client.close()));
+    await Promise.all(this.#clients.filter(Boolean).map((client) => client.close()));
   }
 
   [Symbol.asyncDispose](): Promise<void> {

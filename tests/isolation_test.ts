@@ -163,6 +163,26 @@ Deno.test("ChatServer counts refused connections and holds no more than the caps
   );
 });
 
+Deno.test("ChatServer frees the slot of a peer that leaves during its TLS handshake at once", async () => {
+  await using srv = await startServer({ limits: { maxPerIp: 2, handshakeTimeoutMs: 10_000 } });
+  for (let i = 0; i < 70; i++) {
+    const socket = net.connect({ host: "127.0.0.1", port: srv.port, localAddress: "127.0.3.1" });
+    socket.on("error", () => {});
+    await new Promise((resolve) => socket.once("connect", resolve));
+    if (i % 2 === 1) socket.write(HALF_HELLO);
+    socket.destroy();
+  }
+  // Long before the 10 s handshake timeout, the address has its two slots back.
+  assert.ok(await waitFor(() => srv.server.stats().sockets === 0, 2000), "slots held");
+  const { sockets } = await silentSockets(srv.port, 2, { localAddress: "127.0.3.1" });
+  try {
+    assert.ok(await waitFor(() => srv.server.stats().connections === 2));
+    assert.equal(srv.server.stats().refusing, 0);
+  } finally {
+    for (const socket of sockets) socket.destroy();
+  }
+});
+
 Deno.test("Garbage that is not TLS never crashes the server", async () => {
   await using srv = await startServer();
   for (

@@ -344,6 +344,19 @@ Deno.test("ChatServer refuses connections past the global and per-IP caps", asyn
   });
 });
 
+Deno.test("ChatServer serves a client that half-closes after sending: its message and replies go out", async () => {
+  await using srv = await startServer();
+  await using b = (await TestClient.login(srv.port)).client;
+  const a = await TestClient.connect(srv.port);
+  await using _ = a;
+  await a.send({ type: "auth", password: PASSWORD });
+  await a.send({ type: "message", content: "last words" });
+  await a.conn.closeWrite(); // e.g. `printf ... | openssl s_client`: stdin ended
+  assert.deepEqual(await a.recv(), { success: true, type: "auth_result" });
+  assert.equal((await b.recv()).content, "last words");
+  assert.ok(await a.waitClosed(), "the server kept a half-closed connection open");
+});
+
 Deno.test("ChatServer tells clients shutting_down and closes them on close()", async () => {
   const srv = await startServer();
   const a = (await TestClient.login(srv.port)).client;

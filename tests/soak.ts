@@ -1,7 +1,15 @@
 /**
- * The soak: the real server (`main.ts` in a subprocess) under honest load and waves of abuse at
- * the same time, with a report of what the honest clients got, the server's memory and file
- * descriptors, the errors by code, and whether accept still works at the end.
+ * The soak: the real server (`main.ts` in a subprocess, with its per-IP cap on) under honest load
+ * and waves of abuse at the same time, with a report of what the honest clients got, the server's
+ * memory and file descriptors, the errors by code, each abuse's outcome, and whether accept still
+ * works at the end.
+ *
+ * Every party connects from loopback addresses of its own (see `soak_common.ts`): the honest
+ * clients share a few addresses, each well under `--max-per-ip`; the abusers have theirs, and the
+ * over-cap burst deliberately goes past the cap on its own address. Flow control may delay honest
+ * deliveries (a stalled reader holds the room for about a second before it is dropped), so the
+ * honest check waits for the backlog as long as deliveries keep arriving, and counts as lost only
+ * what never comes.
  *
  * ```sh
  * deno task soak                       # 120 s, 100 honest clients
@@ -26,6 +34,7 @@ import {
   type CanaryResult,
   checkAccept,
   type Endpoint,
+  honestPerAddress,
   Rng,
   runCanary,
   sleep,
@@ -38,6 +47,11 @@ export interface SoakOptions {
   durationMs: number;
   /** Honest clients. */
   honest: number;
+  /**
+   * Honest clients per source address (default: half of `--max-per-ip`, at most 25), so the
+   * honest load fits under the per-IP cap.
+   */
+  honestPerAddress?: number;
   /** Messages per second per honest client. */
   rate: number;
   seed: number;
@@ -53,6 +67,11 @@ export interface SoakOptions {
   limits: Limits;
   /** Longest wait, after the abuse, for sockets and memory to come back down. */
   settleMs: number;
+  /**
+   * How long the honest clients may go without any delivery while their backlog drains, before
+   * what is still owed counts as lost (flow control delays deliveries, it never drops them).
+   */
+  drainStallMs?: number;
   /** Progress lines go here. */
   log?: (line: string) => void;
 }
@@ -87,6 +106,8 @@ export interface SoakReport {
   waves: number;
   honest: HonestResult;
   drained: boolean;
+  /** How long the honest backlog took to arrive after the last honest send. */
+  drainMs: number;
   abuse: AbuseTally;
   canary: CanaryResult;
   rss: { start: number | null; honest: number | null; peak: number | null; end: number | null };
@@ -120,6 +141,7 @@ export async function runSoak(target: SoakTarget, options: SoakOptions): Promise
     clients: options.honest,
     rate: options.rate,
     rng: rng.fork(),
+    perAddress: options.honestPerAddress ?? honestPerAddress(options.limits.maxPerIp),
   });
   const withHonest = track(await target.sample());
   const sampling = new AbortController();
@@ -146,6 +168,7 @@ export async function runSoak(target: SoakTarget, options: SoakOptions): Promise
           tally,
           rng: rng.fork(),
           flood: options.flood,
+          roomBytes: () => honest.roomBytes(),
         },
         { waveMs, mix: options.mix, intensity: options.intensity },
       );
@@ -168,7 +191,9 @@ export async function runSoak(target: SoakTarget, options: SoakOptions): Promise
     canaryStop.abort();
     canaryResult = await canary;
   }
-  const drained = await honest.drain(20_000);
+  const drainStarted = performance.now();
+  const drained = await honest.drain({ stallMs: options.drainStallMs ?? 15_000, maxMs: 120_000 });
+  const drainMs = Math.round(performance.now() - drainStarted);
   const honestResult = honest.result();
 
   // Abusers are gone and honest clients are idle: give the server time to let go of sockets and
@@ -180,7 +205,7 @@ export async function runSoak(target: SoakTarget, options: SoakOptions): Promise
   const settled = (sample: Sample) =>
     (withHonest.fds === null || sample.fds === null || sample.fds <= withHonest.fds) &&
     (rssLimit === null || sample.rss === null || sample.rss <= rssLimit) &&
-    (!target.stats || target.stats().connections <= options.honest);
+    (!target.stats || target.stats().sockets <= options.honest);
   let end = await target.sample();
   while (!settled(end) && performance.now() - settleStarted < options.settleMs) {
     await sleep(1000);
@@ -208,7 +233,16 @@ export async function runSoak(target: SoakTarget, options: SoakOptions): Promise
     failures.push(`honest clients got errors: ${JSON.stringify(honestResult.errors)}`);
   }
   if (!accept.ok) failures.push(`accept is broken at the end: ${accept.detail}`);
-  if (canaryResult.failed > 0) failures.push(`${canaryResult.failed} canary logins failed`);
+  if (canaryResult.failed > 0) {
+    failures.push(
+      `${canaryResult.failed} canary logins failed: ${JSON.stringify(canaryResult.reasons)}`,
+    );
+  }
+  if (stats && stats.sockets !== options.honest) {
+    failures.push(
+      `the server holds ${stats.sockets} sockets after the abusers left, not the ${options.honest} honest ones`,
+    );
+  }
   if (withHonest.fds !== null && end.fds !== null && end.fds > withHonest.fds) {
     failures.push(`${end.fds - withHonest.fds} sockets still open after the abusers left`);
   }
@@ -220,6 +254,7 @@ export async function runSoak(target: SoakTarget, options: SoakOptions): Promise
     waves,
     honest: honestResult,
     drained,
+    drainMs,
     abuse: tally,
     canary: canaryResult,
     rss: { start: first.rss, honest: withHonest.rss, peak: peak.rss, end: end.rss },
@@ -257,17 +292,23 @@ export function formatReport(report: SoakReport, extra: string[] = []): string {
       secs(o.limits.handshakeTimeoutMs)
     },` +
       ` auth-timeout ${secs(o.limits.authTimeoutMs)}, max-per-ip ${o.limits.maxPerIp}` +
-      `${o.limits.maxPerIp === 0 ? " (unlimited: every test client comes from 127.0.0.x)" : ""},`,
+      `${o.limits.maxPerIp === 0 ? " (unlimited)" : ""}, max-clients ${o.limits.maxClients},`,
     `  rate ${o.limits.rate}/s burst ${o.limits.burst}, max-send-queue ${o.limits.maxSendQueue},` +
+      ` write-timeout ${secs(o.limits.writeTimeoutMs)},` +
       ` max-auth-failures ${o.limits.maxAuthFailures} per ${secs(o.limits.lockoutMs)}`,
     ...extra,
   );
   lines.push("", "Honest load");
   lines.push(
-    `  ${h.clients} clients from 127.0.0.1 at ${o.rate} msg/s each; ${h.sent} messages sent`,
+    `  ${h.clients} clients from ${h.addresses.length} addresses (${addressRange(h.addresses)},` +
+      ` ${Math.ceil(h.clients / Math.max(1, h.addresses.length))} per address)` +
+      ` at ${o.rate} msg/s each; ${h.sent} messages sent`,
     `  deliveries expected ${h.expected}, received ${h.received}` +
       `${h.received === h.expected ? " (equal)" : " (NOT EQUAL)"}; missing ${h.missing},` +
       ` duplicates ${h.duplicates}, out of order ${h.outOfOrder}`,
+    `  delivery delay (send to arrival): mean ${h.meanDelayMs} ms, max ${h.maxDelayMs} ms;` +
+      ` backlog ${report.drained ? "delivered" : "NOT delivered"} ${secs(report.drainMs)}` +
+      ` after the last send`,
     `  errors sent to honest clients: ${fmtCounts(h.errors)}; disconnected: ${fmtCounts(h.lost)}`,
     `  abuse traffic honest clients received and ignored: ${h.foreignFrames} frames,` +
       ` ${mb(h.foreignBytes)}`,
@@ -291,16 +332,21 @@ export function formatReport(report: SoakReport, extra: string[] = []): string {
     const tally = report.abuse.kinds[kind];
     if (!tally) continue;
     lines.push(
-      `  ${kind.padEnd(12)} ${tally.runs} runs${
+      `  ${kind.padEnd(14)} ${tally.runs} runs${
         tally.unexpected ? `, ${tally.unexpected} UNEXPECTED` : ""
       }`,
     );
     for (const [outcome, n] of Object.entries(tally.outcomes)) {
       lines.push(`      ${String(n).padStart(6)}  ${outcome}`);
     }
+    for (const [what, n] of Object.entries(tally.notes)) {
+      lines.push(`      ${String(Math.round(n * 10) / 10).padStart(6)}  (${what})`);
+    }
   }
   lines.push(
     `  flood content accepted and broadcast: ${mb(report.abuse.floodBytes)} per recipient`,
+    `  connections over the per-IP cap: ${report.abuse.refusedAtOnce} closed at once,` +
+      ` ${report.abuse.refusedWithNotice} told too_many_connections`,
   );
   lines.push(
     "",
@@ -309,10 +355,15 @@ export function formatReport(report: SoakReport, extra: string[] = []): string {
   if (report.stats) {
     const s = report.stats;
     lines.push(
-      `Server counters: accepted ${s.accepted}, rejected ${s.rejected}, handshake failures` +
-        ` ${s.handshakeFailures}, handshake timeouts ${s.handshakeTimeouts}, logins ${s.authenticated}, auth failures ${s.authFailures},` +
-        ` messages ${s.messages}, deliveries ${s.deliveries}, stalled readers ${s.stalledReaders}, write timeouts ${s.writeTimeouts},` +
-        ` connections now ${s.connections}, clients now ${s.clients}`,
+      `Server counters: accepted ${s.accepted}, refused over a cap ${s.rejected}, handshake failures` +
+        ` ${s.handshakeFailures}, handshake timeouts ${s.handshakeTimeouts}, logins ${s.authenticated},` +
+        ` auth failures ${s.authFailures}, messages ${s.messages}, deliveries ${s.deliveries}`,
+      `  flow control: sender pauses ${s.senderPauses}, stalled readers dropped ${s.stalledReaders},` +
+        ` write timeouts ${s.writeTimeouts} (dropped in all: ${
+          s.stalledReaders + s.writeTimeouts
+        })`,
+      `  at the end: sockets ${s.sockets}, connections ${s.connections}, clients ${s.clients},` +
+        ` refusing ${s.refusing}, holders ${s.holders}, paused senders ${s.pausedSenders}`,
       `Server errors by code: ${fmtCounts(s.errors)}`,
     );
   }
@@ -329,7 +380,7 @@ export function formatReport(report: SoakReport, extra: string[] = []): string {
   }
   if (report.abuse.limited > 0) {
     lines.push(
-      `KNOWN LIMITATIONS: ${report.abuse.limited} abuse runs hit a runtime limitation (see above)`,
+      `KNOWN LIMITATIONS: ${report.abuse.limited} abuse runs hit a known limitation (see above)`,
     );
   }
   if (report.abuse.unexpected > 0) {
@@ -341,6 +392,12 @@ export function formatReport(report: SoakReport, extra: string[] = []): string {
   for (const failure of report.failures) lines.push(`  - ${failure}`);
   lines.push(rule);
   return lines.join("\n");
+}
+
+/** `127.0.1.1-127.0.1.4` for a run of addresses. */
+function addressRange(addresses: string[]): string {
+  if (addresses.length <= 1) return addresses[0] ?? "none";
+  return `${addresses[0]}-${addresses[addresses.length - 1]}`;
 }
 
 function fmtCounts(counts: Record<string, number>): string {
@@ -357,7 +414,9 @@ const USAGE = `Usage: deno task soak [options]
   --wave SECONDS        length of one abuse wave (default 15)
   --intensity F         scales the abusers per wave (default 1)
   --flood-rate N        messages per second per flooder (default 18)
-  --flood-bytes N       content bytes per flood message (default 32768)
+  --flood-bytes N       content bytes per flood message (default 60000)
+  --max-per-ip N        the server's per-IP cap (default 64; 0 = unlimited)
+  --write-timeout SECS  the server's --write-timeout (default 10)
   --settle SECONDS      longest wait after the abuse for memory and sockets to settle (default 30)
   --strict              also fail on any unexpected abuse outcome
   --json FILE           also write the report as JSON to FILE
@@ -386,7 +445,8 @@ async function procSample(pid: number): Promise<Sample> {
 
 /** Server log messages worth counting in the report. */
 const LOG_EVENTS: [string, RegExp][] = [
-  ["slow consumers dropped", /^Dropping client .*slow consumer/],
+  ["stalled readers dropped", /^Dropping client .*stalled reader/],
+  ["write timeouts", /^Dropping client .*accepted nothing for/],
   ["failed logins", /^Failed login/],
   ["lockouts", /locked out/],
   ["logins", /logged in$/],
@@ -429,7 +489,9 @@ async function main(args: string[]): Promise<number> {
         wave: { type: "string", default: "15" },
         intensity: { type: "string", default: "1" },
         "flood-rate": { type: "string", default: "18" },
-        "flood-bytes": { type: "string", default: "32768" },
+        "flood-bytes": { type: "string", default: "60000" },
+        "max-per-ip": { type: "string", default: "64" },
+        "write-timeout": { type: "string", default: "10" },
         settle: { type: "string", default: "30" },
         strict: { type: "boolean", default: false },
         json: { type: "string" },
@@ -458,9 +520,9 @@ async function main(args: string[]): Promise<number> {
       handshakeTimeoutMs: 5000,
       authTimeoutMs: 5000,
       maxClients: 10_000,
-      maxPerIp: 0,
+      maxPerIp: Math.round(number("max-per-ip", 0)),
       maxSendQueue: 1048576,
-      writeTimeoutMs: 10_000,
+      writeTimeoutMs: number("write-timeout", 1) * 1000,
       rate: 20,
       burst: 50,
       maxAuthFailures: 5,
@@ -480,6 +542,10 @@ async function main(args: string[]): Promise<number> {
     };
     if (options.rate >= limits.rate) {
       throw new RangeError(`--rate must stay below the server's ${limits.rate}/s`);
+    }
+    if (limits.maxPerIp > 0 && limits.maxPerIp < 4) {
+      // The canary and the accept check share 127.0.0.1 and hold up to three connections.
+      throw new RangeError("--max-per-ip must be 0 or at least 4");
     }
   } catch (error) {
     console.error(`error: ${(error as Error).message}\n\n${USAGE}`);
@@ -501,6 +567,8 @@ async function main(args: string[]): Promise<number> {
     String(l.maxPerIp),
     "--max-send-queue",
     String(l.maxSendQueue),
+    "--write-timeout",
+    String(l.writeTimeoutMs / 1000),
     "--rate",
     String(l.rate),
     "--burst",

@@ -1,21 +1,39 @@
 /**
  * Shared pieces of the soak (`tests/soak.ts`) and its short variant (`tests/soak_test.ts`): a
- * seeded random source, connection helpers, the observation of how a connection ends, a canary
- * that keeps logging in, and the final accept check. The honest load is in `honest_load.ts`, the
- * abusers in `abuse.ts`.
+ * seeded random source, the loopback addresses each party connects from, a small connection over
+ * `node:net`/`node:tls` that can pick its source address, the observation of how a connection
+ * ends, a canary that keeps logging in, and the final accept check. The honest load is in
+ * `honest_load.ts`, the abusers in `abuse.ts`.
  *
- * Everything here talks to a server on loopback only and closes what it opens, so it can run
- * under the test sanitizers. Honest clients connect from 127.0.0.1; password guessers connect
- * from 127.0.0.2 and 127.0.0.3 (Linux routes all of 127.0.0.0/8 to `lo`, and `node:net` can pick
- * the source address), so their lockout never reaches the honest clients.
+ * The soak runs with a finite `--max-per-ip`, so every party has its own loopback addresses
+ * (Linux routes all of 127.0.0.0/8 to `lo`, and `node:net` can pick the source address):
+ *
+ * | addresses | who |
+ * |---|---|
+ * | 127.0.0.1 | the canary and the final accept check (`Deno.connectTls`) |
+ * | 127.0.1.1, 127.0.1.2, ... | honest clients, a share of `--max-per-ip` each |
+ * | 127.0.0.2, 127.0.0.3 | the password guessers (their lockout never reaches anyone else) |
+ * | 127.0.2.1 - 127.0.2.250 | the other abusers, leased so that none gets near the cap |
+ * | 127.0.3.1 - 127.0.3.250 | the over-cap bursts, one fresh address per burst |
+ *
+ * Everything here talks to a server on loopback only and closes what it opens (and waits until
+ * it is closed), so it can run under the test sanitizers.
  *
  * @module
  */
+import net from "node:net";
+import tls from "node:tls";
+import { startReading, stopReading } from "../src/backpressure.ts";
 import { CLIENT_MAX_FRAME, encodeFrame, FrameReader, type JsonObject } from "../src/protocol.ts";
 import { lengthPrefix, PASSWORD, TestClient } from "./helpers.ts";
 
-/** Loopback address of the honest clients, the canary and most abusers. */
-export const HONEST_ADDRESS = "127.0.0.1";
+/** The loopback address the server listens on. */
+export const SERVER_HOST = "127.0.0.1";
+/**
+ * Source address of the canary and the final accept check (the address `Deno.connect` uses).
+ * Kept under this name for the tests that import it as the server's address.
+ */
+export const HONEST_ADDRESS = SERVER_HOST;
 /** Source address of the sequential password guesser. */
 export const GUESS_ADDRESS = "127.0.0.2";
 /** Source address of the concurrent password-guessing burst. */
@@ -29,6 +47,51 @@ export const SLACK_MS = 3000;
 
 export const ENCODER = new TextEncoder();
 export const DECODER = new TextDecoder();
+
+/** Source address of honest client `index` when each address carries `perAddress` of them. */
+export function honestAddress(index: number, perAddress: number): string {
+  return `127.0.1.${1 + Math.floor(index / perAddress)}`;
+}
+
+/** How many honest clients share one source address under the per-IP cap `maxPerIp`. */
+export function honestPerAddress(maxPerIp: number): number {
+  // Half the cap at most: the honest load fits under it with room to spare.
+  return maxPerIp > 0 ? Math.max(1, Math.min(25, Math.floor(maxPerIp / 2))) : 25;
+}
+
+/**
+ * Source addresses for abusers, each leased to at most a few abusers at once so that no abuser
+ * (other than the over-cap burst, which has its own) comes near the per-IP cap.
+ */
+export class AddressPool {
+  #leases: number[];
+  #prefix: string;
+  #next = 0;
+
+  constructor(prefix = "127.0.2.", size = 250) {
+    this.#prefix = prefix;
+    this.#leases = new Array(size).fill(0);
+  }
+
+  /** The least leased address (round robin among equals). */
+  acquire(): string {
+    const n = this.#leases.length;
+    let best = this.#next;
+    for (let i = 0; i < n; i++) {
+      const at = (this.#next + i) % n;
+      if (this.#leases[at] < this.#leases[best]) best = at;
+      if (this.#leases[best] === 0) break;
+    }
+    this.#leases[best]++;
+    this.#next = (best + 1) % n;
+    return `${this.#prefix}${best + 1}`;
+  }
+
+  release(address: string): void {
+    const at = Number(address.slice(this.#prefix.length)) - 1;
+    if (this.#leases[at] > 0) this.#leases[at]--;
+  }
+}
 
 /** A small seeded PRNG (mulberry32), so a run can be repeated from its printed seed. */
 export class Rng {
@@ -106,6 +169,12 @@ export interface AbuseLimits {
   handshakeTimeoutMs: number;
   authTimeoutMs: number;
   maxAuthFailures: number;
+  /** 0 = unlimited. */
+  maxPerIp: number;
+  maxSendQueue: number;
+  writeTimeoutMs: number;
+  /** Messages per second per client (the rate limit). */
+  rate: number;
 }
 
 /** Builds one frame from raw body bytes. */
@@ -119,16 +188,185 @@ export function frameOf(body: Uint8Array | string): Uint8Array {
 
 export const AUTH_FRAME = encodeFrame({ type: "auth", password: PASSWORD });
 
-export function closeQuietly(closer: { close(): void }): void {
-  try {
-    closer.close();
-  } catch {
-    // Already closed.
+// ---------------------------------------------------------------------------------------------
+// Connections from a chosen source address
+
+/** A connection the abusers read and write like a `Deno.Conn`. */
+export interface Link {
+  read(buffer: Uint8Array): Promise<number | null>;
+  write(bytes: Uint8Array): Promise<number>;
+  close(): void;
+}
+
+/** Bytes a {@link NetConn} takes from the socket ahead of its reader before it stops reading. */
+const READ_AHEAD = 64 * 1024;
+
+/**
+ * A `node:net` or `node:tls` client socket from a chosen source address, read and written like a
+ * `Deno.Conn`. It reads from the kernel only while its reader keeps up (at most 64 KiB ahead), and
+ * stops at the TCP level otherwise, so a client that does not call `read()` really leaves the
+ * server's bytes in the kernel, as a stalled peer would. With `pull: false` it does not read at
+ * all: the owner listens to the socket's `data` events itself.
+ */
+export class NetConn implements Link {
+  readonly socket: net.Socket;
+  /** Resolves once the socket is closed and released. */
+  readonly closed: Promise<void>;
+  #chunks: Uint8Array[] = [];
+  #buffered = 0;
+  #ended = false;
+  #error: Error | null = null;
+  #reading = true;
+  #held = false;
+  #wake: (() => void) | null = null;
+
+  constructor(socket: net.Socket, options: { pull?: boolean } = {}) {
+    this.socket = socket;
+    this.closed = new Promise((resolve) => {
+      socket.once("close", () => {
+        this.#ended = true;
+        this.#notify();
+        resolve();
+      });
+    });
+    if (options.pull !== false) {
+      socket.on("data", (chunk: Uint8Array) => {
+        this.#chunks.push(chunk);
+        this.#buffered += chunk.length;
+        if (this.#buffered >= READ_AHEAD) this.#stop();
+        this.#notify();
+      });
+    }
+    socket.on("end", () => {
+      this.#ended = true;
+      this.#notify();
+    });
+    socket.on("error", (error: Error) => {
+      this.#error ??= error;
+      this.#notify();
+    });
+  }
+
+  /** Stops reading from the kernel until {@link NetConn.release} (or a `read()` after it). */
+  hold(): void {
+    this.#held = true;
+    this.#stop();
+  }
+
+  /** Reads from the kernel again after {@link NetConn.hold}. */
+  release(): void {
+    this.#held = false;
+    this.#start();
+  }
+
+  async read(buffer: Uint8Array): Promise<number | null> {
+    if (this.#held) this.release();
+    while (this.#chunks.length === 0) {
+      if (this.#error) throw errorOf(this.#error);
+      if (this.#ended || this.socket.destroyed) return null;
+      if (!this.#held) this.#start();
+      await new Promise<void>((resolve) => this.#wake = resolve);
+    }
+    let n = 0;
+    while (n < buffer.length && this.#chunks.length > 0) {
+      const chunk = this.#chunks[0];
+      const take = Math.min(chunk.length, buffer.length - n);
+      buffer.set(chunk.subarray(0, take), n);
+      n += take;
+      if (take === chunk.length) this.#chunks.shift();
+      else this.#chunks[0] = chunk.subarray(take);
+    }
+    this.#buffered -= n;
+    if (this.#buffered < READ_AHEAD / 2 && !this.#held) this.#start();
+    return n;
+  }
+
+  write(bytes: Uint8Array): Promise<number> {
+    return new Promise((resolve, reject) => {
+      if (this.socket.destroyed || this.#error) {
+        reject(errorOf(this.#error ?? new Error("closed")));
+        return;
+      }
+      this.socket.write(bytes, (error?: Error | null) => {
+        if (error) reject(errorOf(error));
+        else resolve(bytes.length);
+      });
+    });
+  }
+
+  close(): void {
+    this.socket.destroy();
+  }
+
+  #stop(): void {
+    if (!this.#reading) return;
+    this.#reading = false;
+    stopReading(this.socket);
+  }
+
+  #start(): void {
+    if (this.#reading || this.socket.destroyed) return;
+    this.#reading = true;
+    startReading(this.socket);
+  }
+
+  #notify(): void {
+    const wake = this.#wake;
+    this.#wake = null;
+    wake?.();
   }
 }
 
+/** Errors of `node:net` as the `Deno.errors` the observations classify. */
+function errorOf(error: Error): Error {
+  const code = (error as { code?: string }).code;
+  if (code === "ECONNRESET" || code === "EPIPE") return new Deno.errors.ConnectionReset(code);
+  return error;
+}
+
+/**
+ * Connects from `localAddress`: raw TCP, or TLS (resolving once the handshake is done). Rejects if
+ * the server closes first, or after `timeoutMs`.
+ */
+export function connectFrom(
+  endpoint: Endpoint,
+  options: { localAddress: string; tls: boolean; timeoutMs?: number; pull?: boolean },
+): Promise<NetConn> {
+  const socket: net.Socket = options.tls
+    ? tls.connect({
+      host: SERVER_HOST,
+      port: endpoint.port,
+      ca: [endpoint.cert],
+      localAddress: options.localAddress,
+    } as tls.ConnectionOptions)
+    : net.connect({ host: SERVER_HOST, port: endpoint.port, localAddress: options.localAddress });
+  const conn = new NetConn(socket, { pull: options.pull });
+  return new Promise((resolve, reject) => {
+    let settled = false;
+    const fail = (error: Error) => {
+      if (settled) return;
+      settled = true;
+      clearTimeout(timer);
+      conn.close();
+      conn.closed.then(() => reject(error));
+    };
+    const timer = setTimeout(
+      () => fail(new Deno.errors.TimedOut("connect timed out")),
+      options.timeoutMs ?? 10_000,
+    );
+    socket.once(options.tls ? "secureConnect" : "connect", () => {
+      if (settled) return;
+      settled = true;
+      clearTimeout(timer);
+      resolve(conn);
+    });
+    socket.once("error", (error: Error) => fail(errorOf(error)));
+    socket.once("close", () => fail(new Deno.errors.ConnectionReset("closed while connecting")));
+  });
+}
+
 /** Writes all of `bytes`; returns false if the connection refused them (e.g. closed by peer). */
-export async function writeAll(conn: Deno.Conn, bytes: Uint8Array): Promise<boolean> {
+export async function writeAll(conn: Link, bytes: Uint8Array): Promise<boolean> {
   try {
     let offset = 0;
     while (offset < bytes.length) offset += await conn.write(bytes.subarray(offset));
@@ -136,21 +374,6 @@ export async function writeAll(conn: Deno.Conn, bytes: Uint8Array): Promise<bool
   } catch {
     return false;
   }
-}
-
-export async function openTls(endpoint: Endpoint): Promise<Deno.TlsConn> {
-  const conn = await Deno.connectTls({
-    hostname: HONEST_ADDRESS,
-    port: endpoint.port,
-    caCerts: [endpoint.cert],
-  });
-  try {
-    await conn.handshake();
-  } catch (error) {
-    closeQuietly(conn);
-    throw error;
-  }
-  return conn;
 }
 
 /** How an observed connection ended. */
@@ -171,12 +394,18 @@ function endOf(error: unknown): End {
 
 /**
  * Reads until the server closes the connection, `until` holds, or `timeoutMs` passes, then closes
- * the connection. With `frames: false` the bytes are only counted (raw TCP, or a TLS client that
- * skips a backlog). Never throws.
+ * the connection and waits until it is released. With `frames: false` the bytes are only counted
+ * (raw TCP, or a TLS client that skips a backlog); `onFrame` sees each frame body before it is
+ * parsed and may return false to skip parsing it. Never throws.
  */
 export async function observe(
-  conn: Deno.Conn,
-  options: { timeoutMs: number; frames?: boolean; until?: (frames: JsonObject[]) => boolean },
+  conn: NetConn,
+  options: {
+    timeoutMs: number;
+    frames?: boolean;
+    until?: (frames: JsonObject[]) => boolean;
+    onFrame?: (body: Uint8Array) => boolean;
+  },
 ): Promise<Observation> {
   const started = performance.now();
   const frames: JsonObject[] = [];
@@ -191,11 +420,12 @@ export async function observe(
           bytes += n;
         }
       }
-      const reader = new FrameReader(conn.readable, { maxFrame: CLIENT_MAX_FRAME });
+      const reader = new FrameReader(conn, { maxFrame: CLIENT_MAX_FRAME });
       while (true) {
         const body = await reader.read();
         if (body === null) return "eof";
         bytes += body.length + 4;
+        if (options.onFrame?.(body) === false) continue;
         frames.push(JSON.parse(DECODER.decode(body)));
         if (options.until?.(frames)) return "done";
       }
@@ -209,8 +439,9 @@ export async function observe(
   });
   const first = await Promise.race([reading, timeout]);
   clearTimeout(timer);
-  closeQuietly(conn);
+  conn.close();
   await reading;
+  await conn.closed;
   return { frames, end: first, bytes, ms: Math.round(performance.now() - started) };
 }
 
@@ -242,6 +473,8 @@ export interface CanaryResult {
   ok: number;
   failed: number;
   maxMs: number;
+  /** Why logins failed, by reason. */
+  reasons: Record<string, number>;
 }
 
 /** Logs in and out every `intervalMs` until `signal` aborts. */
@@ -249,17 +482,19 @@ export async function runCanary(
   endpoint: Endpoint,
   options: { intervalMs: number; signal: AbortSignal },
 ): Promise<CanaryResult> {
-  const result: CanaryResult = { ok: 0, failed: 0, maxMs: 0 };
+  const result: CanaryResult = { ok: 0, failed: 0, maxMs: 0, reasons: {} };
   while (!options.signal.aborted) {
     const started = performance.now();
     try {
       const { client, reply } = await TestClient.login(endpoint.port);
       await client.close();
-      if (reply.success !== true) throw new Error("refused");
+      if (reply.success !== true) throw new Error(`refused: ${JSON.stringify(reply)}`);
       result.ok++;
       result.maxMs = Math.max(result.maxMs, Math.round(performance.now() - started));
-    } catch {
+    } catch (error) {
       result.failed++;
+      const reason = String(error).slice(0, 120);
+      result.reasons[reason] = (result.reasons[reason] ?? 0) + 1;
     }
     await sleep(options.intervalMs, options.signal);
   }
