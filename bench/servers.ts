@@ -316,12 +316,16 @@ export async function startFloor(
   options: StartOptions & { transport: FloorTransport },
 ): Promise<ServerHandle> {
   const port = freePort();
+  // The same runtime as ours: the V8 flags of `deno task start` (its GC sizing) apply here too.
+  const v8 = (await startTaskFlags(`${REPO_ROOT}deno.json`, options.certDir))
+    .filter((flag) => flag.startsWith("--v8-flags="));
   const handle = await spawnServer({
     name: FLOOR_NAMES[options.transport],
     command: Deno.execPath(),
     args: [
       "run",
       "--no-prompt",
+      ...v8,
       "--allow-net",
       `--allow-read=${options.certDir}`,
       FLOOR_PATH,
