@@ -98,6 +98,8 @@ export class ChatServer implements AsyncDisposable {
   #options: ChatServerOptions;
   #limits: Limits;
   #now: () => number;
+  /** `#now()` at the last watchdog tick. */
+  #tick = 0;
   #logger: Logger = getLogger(["chat-server"]);
   #server: tls.Server | null = null;
   #flow = new FlowControl();
@@ -206,6 +208,7 @@ export class ChatServer implements AsyncDisposable {
         logger: this.#logger,
         stats: this.#stats,
         now: this.#now,
+        coarseNow: () => this.#tick,
         closed: (session) => {
           this.#sessions.delete(session);
           if (this.#sessions.size === 0) this.#allClosed?.();
@@ -240,6 +243,7 @@ export class ChatServer implements AsyncDisposable {
       this.#logger.error("Listener error: {error}", { error: String(error) });
     });
     this.#server = server;
+    this.#tick = this.#now();
     this.#watch = setInterval(() => this.#watchConnections(), WATCH_INTERVAL_MS);
     Deno.unrefTimer(this.#watch as unknown as number);
     this.#options.signal?.addEventListener("abort", this.#onAbort, { once: true });
@@ -421,7 +425,7 @@ export class ChatServer implements AsyncDisposable {
   }
 
   #watchConnections(): void {
-    const now = this.#now();
+    const now = this.#tick = this.#now();
     for (const session of this.#sessions) session.checkStall(now);
     this.#lockout.sweep(now);
   }
