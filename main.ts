@@ -108,12 +108,14 @@ export async function main(args: string[]): Promise<number> {
       verifier,
       limits: config.limits,
     });
+  } catch (error) {
+    if (!isUserError(error)) throw error; // a bug: main's caller prints it and exits 1
+    printError(error.message);
+    return 1;
+  }
+  try {
     await server.listen();
   } catch (error) {
-    if (isUserError(error)) {
-      printError(error.message);
-      return 1;
-    }
     printError(`Cannot listen on ${hostPort(config.host, config.port)}: ${listenError(error)}`);
     return 1;
   }

@@ -51,7 +51,7 @@ export interface CertOptions {
   host: string;
 }
 
-/** A certificate and its matching private key, ready for `Deno.listenTls`. */
+/** A certificate and its matching private key, ready for the TLS listener. */
 export interface CertPair {
   certPem: string;
   keyPem: string;

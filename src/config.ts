@@ -25,6 +25,8 @@ export interface Limits {
   maxSendQueue: number;
   /** Time a client with queued bytes may accept nothing before it is dropped. */
   writeTimeoutMs: number;
+  /** Time a reader whose full queue holds the senders back may accept nothing before it is dropped. */
+  stallTimeoutMs: number;
   /** Messages per second per client; 0 disables rate limiting. */
   rate: number;
   /** Token bucket size. */
@@ -44,6 +46,7 @@ export const DEFAULT_LIMITS: Readonly<Limits> = Object.freeze({
   maxPerIp: 64,
   maxSendQueue: 1024 * 1024,
   writeTimeoutMs: 10_000,
+  stallTimeoutMs: 1000,
   rate: 20,
   burst: 50,
   maxAuthFailures: 5,
@@ -98,6 +101,8 @@ Options (flags win over environment variables, which win over defaults):
                             catches up; at least 2 x --max-frame (default 1048576)
   --write-timeout SECS      a client with queued bytes that accepts nothing this long is
                             dropped (default 10)
+  --stall-timeout SECS      a reader that holds the senders back (full queue) and accepts
+                            nothing this long is dropped as a stalled reader (default 1)
   --rate N --burst N        messages per second per client and bucket size; --rate 0 disables
                             (default 20 / 50)
   --max-auth-failures N     failed logins from one IP before it is locked out (default 5)
@@ -116,6 +121,7 @@ const NUMERIC_FLAGS = {
   "max-per-ip": { key: "maxPerIp", min: 0, max: 1_000_000, scale: 1 },
   "max-send-queue": { key: "maxSendQueue", min: 65536, max: 1024 ** 3, scale: 1 },
   "write-timeout": { key: "writeTimeoutMs", min: 1, max: 3600, scale: 1000 },
+  "stall-timeout": { key: "stallTimeoutMs", min: 0.5, max: 3600, scale: 1000 },
   "rate": { key: "rate", min: 0, max: 1_000_000, scale: 1 },
   "burst": { key: "burst", min: 1, max: 1_000_000, scale: 1 },
   "max-auth-failures": { key: "maxAuthFailures", min: 1, max: 1_000_000, scale: 1 },

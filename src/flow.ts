@@ -2,7 +2,8 @@
  * Flow control for the room: when a recipient's send queue is full, the server stops reading
  * from the senders (TCP backpressure reaches them) instead of dropping the recipient. A reader
  * that keeps up therefore never misses a message, whatever the senders do; a reader that holds
- * the room back and accepts nothing for {@link STALL_MS} is dropped by the server's watchdog.
+ * the room back and accepts nothing for `--stall-timeout` (1 s) is dropped by the server's
+ * watchdog.
  *
  * Every message goes to every member, so one full recipient ("holder") pauses every sender.
  * Senders resume, oldest waiter first, as soon as no holder is left; one that fills a queue
@@ -11,9 +12,6 @@
  * @module
  */
 import type { Outbox } from "./outbox.ts";
-
-/** How long a recipient may hold the room back without accepting a byte before it is dropped. */
-export const STALL_MS = 1000;
 
 /** A sender that flow control pauses and resumes. */
 export interface Sender {
@@ -62,16 +60,12 @@ export class FlowControl {
   }
 
   /**
-   * Parks a sender until the room is free (resumes it at once if it already is). A sender that
-   * is already waiting keeps its place in line.
+   * Parks a sender until the room is free; call it only while {@link FlowControl.blocked}. A
+   * sender that is already waiting keeps its place in line.
    *
    * @returns whether the sender was not waiting yet
    */
   wait(sender: Sender): boolean {
-    if (this.#holders.size === 0) {
-      queueMicrotask(() => sender.resume());
-      return false;
-    }
     if (this.#waiting.has(sender)) return false;
     this.#waiting.add(sender);
     return true;

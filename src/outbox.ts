@@ -25,8 +25,6 @@ export interface FrameWriter {
 
 /** What an outbox tells its owner. Methods rather than closures: one object per connection less. */
 export interface OutboxOwner {
-  /** The outbox became full. */
-  outboxFull?(): void;
   /** A full outbox drained to half its limit. */
   outboxRelieved?(): void;
   /** A write failed; the outbox is closed first. Called once. */
@@ -139,10 +137,7 @@ export class Outbox {
       this.#scheduled = true;
       if (due.push(this) === 1) setImmediate(flushDue);
     }
-    if (!this.#full && this.#bytes > this.#limit) {
-      this.#full = true;
-      this.#owner?.outboxFull?.();
-    }
+    if (this.#bytes > this.#limit) this.#full = true;
     return true;
   }
 

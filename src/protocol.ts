@@ -280,12 +280,14 @@ export class FrameDecoder {
       this.#length = need;
       return;
     }
-    // Room for the frame being completed, and at least twice what is pending, so appends stay
-    // linear. Views returned earlier keep the old buffer: it is never overwritten.
+    // At least twice what is pending, so appends cost linear copying however small the chunks;
+    // but no more than the frame being completed needs, so a peer that announces a large frame
+    // and sends a few bytes pins a few bytes, not `maxFrame`. Views returned earlier keep the old
+    // buffer: it is never overwritten.
     let size = Math.max(need, 2 * this.#length, 1024);
     if (this.#length >= HEADER_SIZE) {
       const frame = HEADER_SIZE + this.#peekLength();
-      if (frame <= HEADER_SIZE + this.#maxFrame) size = Math.max(need, frame);
+      if (need <= frame && frame <= HEADER_SIZE + this.#maxFrame) size = Math.min(size, frame);
     }
     const grown = new Uint8Array(size);
     grown.set(this.#buf.subarray(this.#offset, end));
@@ -324,7 +326,8 @@ export class FrameDecoder {
   }
 
   /**
-   * Adds a chunk and returns (copies of) the complete frame bodies it finished, in order.
+   * Adds a chunk and returns (copies of) the complete frame bodies it finished, in order. Unlike
+   * {@link FrameDecoder.feed}, it keeps no view of `chunk`: the caller may reuse its memory.
    *
    * @throws {ProtocolError} on a bad length prefix (on the next call if frames came before it in
    * the same chunk); the decoder then keeps throwing it.
@@ -338,6 +341,12 @@ export class FrameDecoder {
     } catch (error) {
       // The frames before the bad prefix are still returned; the error comes on the next push.
       if (frames.length === 0) throw error;
+    }
+    if (this.#length > 0 && !this.#owned) {
+      const pending = this.#buf.slice(this.#offset, this.#offset + this.#length);
+      this.#buf = pending;
+      this.#offset = 0;
+      this.#owned = true;
     }
     return frames;
   }

@@ -91,6 +91,8 @@ interface Connection {
   /** Set for a connection over a cap: the error it gets once its handshake completes. */
   refusal: Refusal | undefined;
   session: Session | undefined;
+  /** Told `shutting_down` instead of getting a session (its handshake completed during the stop). */
+  notified: boolean;
 }
 
 /** The chat server. `await listen()`, then `close()` (or `await using`). */
@@ -115,6 +117,7 @@ export class ChatServer implements AsyncDisposable {
   #watch: ReturnType<typeof setInterval> | undefined;
   #checkedBackpressure = false;
   #closing: Promise<void> | null = null;
+  #starting: Promise<Deno.NetAddr> | null = null;
   #context: SessionContext | null = null;
   /** Wakes the shutdown when the last session has closed. */
   #allClosed: (() => void) | null = null;
@@ -185,9 +188,22 @@ export class ChatServer implements AsyncDisposable {
    *
    * @throws {Deno.errors.NotCapable} without network permission for the address
    * @throws {Error} from the bind, with a Node.js `code` such as `EADDRINUSE` or `ENOTFOUND`
+   * @throws {TypeError} if it is listening, starting, or closed (or its signal aborted)
    */
-  async listen(): Promise<Deno.NetAddr> {
-    if (this.#server || this.#closing) throw new TypeError("ChatServer is already listening");
+  listen(): Promise<Deno.NetAddr> {
+    if (this.#server || this.#starting) {
+      return Promise.reject(new TypeError("ChatServer is already listening"));
+    }
+    if (this.#closing || this.#options.signal?.aborted) {
+      return Promise.reject(new TypeError("ChatServer is closed"));
+    }
+    // Registered first, so an abort while it starts still closes it.
+    this.#options.signal?.addEventListener("abort", this.#onAbort, { once: true });
+    this.#starting = this.#start().finally(() => this.#starting = null);
+    return this.#starting;
+  }
+
+  async #start(): Promise<Deno.NetAddr> {
     const hostname = this.#options.hostname ?? "127.0.0.1";
     const port = this.#options.port ?? 4000;
     const host = `${hostname.includes(":") ? `[${hostname}]` : hostname}:${port}`;
@@ -209,6 +225,7 @@ export class ChatServer implements AsyncDisposable {
         stats: this.#stats,
         now: this.#now,
         coarseNow: () => this.#tick,
+        tickMs: WATCH_INTERVAL_MS,
         closed: (session) => {
           this.#sessions.delete(session);
           if (this.#sessions.size === 0) this.#allClosed?.();
@@ -239,6 +256,11 @@ export class ChatServer implements AsyncDisposable {
       server.close();
       throw error;
     });
+    if (this.#closing) {
+      // close() was called while this was starting: it must not leave a listener behind.
+      server.close();
+      throw new TypeError("ChatServer was closed while it started listening");
+    }
     server.on("error", (error: Error) => {
       this.#logger.error("Listener error: {error}", { error: String(error) });
     });
@@ -246,7 +268,6 @@ export class ChatServer implements AsyncDisposable {
     this.#tick = this.#now();
     this.#watch = setInterval(() => this.#watchConnections(), WATCH_INTERVAL_MS);
     Deno.unrefTimer(this.#watch as unknown as number);
-    this.#options.signal?.addEventListener("abort", this.#onAbort, { once: true });
     const addr = this.addr;
     this.#logger.info("server started on port -> {port} and ip -> {hostname}", {
       port: addr.port,
@@ -276,6 +297,7 @@ export class ChatServer implements AsyncDisposable {
   async #shutdown(): Promise<void> {
     this.#options.signal?.removeEventListener("abort", this.#onAbort);
     clearInterval(this.#watch);
+    await this.#starting?.catch(() => {});
     const server = this.#server;
     if (!server) return;
     this.#logger.info("Shutting down: {connections} connections", {
@@ -291,7 +313,8 @@ export class ChatServer implements AsyncDisposable {
     // A handshake about to complete gets the notice (see #secured); a silent one is closed.
     const handshakes = setTimeout(() => {
       for (const socket of handshaking) {
-        if (!this.#connections.get(socket)?.session) socket.destroy();
+        const connection = this.#connections.get(socket);
+        if (connection && !connection.session && !connection.notified) socket.destroy();
       }
     }, HANDSHAKE_GRACE_MS);
     const deadline = setTimeout(() => {
@@ -321,6 +344,7 @@ export class ChatServer implements AsyncDisposable {
       acceptedAt: this.#now(),
       refusal: undefined,
       session: undefined,
+      notified: false,
     };
     const limits = this.#limits;
     const fromIp = this.#perIp.get(ip) ?? 0;
@@ -388,6 +412,7 @@ export class ChatServer implements AsyncDisposable {
     const refusal: Refusal | undefined = connection.refusal ??
       (this.#closing ? { code: "shutting_down", message: "Server is shutting down" } : undefined);
     if (refusal) {
+      connection.notified = true;
       // The error frame, then close; a peer that does not close its side is cut off.
       socket.on("error", () => {});
       socket.end(encodeError(refusal.code, refusal.message), () => socket.destroy());

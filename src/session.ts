@@ -9,7 +9,7 @@ import type { TLSSocket } from "node:tls";
 import type { Logger } from "@logtape/logtape";
 import { startReading, stopReading } from "./backpressure.ts";
 import type { Limits } from "./config.ts";
-import { type FlowControl, STALL_MS } from "./flow.ts";
+import type { FlowControl } from "./flow.ts";
 import type { AuthLockout } from "./limits.ts";
 import { TokenBucket } from "./limits.ts";
 import { Outbox, type OutboxOwner } from "./outbox.ts";
@@ -66,10 +66,12 @@ export interface SessionContext {
   /** Monotonic clock in milliseconds; injectable for tests. */
   now: () => number;
   /**
-   * The same clock, read at the server's last watchdog tick (every 250 ms): what the outboxes
+   * The same clock, read at the server's last watchdog tick (every `tickMs`): what the outboxes
    * use to time stalls, so the hot path never reads the clock.
    */
   coarseNow: () => number;
+  /** How far `coarseNow` may lag behind `now`. */
+  tickMs: number;
   /** Called once when a session's socket has closed and the session is cleaned up. */
   closed: (session: Session) => void;
 }
@@ -194,14 +196,22 @@ export class Session implements Client, OutboxOwner {
 
   /**
    * Drops the client if it has had bytes to write and accepted none for too long: for
-   * `--write-timeout`, or for {@link STALL_MS} while its full queue holds the room back.
+   * `--write-timeout`, or for `--stall-timeout` while its full queue holds the room back.
    * Called periodically by the server.
+   *
+   * "Accepted" means a write completed: the bytes reached the kernel. The kernel wakes a writer
+   * whose send buffer is full only once a third of it has drained (up to ~1.4 MB with Linux's
+   * default 4 MiB), so a reader slower than that per `--stall-timeout` looks stalled while it
+   * holds the room back; see docs/SECURITY.md.
    */
   checkStall(now: number): void {
     if (this.#state === State.Closing) return;
-    const idle = this.#outbox.stalledFor(now);
+    // The outbox timed its last progress on the coarse clock, which may lag by a tick: count
+    // the idle time from the earliest moment it can have started.
+    let idle = this.#outbox.stalledFor(now);
     if (idle === 0) return;
-    const { limits, stats, flow, logger } = this.#ctx;
+    const { limits, stats, flow, logger, tickMs } = this.#ctx;
+    idle -= tickMs;
     if (idle >= limits.writeTimeoutMs) {
       stats.writeTimeouts++;
       logger.warn("Dropping client {id} from {ip}: accepted nothing for {seconds} s", {
@@ -210,7 +220,7 @@ export class Session implements Client, OutboxOwner {
         seconds: Math.round(idle / 1000),
       });
       this.#drop("write timeout");
-    } else if (idle >= STALL_MS && flow.isHolder(this.#outbox)) {
+    } else if (idle >= limits.stallTimeoutMs && flow.isHolder(this.#outbox)) {
       stats.stalledReaders++;
       logger.warn(
         "Dropping client {id} from {ip}: stalled reader, {queued} bytes queued and none accepted for {ms} ms",

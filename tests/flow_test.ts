@@ -6,7 +6,7 @@
  * @module
  */
 import assert from "node:assert/strict";
-import { encodeFrame } from "../src/protocol.ts";
+import { encodeFrame, FrameDecoder } from "../src/protocol.ts";
 import { delay, PASSWORD, startServer, testCerts, TestClient, waitFor } from "./helpers.ts";
 
 const KB60 = "x".repeat(60_000);
@@ -221,4 +221,76 @@ Deno.test("ChatServer resumes every paused sender, including senders whose own q
     await Promise.all([...readers, ...senders].map((client) => client.close()));
     await sending.catch(() => {});
   }
+});
+
+/**
+ * A logged-in client that reads `chunk` bytes every `everyMs`, steadily and never more: a slow
+ * reader. Resolves with the message contents' sequence heads once `count` messages arrived.
+ */
+async function pacedReader(
+  port: number,
+  options: { chunk: number; everyMs: number; count: number; timeoutMs: number },
+): Promise<{ heads: string[]; closed: boolean }> {
+  const conn = await stalledClient(port);
+  const decoder = new FrameDecoder({ maxFrame: 1 << 20 });
+  const buffer = new Uint8Array(options.chunk);
+  const heads: string[] = [];
+  const deadline = Date.now() + options.timeoutMs;
+  let closed = false;
+  try {
+    while (heads.length < options.count && Date.now() < deadline && !closed) {
+      // One read returns at most a TLS record (16 KiB): read until this tick's share is in.
+      for (let got = 0; got < options.chunk && heads.length < options.count;) {
+        const n = await conn.read(buffer.subarray(0, options.chunk - got)).catch(() => null);
+        if (n === null) {
+          closed = true;
+          break;
+        }
+        got += n;
+        for (const body of decoder.push(buffer.subarray(0, n))) {
+          const frame = JSON.parse(new TextDecoder().decode(body));
+          if (frame.type === "message") heads.push((frame.content as string).slice(0, 12));
+        }
+      }
+      await delay(options.everyMs);
+    }
+  } finally {
+    conn.close();
+  }
+  return { heads, closed };
+}
+
+Deno.test("ChatServer keeps a slow reader that reads steadily while it holds the room back (--stall-timeout 3)", async () => {
+  // The server sees a reader's progress only when the kernel frees a third of the socket's send
+  // buffer (~1.4 MB here): a reader at ~1.3 MB/s is seen every ~1 s, so it needs a stall timeout
+  // above that (docs/SECURITY.md). It must then get everything, in order, and never be dropped.
+  await using srv = await startServer({ limits: { rate: 0, stallTimeoutMs: 3000 } });
+  await using sender = (await TestClient.login(srv.port)).client;
+  const count = 150; // 150 x 60 KB = 9 MB: past the kernel's buffers and the 1 MiB queue
+  let held = false;
+  const watch = setInterval(() => held ||= srv.server.stats().holders > 0, 20);
+  const reading = pacedReader(srv.port, {
+    chunk: 128 * 1024,
+    everyMs: 100,
+    count,
+    timeoutMs: 30_000,
+  });
+  assert.ok(await waitFor(() => srv.server.stats().clients === 2));
+  const sending = (async () => {
+    for (let i = 0; i < count; i++) await sender.send({ type: "message", content: numbered(i) });
+  })();
+  sending.catch(() => {});
+  const { heads, closed } = await reading;
+  clearInterval(watch);
+  await sending.catch(() => {});
+  assert.equal(
+    closed,
+    false,
+    `the slow reader was disconnected after ${heads.length} messages: ${
+      JSON.stringify(srv.server.stats())
+    }`,
+  );
+  assert.deepEqual(heads, Array.from({ length: count }, (_, i) => `${i}:`.padEnd(12, "x")));
+  assert.equal(srv.server.stats().stalledReaders, 0);
+  assert.ok(held, "the slow reader never held the room: the test proves nothing");
 });

@@ -400,3 +400,38 @@ Deno.test({
     }
   },
 });
+
+Deno.test("ChatServer.close() while listen() is starting leaves no listener behind", async () => {
+  const { cert, key } = await testCerts();
+  const server = new ChatServer({ port: 0, cert, key, password: PASSWORD });
+  const listening = server.listen();
+  await assert.rejects(server.listen(), TypeError, "a second listen() while starting");
+  await server.close();
+  await assert.rejects(listening, TypeError);
+  await assert.rejects(server.listen(), TypeError, "listen() after close()");
+  assert.throws(() => server.addr, TypeError, "the server is still bound");
+});
+
+Deno.test("ChatServer stops when its signal aborts, also while it is starting", async () => {
+  const { cert, key } = await testCerts();
+  const controller = new AbortController();
+  const server = new ChatServer({
+    port: 0,
+    cert,
+    key,
+    password: PASSWORD,
+    signal: controller.signal,
+  });
+  const listening = server.listen();
+  controller.abort();
+  await assert.rejects(listening, TypeError);
+  await server.close();
+  const aborted = new ChatServer({
+    port: 0,
+    cert,
+    key,
+    password: PASSWORD,
+    signal: AbortSignal.abort(),
+  });
+  await assert.rejects(aborted.listen(), TypeError);
+});
