@@ -37,7 +37,7 @@ export interface OutboxOptions {
   limit: number;
   /** Monotonic clock in milliseconds. */
   now: () => number;
-  /** Told when the outbox fills, drains or fails. */
+  /** Told when a full outbox drains, or a write fails. */
   owner?: OutboxOwner;
 }
 
