@@ -30,12 +30,12 @@ import {
   ensureCertificates,
   fingerprintBanner,
   writeFingerprintFile,
-} from "./src/certs.ts";
-import { ConfigError, parseConfig, type ServerConfig, USAGE } from "./src/config.ts";
-import { setupLogging } from "./src/log.ts";
-import { PasswordError, PasswordVerifier, readPassword } from "./src/password.ts";
-import { hasPermission, PermissionError, requirePermission } from "./src/permissions.ts";
-import { ChatServer } from "./src/server.ts";
+} from "./src/server/certs.ts";
+import { ConfigError, parseConfig, type ServerConfig, USAGE } from "./src/server/config.ts";
+import { setupLogging } from "./src/server/log.ts";
+import { PasswordError, PasswordVerifier, readPassword } from "./src/server/password.ts";
+import { hasPermission, PermissionError, requirePermission } from "./src/common/permissions.ts";
+import { ChatServer } from "./src/server/server.ts";
 
 /** Reads an environment variable only if access was granted, so Deno never prompts. */
 function readEnv(name: string): string | undefined {

@@ -23,7 +23,7 @@
  * @module
  */
 import { parseArgs } from "node:util";
-import { ensureCertificates } from "../src/certs.ts";
+import { ensureCertificates } from "../src/server/certs.ts";
 import {
   externalServer,
   FLOOR_NAMES,

@@ -8,7 +8,7 @@
  *
  * @module
  */
-import { encodeFrame, encodeJsonFrame, type JsonObject } from "../src/protocol.ts";
+import { encodeFrame, encodeJsonFrame, type JsonObject } from "../src/protocol/mod.ts";
 
 /** Where and how to log in. */
 export interface Endpoint {

@@ -6,7 +6,7 @@
  */
 import assert from "node:assert/strict";
 import { join } from "node:path";
-import { PASSWORD, startServer, testCerts } from "./helpers.ts";
+import { PASSWORD, startServer, testCerts } from "./_helpers.ts";
 
 const BENCH = new URL("../bench/bench.ts", import.meta.url).pathname;
 const PERMISSIONS = [

@@ -10,11 +10,11 @@ import {
   formatFingerprint,
   LOCK_FILE,
   writeFingerprintFile,
-} from "../src/certs.ts";
+} from "../src/server/certs.ts";
 
 const HEX = "a1b2c3d4e5f67890abcdef1234567890abcdef1234567890abcdef1234567890";
-const CERTS_MODULE = new URL("../src/certs.ts", import.meta.url).href;
-const PERMISSIONS_MODULE = new URL("../src/permissions.ts", import.meta.url).href;
+const CERTS_MODULE = new URL("../src/server/certs.ts", import.meta.url).href;
+const PERMISSIONS_MODULE = new URL("../src/common/permissions.ts", import.meta.url).href;
 const MAIN = new URL("../main.ts", import.meta.url).pathname;
 const REPO_ROOT = new URL("..", import.meta.url).pathname;
 /** Variables a shell sets by itself, so a dump of an empty environment may still show them. */

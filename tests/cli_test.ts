@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
-import { fingerprintBanner } from "../src/certs.ts";
-import { commandAvailable, PASSWORD, spawnServer, testCerts, TestClient } from "./helpers.ts";
+import { fingerprintBanner } from "../src/server/certs.ts";
+import { commandAvailable, PASSWORD, spawnServer, testCerts, TestClient } from "./_helpers.ts";
 
 const MAIN = new URL("../main.ts", import.meta.url).pathname;
 

@@ -11,19 +11,19 @@ import {
   INSECURE_WARNING,
   parseClientArgs,
   PASSWORD_PROMPT,
-} from "../src/client.ts";
-import { fingerprintOfDer, normalizeFingerprint, parseFingerprintFile } from "../src/client_pin.ts";
-import { readFingerprintFile } from "../src/client_pin.ts";
-import { formatError, formatIncoming, sanitize } from "../src/client_format.ts";
-import { ChatLink, type LinkOptions, messageFrame } from "../src/client_link.ts";
-import { type HiddenPromptIo, parseInput, promptHidden } from "../src/client_tty.ts";
+} from "../src/client/main.ts";
+import { fingerprintOfDer, normalizeFingerprint, parseFingerprintFile } from "../src/client/pin.ts";
+import { readFingerprintFile } from "../src/client/pin.ts";
+import { formatError, formatIncoming, sanitize } from "../src/client/format.ts";
+import { ChatLink, type LinkOptions, messageFrame } from "../src/client/link.ts";
+import { type HiddenPromptIo, parseInput, promptHidden } from "../src/client/tty.ts";
 import {
   ensureCertificates,
   fingerprintFileText,
   fingerprintOf,
   formatFingerprint,
-} from "../src/certs.ts";
-import { encodeFrame, FrameReader } from "../src/protocol.ts";
+} from "../src/server/certs.ts";
+import { encodeFrame, FrameReader } from "../src/protocol/mod.ts";
 import {
   commandAvailable,
   type Frame,
@@ -33,9 +33,9 @@ import {
   testCerts,
   TestClient,
   waitFor,
-} from "./helpers.ts";
+} from "./_helpers.ts";
 
-const CLIENT = new URL("../src/client.ts", import.meta.url).pathname;
+const CLIENT = new URL("../src/client/main.ts", import.meta.url).pathname;
 /** The permissions of `deno task client`. */
 const CLIENT_FLAGS = [
   "--no-prompt",

@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { ConfigError, DEFAULT_LIMITS, parseConfig } from "../src/config.ts";
+import { ConfigError, DEFAULT_LIMITS, parseConfig } from "../src/server/config.ts";
 
 Deno.test("parseConfig uses PROTOCOL.md defaults", () => {
   const config = parseConfig([]);

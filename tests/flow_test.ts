@@ -6,8 +6,8 @@
  * @module
  */
 import assert from "node:assert/strict";
-import { encodeFrame, FrameDecoder } from "../src/protocol.ts";
-import { delay, PASSWORD, startServer, testCerts, TestClient, waitFor } from "./helpers.ts";
+import { encodeFrame, FrameDecoder } from "../src/protocol/mod.ts";
+import { delay, PASSWORD, startServer, testCerts, TestClient, waitFor } from "./_helpers.ts";
 
 const KB60 = "x".repeat(60_000);
 

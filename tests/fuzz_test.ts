@@ -22,9 +22,9 @@ import {
   parseAuth,
   parseChat,
   ProtocolError,
-} from "../src/protocol.ts";
-import { Rng } from "./soak_common.ts";
-import { chunkInput, lengthPrefix, PASSWORD } from "./helpers.ts";
+} from "../src/protocol/mod.ts";
+import { Rng } from "./_soak_common.ts";
+import { chunkInput, lengthPrefix, PASSWORD } from "./_helpers.ts";
 
 const SEED = Number(Deno.env.get("FUZZ_SEED") ?? 0x5eed2026);
 const ITERATIONS = Number(Deno.env.get("FUZZ_ITERATIONS") ?? 100_000);

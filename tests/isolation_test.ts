@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import net from "node:net";
-import { encodeFrame } from "../src/protocol.ts";
-import { PASSWORD, startServer, testCerts, TestClient, waitFor } from "./helpers.ts";
+import { encodeFrame } from "../src/protocol/mod.ts";
+import { PASSWORD, startServer, testCerts, TestClient, waitFor } from "./_helpers.ts";
 
 /** Open file descriptors of this process (server and test clients both live here). */
 function openFds(): number {

@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { AuthLockout, lockoutKey, TokenBucket } from "../src/limits.ts";
+import { AuthLockout, lockoutKey, TokenBucket } from "../src/server/limits.ts";
 
 Deno.test("TokenBucket allows a burst, then the rate", () => {
   const bucket = new TokenBucket({ rate: 10, burst: 3, now: 0 });

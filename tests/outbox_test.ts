@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { Outbox, type OutboxOptions } from "../src/outbox.ts";
+import { Outbox, type OutboxOptions } from "../src/server/outbox.ts";
 
 /** A writer whose writes complete only when the test says so, like a socket's callbacks. */
 class GatedWriter {

@@ -5,7 +5,7 @@ import {
   PromptCancelled,
   promptHidden,
   readPassword,
-} from "../src/password.ts";
+} from "../src/server/password.ts";
 
 Deno.test("PasswordVerifier accepts only the password", async () => {
   const verifier = await PasswordVerifier.create("s3cret");

@@ -10,8 +10,8 @@ import {
   parseAuth,
   parseChat,
   ProtocolError,
-} from "../src/protocol.ts";
-import { chunkInput } from "./helpers.ts";
+} from "../src/protocol/mod.ts";
+import { chunkInput } from "./_helpers.ts";
 
 const text = new TextDecoder();
 

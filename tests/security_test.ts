@@ -6,9 +6,9 @@
  * @module
  */
 import assert from "node:assert/strict";
-import { encodeFrame } from "../src/protocol.ts";
-import { guessOnce } from "./abuse.ts";
-import { BURST_ADDRESS, GUESS_ADDRESS, HONEST_ADDRESS } from "./soak_common.ts";
+import { encodeFrame } from "../src/protocol/mod.ts";
+import { guessOnce } from "./_abuse.ts";
+import { BURST_ADDRESS, GUESS_ADDRESS, HONEST_ADDRESS } from "./_soak_common.ts";
 import {
   commandAvailable,
   delay,
@@ -18,7 +18,7 @@ import {
   startServer,
   testCerts,
   TestClient,
-} from "./helpers.ts";
+} from "./_helpers.ts";
 
 const MAIN = new URL("../main.ts", import.meta.url).pathname;
 const DECODER = new TextDecoder();

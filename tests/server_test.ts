@@ -1,8 +1,8 @@
 import assert from "node:assert/strict";
 import net from "node:net";
 import tls from "node:tls";
-import { encodeFrame, FrameDecoder } from "../src/protocol.ts";
-import { ChatServer } from "../src/server.ts";
+import { encodeFrame, FrameDecoder } from "../src/protocol/mod.ts";
+import { ChatServer } from "../src/server/server.ts";
 import {
   type Frame,
   lengthPrefix,
@@ -10,7 +10,7 @@ import {
   startServer,
   testCerts,
   TestClient,
-} from "./helpers.ts";
+} from "./_helpers.ts";
 
 /** Logs in through node:tls from a chosen loopback source address; returns the replies. */
 async function loginFrom(

@@ -1,5 +1,5 @@
 /**
- * A few seconds of the soak (`tests/soak.ts`) inside `deno task test`: an in-process server with
+ * A few seconds of the soak (`tests/_soak.ts`) inside `deno task test`: an in-process server with
  * its default per-IP cap, honest clients chatting from a few loopback addresses, and one wave of
  * every kind of abuse at the same time (a burst past the per-IP cap, a client that never reads
  * and one that stops reading while flooders fill the room among them).
@@ -9,10 +9,10 @@
  * @module
  */
 import assert from "node:assert/strict";
-import type { Limits } from "../src/config.ts";
-import { DEFAULT_LIMITS } from "../src/config.ts";
-import { formatReport, runSoak, type SoakReport } from "./soak.ts";
-import { startServer, testCerts } from "./helpers.ts";
+import type { Limits } from "../src/server/config.ts";
+import { DEFAULT_LIMITS } from "../src/server/config.ts";
+import { formatReport, runSoak, type SoakReport } from "./_soak.ts";
+import { startServer, testCerts } from "./_helpers.ts";
 
 const SEED = Number(Deno.env.get("SOAK_TEST_SEED") ?? 20261125);
 const SECONDS = Number(Deno.env.get("SOAK_TEST_SECONDS") ?? 6);

@@ -35,14 +35,14 @@
  */
 
 import { parseArgs } from "node:util";
-import { DEFAULT_SENDER, type JsonObject, parseChat } from "./protocol.ts";
-import { ClientError, EXIT_OK, EXIT_USAGE } from "./client_exit.ts";
-import { normalizeFingerprint, readFingerprintFile } from "./client_pin.ts";
-import { formatFingerprint } from "./certs.ts";
-import { formatError, formatIncoming } from "./client_format.ts";
-import { ChatLink, messageFrame } from "./client_link.ts";
-import { INTERACTIVE_HELP, parseInput, promptHidden, TerminalUi } from "./client_tty.ts";
-import { runScripted } from "./client_script.ts";
+import { DEFAULT_SENDER, type JsonObject, parseChat } from "../protocol/mod.ts";
+import { ClientError, EXIT_OK, EXIT_USAGE } from "./exit.ts";
+import { normalizeFingerprint, readFingerprintFile } from "./pin.ts";
+import { formatFingerprint } from "../server/certs.ts";
+import { formatError, formatIncoming } from "./format.ts";
+import { ChatLink, messageFrame } from "./link.ts";
+import { INTERACTIVE_HELP, parseInput, promptHidden, TerminalUi } from "./tty.ts";
+import { runScripted } from "./script.ts";
 
 export {
   ClientError,
@@ -52,7 +52,7 @@ export {
   EXIT_INTERRUPTED,
   EXIT_OK,
   EXIT_USAGE,
-} from "./client_exit.ts";
+} from "./exit.ts";
 
 /** Default server host. */
 export const DEFAULT_HOST = "127.0.0.1";

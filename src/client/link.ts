@@ -9,9 +9,9 @@
  * @module
  */
 
-import { DEFAULT_MAX_FRAME, encodeFrame, HEADER_SIZE, type JsonObject } from "./protocol.ts";
-import { ClientError, EXIT_CONNECT } from "./client_exit.ts";
-import { connect, type Connection, type ConnectOptions } from "./client_conn.ts";
+import { DEFAULT_MAX_FRAME, encodeFrame, HEADER_SIZE, type JsonObject } from "../protocol/mod.ts";
+import { ClientError, EXIT_CONNECT } from "./exit.ts";
+import { connect, type Connection, type ConnectOptions } from "./conn.ts";
 
 /** First reconnect delay, milliseconds. */
 export const BACKOFF_INITIAL_MS = 1_000;

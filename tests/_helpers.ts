@@ -4,16 +4,16 @@
  *
  * @module
  */
-import { ensureCertificates } from "../src/certs.ts";
-import type { Limits } from "../src/config.ts";
+import { ensureCertificates } from "../src/server/certs.ts";
+import type { Limits } from "../src/server/config.ts";
 import {
   type ByteSource,
   CLIENT_MAX_FRAME,
   encodeFrame,
   FrameReader,
   type JsonObject,
-} from "../src/protocol.ts";
-import { ChatServer, type ChatServerOptions } from "../src/server.ts";
+} from "../src/protocol/mod.ts";
+import { ChatServer, type ChatServerOptions } from "../src/server/server.ts";
 
 /** The password every test server uses. */
 export const PASSWORD = "correct horse battery staple";

@@ -5,7 +5,7 @@
  * @module
  */
 
-import type { ErrorCode, JsonObject } from "./protocol.ts";
+import type { ErrorCode, JsonObject } from "../protocol/mod.ts";
 
 // C0 and C1 controls (ESC, CR, BEL, ...), DEL, and the Unicode bidi and line/paragraph separators
 // that could hide, reorder or fake text on a terminal. Tab and newline are handled separately.

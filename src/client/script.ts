@@ -8,8 +8,8 @@
 
 import readline from "node:readline";
 import process from "node:process";
-import { type ChatLink, messageFrame } from "./client_link.ts";
-import type { ClientError } from "./client_exit.ts";
+import { type ChatLink, messageFrame } from "./link.ts";
+import type { ClientError } from "./exit.ts";
 
 /** Options of {@link runScripted}. */
 export interface ScriptOptions {

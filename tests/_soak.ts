@@ -16,7 +16,7 @@
  * deno task soak --duration 60 --seed 7
  * deno task soak --help
  * # which runs:
- * deno run --no-prompt --allow-net --allow-read --allow-write --allow-run --allow-env tests/soak.ts
+ * deno run --no-prompt --allow-net --allow-read --allow-write --allow-run --allow-env tests/_soak.ts
  * ```
  *
  * Exit code 0 when no honest delivery was lost and a fresh client can still log in and chat at
@@ -26,10 +26,10 @@
  * @module
  */
 import { parseArgs } from "node:util";
-import type { Limits } from "../src/config.ts";
-import type { ServerSnapshot } from "../src/server.ts";
-import { ABUSE_KINDS, type AbuseKind, AbuseTally, runWave } from "./abuse.ts";
-import { HonestLoad, type HonestResult } from "./honest_load.ts";
+import type { Limits } from "../src/server/config.ts";
+import type { ServerSnapshot } from "../src/server/server.ts";
+import { ABUSE_KINDS, type AbuseKind, AbuseTally, runWave } from "./_abuse.ts";
+import { HonestLoad, type HonestResult } from "./_honest_load.ts";
 import {
   type CanaryResult,
   checkAccept,
@@ -38,8 +38,8 @@ import {
   Rng,
   runCanary,
   sleep,
-} from "./soak_common.ts";
-import { PASSWORD, spawnServer, testCerts } from "./helpers.ts";
+} from "./_soak_common.ts";
+import { PASSWORD, spawnServer, testCerts } from "./_helpers.ts";
 
 /** What to run. */
 export interface SoakOptions {

@@ -16,11 +16,11 @@ import {
   type ErrorCode,
   FrameDecoder,
   type JsonObject,
-} from "./protocol.ts";
-import { ClientError, EXIT_AUTH, EXIT_CONNECT, EXIT_FINGERPRINT } from "./client_exit.ts";
-import { fingerprintOfDer } from "./client_pin.ts";
-import { formatFingerprint } from "./certs.ts";
-import { formatError, sanitize } from "./client_format.ts";
+} from "../protocol/mod.ts";
+import { ClientError, EXIT_AUTH, EXIT_CONNECT, EXIT_FINGERPRINT } from "./exit.ts";
+import { fingerprintOfDer } from "./pin.ts";
+import { formatFingerprint } from "../server/certs.ts";
+import { formatError, sanitize } from "./format.ts";
 
 /** Default time allowed for TCP connect, TLS handshake and login together, milliseconds. */
 export const CONNECT_TIMEOUT_MS = 10_000;

@@ -13,7 +13,7 @@
 import { createPrivateKey, createPublicKey } from "node:crypto";
 import { isIP } from "node:net";
 import { join } from "node:path";
-import { PermissionError, requirePermission } from "./permissions.ts";
+import { PermissionError, requirePermission } from "../common/permissions.ts";
 
 /** File name of the certificate inside the cert dir. */
 export const CERT_FILE = "cert.pem";

@@ -26,8 +26,8 @@ import {
   parseAuth,
   parseChat,
   ProtocolError,
-} from "./protocol.ts";
-import type { Client, Registry } from "./registry.ts";
+} from "../protocol/mod.ts";
+import type { Client, Registry } from "../room/registry.ts";
 
 /** How long a closing connection may take to flush its last frames. */
 export const CLOSE_GRACE_MS = 2000;

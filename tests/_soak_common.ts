@@ -1,5 +1,5 @@
 /**
- * Shared pieces of the soak (`tests/soak.ts`) and its short variant (`tests/soak_test.ts`): a
+ * Shared pieces of the soak (`tests/_soak.ts`) and its short variant (`tests/soak_test.ts`): a
  * seeded random source, the loopback addresses each party connects from, a small connection over
  * `node:net`/`node:tls` that can pick its source address, the observation of how a connection
  * ends, a canary that keeps logging in, and the final accept check. The honest load is in
@@ -23,9 +23,9 @@
  */
 import net from "node:net";
 import tls from "node:tls";
-import { startReading, stopReading } from "../src/backpressure.ts";
-import { CLIENT_MAX_FRAME, encodeFrame, FrameReader, type JsonObject } from "../src/protocol.ts";
-import { lengthPrefix, PASSWORD, TestClient } from "./helpers.ts";
+import { startReading, stopReading } from "../src/server/backpressure.ts";
+import { CLIENT_MAX_FRAME, encodeFrame, FrameReader, type JsonObject } from "../src/protocol/mod.ts";
+import { lengthPrefix, PASSWORD, TestClient } from "./_helpers.ts";
 
 /** The loopback address the server listens on. */
 export const SERVER_HOST = "127.0.0.1";

@@ -17,8 +17,8 @@ import {
   type ErrorCode,
   FrameDecoder,
   type JsonObject,
-} from "../src/protocol.ts";
-import { lengthPrefix, PASSWORD } from "./helpers.ts";
+} from "../src/protocol/mod.ts";
+import { lengthPrefix, PASSWORD } from "./_helpers.ts";
 import {
   type AbuseLimits,
   AddressPool,
@@ -44,7 +44,7 @@ import {
   SLACK_MS,
   sleep,
   writeAll,
-} from "./soak_common.ts";
+} from "./_soak_common.ts";
 // ---------------------------------------------------------------------------------------------
 // Abuse
 

@@ -8,8 +8,8 @@
  *
  * @module
  */
-import type { FlowControl } from "./flow.ts";
-import type { Outbox } from "./outbox.ts";
+import type { FlowControl } from "../server/flow.ts";
+import type { Outbox } from "../server/outbox.ts";
 
 /** Size of one arena chunk. A chunk lives until no outbox holds a view of it. */
 const ARENA_SIZE = 64 * 1024;

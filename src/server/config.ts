@@ -4,7 +4,7 @@
  * @module
  */
 import { parseArgs } from "node:util";
-import { DEFAULT_MAX_FRAME } from "./protocol.ts";
+import { DEFAULT_MAX_FRAME } from "../protocol/mod.ts";
 
 /** Limits that protect the server from its clients. Durations are milliseconds. */
 export interface Limits {

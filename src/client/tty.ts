@@ -8,8 +8,8 @@
 
 import readline from "node:readline";
 import process from "node:process";
-import { ClientError, EXIT_INTERRUPTED, EXIT_USAGE } from "./client_exit.ts";
-import { PromptCancelled, promptHidden as promptSecret, type PromptIo } from "./password.ts";
+import { ClientError, EXIT_INTERRUPTED, EXIT_USAGE } from "./exit.ts";
+import { PromptCancelled, promptHidden as promptSecret, type PromptIo } from "../server/password.ts";
 
 /** The terminal operations {@link promptHidden} needs; injectable for tests. */
 export type HiddenPromptIo = PromptIo;

@@ -8,7 +8,7 @@
  *
  * @module
  */
-import { CLIENT_MAX_FRAME, encodeFrame, FrameDecoder, type JsonObject } from "../src/protocol.ts";
+import { CLIENT_MAX_FRAME, encodeFrame, FrameDecoder, type JsonObject } from "../src/protocol/mod.ts";
 import {
   AUTH_FRAME,
   connectFrom,
@@ -20,7 +20,7 @@ import {
   type NetConn,
   Rng,
   sleep,
-} from "./soak_common.ts";
+} from "./_soak_common.ts";
 // ---------------------------------------------------------------------------------------------
 // Honest load
 

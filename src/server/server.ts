@@ -19,8 +19,8 @@ import { DEFAULT_LIMITS, type Limits } from "./config.ts";
 import { FlowControl } from "./flow.ts";
 import { AuthLockout } from "./limits.ts";
 import { PasswordVerifier } from "./password.ts";
-import { encodeError, type ErrorCode } from "./protocol.ts";
-import { Registry } from "./registry.ts";
+import { encodeError, type ErrorCode } from "../protocol/mod.ts";
+import { Registry } from "../room/registry.ts";
 import {
   CLOSE_GRACE_MS,
   normalizeIp,
