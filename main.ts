@@ -31,16 +31,12 @@ import {
   fingerprintBanner,
   writeFingerprintFile,
 } from "./src/server/certs.ts";
+import { readEnv } from "./src/common/env.ts";
 import { ConfigError, parseConfig, type ServerConfig, USAGE } from "./src/server/config.ts";
 import { setupLogging } from "./src/server/log.ts";
 import { PasswordError, PasswordVerifier, readPassword } from "./src/server/password.ts";
 import { hasPermission, PermissionError, requirePermission } from "./src/common/permissions.ts";
 import { ChatServer } from "./src/server/server.ts";
-
-/** Reads an environment variable only if access was granted, so Deno never prompts. */
-function readEnv(name: string): string | undefined {
-  return hasPermission({ name: "env", variable: name }) ? Deno.env.get(name) : undefined;
-}
 
 /** Errors whose message is meant for the person at the terminal. */
 function isUserError(error: unknown): error is Error {

@@ -12,10 +12,10 @@ import net from "node:net";
 import tls from "node:tls";
 import {
   CLIENT_MAX_FRAME,
-  CLOSING_CODES,
   encodeFrame,
-  type ErrorCode,
+  ERRORS,
   FrameDecoder,
+  isErrorCode,
   type JsonObject,
 } from "../src/protocol/mod.ts";
 import { lengthPrefix, PASSWORD } from "./_helpers.ts";
@@ -522,7 +522,7 @@ const abusers: Record<AbuseKind, Abuser> = {
     ctx.tally.count(o.frames);
     const codes = codesOf(o.frames);
     const ok = closed(o) && codes.length <= 1 &&
-      codes.every((code) => CLOSING_CODES.has(code as ErrorCode));
+      codes.every((code) => isErrorCode(code) && ERRORS[code].closes);
     ctx.tally.record("garbage-tls", describe(o), ok);
   },
 

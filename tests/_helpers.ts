@@ -6,13 +6,8 @@
  */
 import { ensureCertificates } from "../src/server/certs.ts";
 import type { Limits } from "../src/server/config.ts";
-import {
-  type ByteSource,
-  CLIENT_MAX_FRAME,
-  encodeFrame,
-  FrameReader,
-  type JsonObject,
-} from "../src/protocol/mod.ts";
+import { CLIENT_MAX_FRAME, encodeFrame, type JsonObject } from "../src/protocol/mod.ts";
+import { type ByteSource, FrameReader } from "./_frame_reader.ts";
 import { ChatServer, type ChatServerOptions } from "../src/server/server.ts";
 
 /** The password every test server uses. */
@@ -301,14 +296,23 @@ export function commandAvailable(command: string, args: string[]): boolean {
 
 /**
  * Chunks fed to a `FrameReader` in both of its modes: `"source"` is a `read()`-style source like a
- * `Deno.Conn` (what the server uses), `"stream"` a byte stream read through a BYOB reader. Each
- * read returns at most the rest of the current chunk, so the splits are exactly the given ones.
+ * `Deno.Conn`, `"stream"` a `ReadableStream` of the chunks. Each read returns at most the rest of
+ * the current chunk, so the splits are exactly the given ones.
  */
 export function chunkInput(
   mode: "source" | "stream",
   chunks: Uint8Array[],
 ): ReadableStream<Uint8Array> | ByteSource {
   const queue = chunks.map((chunk) => chunk.slice());
+  if (mode === "stream") {
+    return new ReadableStream({
+      pull(controller) {
+        const chunk = queue.shift();
+        if (chunk === undefined) controller.close();
+        else controller.enqueue(chunk);
+      },
+    });
+  }
   const take = (into: Uint8Array): number | null => {
     const chunk = queue.shift();
     if (chunk === undefined) return null;
@@ -317,19 +321,5 @@ export function chunkInput(
     if (n < chunk.length) queue.unshift(chunk.subarray(n));
     return n;
   };
-  if (mode === "source") return { read: (buffer) => Promise.resolve(take(buffer)) };
-  return new ReadableStream({
-    type: "bytes",
-    pull(controller) {
-      const request = controller.byobRequest!;
-      const view = request.view!;
-      const n = take(new Uint8Array(view.buffer, view.byteOffset, view.byteLength));
-      if (n === null) {
-        controller.close();
-        request.respond(0);
-      } else {
-        request.respond(n);
-      }
-    },
-  });
+  return { read: (buffer) => Promise.resolve(take(buffer)) };
 }

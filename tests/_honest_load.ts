@@ -8,7 +8,12 @@
  *
  * @module
  */
-import { CLIENT_MAX_FRAME, encodeFrame, FrameDecoder, type JsonObject } from "../src/protocol/mod.ts";
+import {
+  CLIENT_MAX_FRAME,
+  encodeFrame,
+  FrameDecoder,
+  type JsonObject,
+} from "../src/protocol/mod.ts";
 import {
   AUTH_FRAME,
   connectFrom,

@@ -24,7 +24,8 @@
 import net from "node:net";
 import tls from "node:tls";
 import { startReading, stopReading } from "../src/server/backpressure.ts";
-import { CLIENT_MAX_FRAME, encodeFrame, FrameReader, type JsonObject } from "../src/protocol/mod.ts";
+import { CLIENT_MAX_FRAME, encodeFrame, type JsonObject } from "../src/protocol/mod.ts";
+import { FrameReader } from "./_frame_reader.ts";
 import { lengthPrefix, PASSWORD, TestClient } from "./_helpers.ts";
 
 /** The loopback address the server listens on. */

@@ -7,10 +7,10 @@ import {
   fingerprintBanner,
   fingerprintFileText,
   fingerprintOf,
-  formatFingerprint,
   LOCK_FILE,
   writeFingerprintFile,
 } from "../src/server/certs.ts";
+import { formatFingerprint } from "../src/common/fingerprint.ts";
 
 const HEX = "a1b2c3d4e5f67890abcdef1234567890abcdef1234567890abcdef1234567890";
 const CERTS_MODULE = new URL("../src/server/certs.ts", import.meta.url).href;

@@ -8,22 +8,20 @@ import {
   EXIT_INTERRUPTED,
   EXIT_OK,
   EXIT_USAGE,
-  INSECURE_WARNING,
-  parseClientArgs,
-  PASSWORD_PROMPT,
-} from "../src/client/main.ts";
-import { fingerprintOfDer, normalizeFingerprint, parseFingerprintFile } from "../src/client/pin.ts";
-import { readFingerprintFile } from "../src/client/pin.ts";
+} from "../src/client/exit.ts";
+import { INSECURE_WARNING, parseClientArgs, PASSWORD_PROMPT } from "../src/client/main.ts";
+import { parseFingerprintFile, readFingerprintFile } from "../src/client/pin.ts";
+import {
+  fingerprintOfDer,
+  formatFingerprint,
+  normalizeFingerprint,
+} from "../src/common/fingerprint.ts";
 import { formatError, formatIncoming, sanitize } from "../src/client/format.ts";
 import { ChatLink, type LinkOptions, messageFrame } from "../src/client/link.ts";
 import { type HiddenPromptIo, parseInput, promptHidden } from "../src/client/tty.ts";
-import {
-  ensureCertificates,
-  fingerprintFileText,
-  fingerprintOf,
-  formatFingerprint,
-} from "../src/server/certs.ts";
-import { encodeFrame, FrameReader } from "../src/protocol/mod.ts";
+import { ensureCertificates, fingerprintFileText, fingerprintOf } from "../src/server/certs.ts";
+import { encodeFrame } from "../src/protocol/mod.ts";
+import { FrameReader } from "./_frame_reader.ts";
 import {
   commandAvailable,
   type Frame,

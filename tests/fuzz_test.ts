@@ -16,13 +16,13 @@ import {
   encodeBroadcast,
   encodeError,
   FrameDecoder,
-  FrameReader,
   type JsonObject,
   MAX_SENDER_CHARS,
   parseAuth,
   parseChat,
   ProtocolError,
 } from "../src/protocol/mod.ts";
+import { FrameReader } from "./_frame_reader.ts";
 import { Rng } from "./_soak_common.ts";
 import { chunkInput, lengthPrefix, PASSWORD } from "./_helpers.ts";
 
@@ -324,7 +324,7 @@ async function readerDecode(chunks: Uint8Array[], maxFrame: number): Promise<Dec
     }
   } catch (error) {
     if (error instanceof Deno.errors.UnexpectedEof) {
-      return { frames, error: null, pending: reader.buffered || 1 };
+      return { frames, error: null, pending: 1 };
     }
     return { frames, error: protocolCode(error, FRAME_CODES, "FrameReader"), pending: 0 };
   }

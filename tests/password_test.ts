@@ -1,11 +1,6 @@
 import assert from "node:assert/strict";
-import {
-  PasswordError,
-  PasswordVerifier,
-  PromptCancelled,
-  promptHidden,
-  readPassword,
-} from "../src/server/password.ts";
+import { PasswordError, PasswordVerifier, readPassword } from "../src/server/password.ts";
+import { PromptCancelled, promptHidden } from "../src/common/prompt.ts";
 
 Deno.test("PasswordVerifier accepts only the password", async () => {
   const verifier = await PasswordVerifier.create("s3cret");

@@ -6,11 +6,11 @@ import {
   encodeBroadcast,
   encodeFrame,
   FrameDecoder,
-  FrameReader,
   parseAuth,
   parseChat,
   ProtocolError,
 } from "../src/protocol/mod.ts";
+import { FrameReader } from "./_frame_reader.ts";
 import { chunkInput } from "./_helpers.ts";
 
 const text = new TextDecoder();

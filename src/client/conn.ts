@@ -10,16 +10,15 @@ import tls from "node:tls";
 import { isIP } from "node:net";
 import {
   CLIENT_MAX_FRAME,
-  CLOSING_CODES,
   decodeBody,
   encodeFrame,
-  type ErrorCode,
+  ERRORS,
   FrameDecoder,
+  isErrorCode,
   type JsonObject,
 } from "../protocol/mod.ts";
 import { ClientError, EXIT_AUTH, EXIT_CONNECT, EXIT_FINGERPRINT } from "./exit.ts";
-import { fingerprintOfDer } from "./pin.ts";
-import { formatFingerprint } from "../server/certs.ts";
+import { fingerprintOfDer, formatFingerprint } from "../common/fingerprint.ts";
 import { formatError, sanitize } from "./format.ts";
 
 /** Default time allowed for TCP connect, TLS handshake and login together, milliseconds. */
@@ -165,7 +164,7 @@ export class Connection {
       return;
     }
     for (const frame of frames) {
-      if (frame.type === "error" && CLOSING_CODES.has(frame.code as ErrorCode)) {
+      if (frame.type === "error" && isErrorCode(frame.code) && ERRORS[frame.code].closes) {
         this.#closing = true;
       }
       if (this.#handlers) this.#handlers.onFrame(frame);

@@ -5,7 +5,7 @@
  * @module
  */
 
-import type { ErrorCode, JsonObject } from "../protocol/mod.ts";
+import { ERRORS, isErrorCode, type JsonObject } from "../protocol/mod.ts";
 
 // C0 and C1 controls (ESC, CR, BEL, ...), DEL, and the Unicode bidi and line/paragraph separators
 // that could hide, reorder or fake text on a terminal. Tab and newline are handled separately.
@@ -53,29 +53,10 @@ export function formatIncoming(frame: JsonObject, date: Date): string {
   return `[${formatTime(date)}] ${sender} (${ip}): ${content}`;
 }
 
-const PLAIN_ERRORS: Record<ErrorCode, string> = {
-  frame_too_large: "The server refused a frame as too large",
-  empty_frame: "The server refused an empty frame",
-  invalid_json: "The server could not read what this client sent",
-  not_an_object: "The server could not read what this client sent",
-  auth_required: "The server expected a login first",
-  auth_timeout: "Login took too long and the server gave up",
-  locked_out: "Too many failed logins from this address; the server locked it out for a while",
-  server_full: "The server is full; try again later",
-  too_many_connections: "Too many connections from this address",
-  already_authenticated: "Already logged in",
-  unknown_type: "The server does not know that kind of request",
-  invalid_message: "The server did not accept that message",
-  rate_limited: "Message dropped: you are sending too fast",
-  shutting_down: "The server is shutting down",
-};
-
 /** Explains a received `error` frame in plain words, followed by the server's own sentence. */
 export function formatError(frame: JsonObject): string {
   const code = text(frame.code, "");
-  const plain = Object.hasOwn(PLAIN_ERRORS, code)
-    ? PLAIN_ERRORS[code as ErrorCode]
-    : "The server reported an error";
+  const plain = isErrorCode(code) ? ERRORS[code].plain : "The server reported an error";
   const detail = typeof frame.error === "string" && frame.error !== "" ? frame.error : code;
   return detail ? `${plain} (${sanitize(detail)})` : plain;
 }

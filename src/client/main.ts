@@ -35,24 +35,16 @@
  */
 
 import { parseArgs } from "node:util";
+import { parseHost, parsePort } from "../common/address.ts";
+import { type EnvReader, readEnv } from "../common/env.ts";
 import { DEFAULT_SENDER, type JsonObject, parseChat } from "../protocol/mod.ts";
 import { ClientError, EXIT_OK, EXIT_USAGE } from "./exit.ts";
-import { normalizeFingerprint, readFingerprintFile } from "./pin.ts";
-import { formatFingerprint } from "../server/certs.ts";
+import { readFingerprintFile } from "./pin.ts";
+import { formatFingerprint, normalizeFingerprint } from "../common/fingerprint.ts";
 import { formatError, formatIncoming } from "./format.ts";
 import { ChatLink, messageFrame } from "./link.ts";
 import { INTERACTIVE_HELP, parseInput, promptHidden, TerminalUi } from "./tty.ts";
 import { runScripted } from "./script.ts";
-
-export {
-  ClientError,
-  EXIT_AUTH,
-  EXIT_CONNECT,
-  EXIT_FINGERPRINT,
-  EXIT_INTERRUPTED,
-  EXIT_OK,
-  EXIT_USAGE,
-} from "./exit.ts";
 
 /** Default server host. */
 export const DEFAULT_HOST = "127.0.0.1";
@@ -95,9 +87,6 @@ export interface ClientOptions {
   help: boolean;
 }
 
-/** Reads an environment variable the client is allowed to see; `undefined` if unset or empty. */
-export type EnvReader = (name: string) => string | undefined;
-
 function usageError(message: string): ClientError {
   return new ClientError(EXIT_USAGE, message);
 }
@@ -128,12 +117,13 @@ export function parseClientArgs(args: string[], env: EnvReader): ClientOptions {
   } catch (error) {
     throw usageError((error as Error).message);
   }
-  const host = values.host ?? env("HOST") ?? DEFAULT_HOST;
-  if (host.trim() === "") throw usageError("Invalid host: it is empty");
-  const portText = values.port ?? env("PORT") ?? String(DEFAULT_PORT);
-  const port = Number(portText);
-  if (!/^\d+$/.test(portText) || port < 1 || port > 65535) {
-    throw usageError(`Invalid port ${JSON.stringify(portText)}: expected 1 to 65535`);
+  let host: string;
+  let port: number;
+  try {
+    host = parseHost(values.host ?? env("HOST") ?? DEFAULT_HOST);
+    port = parsePort(values.port ?? env("PORT") ?? String(DEFAULT_PORT), 1);
+  } catch (error) {
+    throw usageError((error as Error).message);
   }
   const name = values.name ?? DEFAULT_SENDER;
   try {
@@ -195,15 +185,6 @@ export function insecureNotice(fingerprint: string): string {
     `  export CHAT_SERVER_FINGERPRINT=${fingerprint}`,
     "or --fingerprint HEX, or --fingerprint-file path/to/server_fingerprint.txt",
   ].join("\n");
-}
-
-function readEnv(name: string): string | undefined {
-  try {
-    const value = Deno.env.get(name);
-    return value === "" ? undefined : value;
-  } catch {
-    return undefined;
-  }
 }
 
 async function readPassword(env: EnvReader): Promise<string> {

@@ -3,31 +3,13 @@
  * fingerprints of the server certificate.
  *
  * A fingerprint is SHA-256 over the DER of the server certificate, written as 64 lowercase hex
- * digits (see `fingerprintOf` and `formatFingerprint` in `certs.ts` for the server side). Users
+ * digits (`src/common/fingerprint.ts`, shared with the server). Users
  * may give it with or without colons, in any case.
  *
  * @module
  */
 
-/** Marker line in the server's `server_fingerprint.txt` that precedes the bare hex fingerprint. */
-export const FINGERPRINT_FILE_MARKER = "# Fingerprint (for client verification):";
-
-const HEX64 = /^[0-9a-f]{64}$/;
-
-/**
- * Normalises a fingerprint given by a user: strips colons and surrounding space, lowercases.
- * Returns `undefined` unless the result is exactly 64 hex digits.
- */
-export function normalizeFingerprint(text: string): string | undefined {
-  const hex = text.trim().replaceAll(":", "").toLowerCase();
-  return HEX64.test(hex) ? hex : undefined;
-}
-
-/** Computes the fingerprint (lowercase hex SHA-256) of a DER-encoded certificate. */
-export async function fingerprintOfDer(der: Uint8Array): Promise<string> {
-  const digest = await crypto.subtle.digest("SHA-256", der as Uint8Array<ArrayBuffer>);
-  return new Uint8Array(digest).toHex();
-}
+import { FINGERPRINT_FILE_MARKER, normalizeFingerprint } from "../common/fingerprint.ts";
 
 /**
  * Extracts the fingerprint from the text of a `server_fingerprint.txt` file.

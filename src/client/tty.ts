@@ -9,13 +9,13 @@
 import readline from "node:readline";
 import process from "node:process";
 import { ClientError, EXIT_INTERRUPTED, EXIT_USAGE } from "./exit.ts";
-import { PromptCancelled, promptHidden as promptSecret, type PromptIo } from "../server/password.ts";
+import { PromptCancelled, promptHidden as promptSecret, type PromptIo } from "../common/prompt.ts";
 
 /** The terminal operations {@link promptHidden} needs; injectable for tests. */
 export type HiddenPromptIo = PromptIo;
 
 /**
- * The shared hidden prompt of `src/password.ts`, with its cancellations turned into exits.
+ * The shared hidden prompt of `src/common/prompt.ts`, with its cancellations turned into exits.
  *
  * @throws {ClientError} `EXIT_INTERRUPTED` on Ctrl-C, `EXIT_USAGE` on Ctrl-D or end of input
  * before anything was typed.

@@ -14,6 +14,11 @@ import { createPrivateKey, createPublicKey } from "node:crypto";
 import { isIP } from "node:net";
 import { join } from "node:path";
 import { PermissionError, requirePermission } from "../common/permissions.ts";
+import {
+  FINGERPRINT_FILE_MARKER,
+  fingerprintOfDer,
+  formatFingerprint,
+} from "../common/fingerprint.ts";
 
 /** File name of the certificate inside the cert dir. */
 export const CERT_FILE = "cert.pem";
@@ -53,18 +58,23 @@ export interface CertOptions {
 
 /** A certificate and its matching private key, ready for the TLS listener. */
 export interface CertPair {
+  /** The certificate chain, PEM. */
   certPem: string;
+  /** The private key, PEM. */
   keyPem: string;
   /** SHA-256 of the DER of the first certificate: lowercase hex, 64 characters, no colons. */
   fingerprint: string;
   /** True if this call generated the pair. */
   generated: boolean;
+  /** Where the certificate was read from. */
   certPath: string;
+  /** Where the key was read from. */
   keyPath: string;
 }
 
 /** A certificate problem the user must fix; the message names the fix. */
 export class CertError extends Error {
+  /** An error whose message says what to fix. */
   constructor(message: string, options?: ErrorOptions) {
     super(message, options);
     this.name = "CertError";
@@ -108,15 +118,7 @@ export async function ensureCertificates(options: CertOptions): Promise<CertPair
 export async function fingerprintOf(certPem: string): Promise<string> {
   const cert = firstCertificate(certPem);
   if (cert === null) throw new CertError("Cannot compute fingerprint: no PEM certificate found");
-  return new Uint8Array(await crypto.subtle.digest("SHA-256", cert.der)).toHex();
-}
-
-/** Formats a hex fingerprint as colon-separated byte pairs: `"a1b2"` becomes `"a1:b2"`. */
-export function formatFingerprint(hex: string): string {
-  if (!/^(?:[0-9a-f]{2})+$/.test(hex)) {
-    throw new TypeError(`Cannot format fingerprint: "${hex}" is not lowercase hex`);
-  }
-  return hex.match(/../g)!.join(":");
+  return await fingerprintOfDer(cert.der);
 }
 
 /** The banner printed at every start (the seed's format), ending with a newline. */
@@ -141,7 +143,7 @@ export function fingerprintFileText(hex: string, generated: Date): string {
     "# Server Certificate Information",
     `# Generated: ${generated.toISOString()}`,
     "",
-    "# Fingerprint (for client verification):",
+    FINGERPRINT_FILE_MARKER,
     hex,
     "",
     "# Formatted:",

@@ -4,6 +4,8 @@
  * @module
  */
 import { parseArgs } from "node:util";
+import { parseHost, parsePort } from "../common/address.ts";
+import type { EnvReader } from "../common/env.ts";
 import { DEFAULT_MAX_FRAME } from "../protocol/mod.ts";
 
 /** Limits that protect the server from its clients. Durations are milliseconds. */
@@ -137,7 +139,7 @@ const NUMERIC_FLAGS = {
  */
 export function parseConfig(
   args: string[],
-  env: (name: string) => string | undefined = () => undefined,
+  env: EnvReader = () => undefined,
 ): ServerConfig {
   const stringFlags = [
     "host",
@@ -192,12 +194,13 @@ export function parseConfig(
     );
   }
 
-  const host = flag("host") ?? env("HOST") ?? "127.0.0.1";
-  if (host.trim() === "") throw new ConfigError("Invalid host: it is empty");
-  const portText = flag("port") ?? env("PORT") ?? "4000";
-  const port = Number(portText);
-  if (!/^\d+$/.test(portText.trim()) || port > 65535) {
-    throw new ConfigError(`Invalid port ${JSON.stringify(portText)}: expected 0 to 65535`);
+  let host: string;
+  let port: number;
+  try {
+    host = parseHost(flag("host") ?? env("HOST") ?? "127.0.0.1");
+    port = parsePort(flag("port") ?? env("PORT") ?? "4000", 0);
+  } catch (error) {
+    throw new ConfigError((error as Error).message);
   }
 
   const certFile = flag("cert");

@@ -21,13 +21,9 @@ import { AuthLockout } from "./limits.ts";
 import { PasswordVerifier } from "./password.ts";
 import { encodeError, type ErrorCode } from "../protocol/mod.ts";
 import { Registry } from "../room/registry.ts";
-import {
-  CLOSE_GRACE_MS,
-  normalizeIp,
-  type ServerStats,
-  Session,
-  type SessionContext,
-} from "./session.ts";
+import { CLOSE_GRACE_MS, normalizeIp } from "./socket.ts";
+import type { ServerStats } from "./stats.ts";
+import { Session, type SessionContext } from "./session.ts";
 
 /** Refusals (handshake, then an error frame) in progress at once; past this, closed at once. */
 const MAX_REFUSING = 256;
@@ -138,6 +134,7 @@ export class ChatServer implements AsyncDisposable {
     errors: {},
   };
 
+  /** A server with these options; nothing happens until {@link ChatServer.listen}. */
   constructor(options: ChatServerOptions) {
     if (options.password === undefined && options.verifier === undefined) {
       throw new TypeError("ChatServer needs a password or a verifier");
@@ -286,6 +283,7 @@ export class ChatServer implements AsyncDisposable {
     return this.#closing;
   }
 
+  /** Closes the server, as {@link ChatServer.close} does (for `await using`). */
   [Symbol.asyncDispose](): Promise<void> {
     return this.close();
   }

@@ -28,31 +28,11 @@ import {
   ProtocolError,
 } from "../protocol/mod.ts";
 import type { Client, Registry } from "../room/registry.ts";
-
-/** How long a closing connection may take to flush its last frames. */
-export const CLOSE_GRACE_MS = 2000;
+import { CLOSE_GRACE_MS } from "./socket.ts";
+import type { ServerStats } from "./stats.ts";
 
 /** The one `rate_limited` notice, encoded once. */
 const RATE_LIMITED_FRAME = encodeError("rate_limited", "Message dropped: sending too fast");
-
-/** Counters shared by all sessions of a server. */
-export interface ServerStats {
-  accepted: number;
-  rejected: number;
-  handshakeFailures: number;
-  handshakeTimeouts: number;
-  authenticated: number;
-  authFailures: number;
-  messages: number;
-  deliveries: number;
-  /** Clients dropped for holding the room back without reading (flow control). */
-  stalledReaders: number;
-  /** Clients dropped for accepting nothing for `--write-timeout`. */
-  writeTimeouts: number;
-  /** Times a sender was paused because a recipient's queue was full. */
-  senderPauses: number;
-  errors: Partial<Record<ErrorCode, number>>;
-}
 
 /** What a session needs from its server. */
 export interface SessionContext {
@@ -81,12 +61,6 @@ const SESSION = Symbol("session");
 
 /** A socket with its session attached. */
 type SessionSocket = TLSSocket & { [SESSION]: Session };
-
-/** Shows an IPv4-mapped IPv6 address (`::ffff:1.2.3.4`) as plain IPv4. */
-export function normalizeIp(hostname: string): string {
-  const mapped = /^::ffff:(\d+\.\d+\.\d+\.\d+)$/i.exec(hostname);
-  return mapped ? mapped[1] : hostname;
-}
 
 const enum State {
   /** Waiting for the auth frame. */

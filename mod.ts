@@ -1,0 +1,63 @@
+/**
+ * A TLS group-chat server, embeddable: {@link ChatServer} listens, authenticates clients against
+ * a shared password (kept only as a SHA-256 digest) and broadcasts every message to every other
+ * logged-in client, with the limits, flow control and error codes of the protocol. The wire
+ * format (length-prefixed JSON frames) is exported too, for clients and tools.
+ *
+ * Run it from the command line with `deno task start` (see the README); import this module to
+ * run it inside another program or test.
+ *
+ * @example Run a server on a free port and stop it
+ * ```ts
+ * import { ChatServer, ensureCertificates } from "./mod.ts";
+ *
+ * const pair = await ensureCertificates({ certDir: "certs", host: "127.0.0.1" });
+ * await using server = new ChatServer({
+ *   cert: pair.certPem,
+ *   key: pair.keyPem,
+ *   password: "s3cret",
+ *   port: 0,
+ * });
+ * const { port } = await server.listen();
+ * console.log(`listening on ${port}`);
+ * // `await using` closes it at the end of the scope; or call `await server.close()`.
+ * ```
+ *
+ * @example Encode and decode frames
+ * ```ts
+ * import { decodeBody, encodeFrame, FrameDecoder } from "./mod.ts";
+ *
+ * const decoder = new FrameDecoder({ maxFrame: 65536 });
+ * decoder.feed(encodeFrame({ type: "auth", password: "s3cret" }));
+ * const body = decoder.next(); // the JSON bytes of the first complete frame
+ * if (body) console.log(decodeBody(body).type); // "auth"
+ * ```
+ *
+ * @module
+ */
+export { ChatServer, type ChatServerOptions, type ServerSnapshot } from "./src/server/server.ts";
+export type { ServerStats } from "./src/server/stats.ts";
+export { DEFAULT_LIMITS, type Limits } from "./src/server/config.ts";
+export {
+  CertError,
+  type CertOptions,
+  type CertPair,
+  ensureCertificates,
+  fingerprintOf,
+} from "./src/server/certs.ts";
+export { PasswordVerifier } from "./src/server/password.ts";
+export { formatFingerprint } from "./src/common/fingerprint.ts";
+export {
+  CLIENT_MAX_FRAME,
+  decodeBody,
+  DEFAULT_MAX_FRAME,
+  encodeFrame,
+  type ErrorCode,
+  type ErrorInfo,
+  ERRORS,
+  FrameDecoder,
+  HEADER_SIZE,
+  isErrorCode,
+  type JsonObject,
+  ProtocolError,
+} from "./src/protocol/mod.ts";

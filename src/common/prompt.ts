@@ -1,0 +1,100 @@
+/**
+ * A hidden prompt for secrets on the terminal (raw mode, no echo, the terminal's mode always
+ * restored), shared by the server's password prompt and the client's.
+ *
+ * @module
+ */
+
+/** The person left the password prompt (Ctrl-C, or Ctrl-D / end of input on an empty line). */
+export class PromptCancelled extends Error {
+  /** `true` for Ctrl-C. */
+  readonly interrupted: boolean;
+  constructor(message: string, interrupted: boolean) {
+    super(message);
+    this.name = "PromptCancelled";
+    this.interrupted = interrupted;
+  }
+}
+
+/** The terminal operations {@link promptHidden} needs; injectable for tests. */
+export interface PromptIo {
+  /** Reads raw bytes into `buffer`; resolves with the count, or `null` at end of input. */
+  read(buffer: Uint8Array): Promise<number | null>;
+  /** Writes prompt text. */
+  write(text: string): void;
+  /** Switches raw mode (no echo, no line editing, no signals) on or off. */
+  setRaw(raw: boolean): void;
+}
+
+/** The real terminal: reads `Deno.stdin`, writes the prompt to stderr. */
+export function terminalIo(): PromptIo {
+  const encoder = new TextEncoder();
+  return {
+    read: (buffer) => Deno.stdin.read(buffer),
+    write: (text) => void Deno.stderr.writeSync(encoder.encode(text)),
+    setRaw: (raw) => Deno.stdin.setRaw(raw),
+  };
+}
+
+const CTRL_C = 0x03;
+const CTRL_D = 0x04;
+const BACKSPACE = 0x08;
+const CTRL_U = 0x15;
+const ESC = 0x1b;
+const DEL = 0x7f;
+
+/**
+ * Asks for a secret without echoing it. Enter finishes; Backspace and Ctrl-U edit; escape
+ * sequences (arrow keys, bracketed-paste markers) are ignored. Raw mode is switched off again
+ * whatever happens.
+ *
+ * @throws {PromptCancelled} on Ctrl-C, or on Ctrl-D or end of input before anything was typed
+ */
+export async function promptHidden(
+  prompt: string,
+  io: PromptIo = terminalIo(),
+): Promise<string> {
+  const bytes: number[] = [];
+  const buffer = new Uint8Array(256);
+  // 0: plain input, 1: after ESC, 2: inside a CSI/SS3 sequence.
+  let escape = 0;
+  io.setRaw(true);
+  try {
+    io.write(prompt);
+    while (true) {
+      const count = await io.read(buffer);
+      if (count === null) {
+        if (bytes.length === 0) throw new PromptCancelled("No password entered", false);
+        break;
+      }
+      for (const byte of buffer.subarray(0, count)) {
+        if (escape === 1) {
+          escape = byte === 0x5b || byte === 0x4f ? 2 : 0; // "[" or "O"
+        } else if (escape === 2) {
+          if (byte >= 0x40 && byte <= 0x7e) escape = 0;
+        } else if (byte === 0x0d || byte === 0x0a) {
+          return new TextDecoder().decode(Uint8Array.from(bytes));
+        } else if (byte === CTRL_C) {
+          throw new PromptCancelled("Cancelled at the password prompt", true);
+        } else if (byte === CTRL_D) {
+          if (bytes.length === 0) throw new PromptCancelled("No password entered", false);
+          return new TextDecoder().decode(Uint8Array.from(bytes));
+        } else if (byte === DEL || byte === BACKSPACE) {
+          // Drop one whole UTF-8 character: continuation bytes, then the lead byte.
+          while (bytes.length > 0 && (bytes[bytes.length - 1] & 0xc0) === 0x80) bytes.pop();
+          bytes.pop();
+        } else if (byte === CTRL_U) {
+          bytes.length = 0;
+        } else if (byte === ESC) {
+          escape = 1;
+        } else if (byte >= 0x20) {
+          bytes.push(byte);
+        }
+      }
+    }
+    return new TextDecoder().decode(Uint8Array.from(bytes));
+  } finally {
+    io.setRaw(false);
+    io.write("\n");
+  }
+}
