@@ -37,11 +37,13 @@ import { setupLogging } from "./src/server/log.ts";
 import { PasswordError, PasswordVerifier, readPassword } from "./src/server/password.ts";
 import { hasPermission, PermissionError, requirePermission } from "./src/common/permissions.ts";
 import { ChatServer } from "./src/server/server.ts";
+import { type HistoryStore, openStore, StoreOpenError } from "./src/room/store.ts";
 
 /** Errors whose message is meant for the person at the terminal. */
 function isUserError(error: unknown): error is Error {
   return error instanceof ConfigError || error instanceof CertError ||
-    error instanceof PasswordError || error instanceof PermissionError;
+    error instanceof PasswordError || error instanceof PermissionError ||
+    error instanceof StoreOpenError;
 }
 
 function printError(message: string): void {
@@ -82,6 +84,7 @@ export async function main(args: string[]): Promise<number> {
   const logger = getLogger(["chat-server"]);
 
   let server: ChatServer;
+  let store: HistoryStore | undefined;
   try {
     if (config.certsOnly) {
       await loadCertificates(config);
@@ -96,7 +99,15 @@ export async function main(args: string[]): Promise<number> {
     console.log("Server password set successfully...");
     const address = hostPort(config.host, config.port);
     requirePermission({ name: "net", host: address }, `listen on ${address}`);
+    const opened = openStore({ dataDir: config.dataDir, keep: config.limits.historyKeep });
+    store = opened.store;
+    if (opened.warning) logger.warn(opened.warning);
+    else {logger.info("History in {path}, keeping {keep} messages", {
+        path: store.path ?? config.dataDir,
+        keep: config.limits.historyKeep,
+      });}
     server = new ChatServer({
+      history: store,
       hostname: config.host,
       port: config.port,
       cert: pair.certPem,
@@ -105,6 +116,7 @@ export async function main(args: string[]): Promise<number> {
       limits: config.limits,
     });
   } catch (error) {
+    store?.close();
     if (!isUserError(error)) throw error; // a bug: main's caller prints it and exits 1
     printError(error.message);
     return 1;
@@ -112,6 +124,7 @@ export async function main(args: string[]): Promise<number> {
   try {
     await server.listen();
   } catch (error) {
+    store.close();
     printError(`Cannot listen on ${hostPort(config.host, config.port)}: ${listenError(error)}`);
     return 1;
   }
@@ -134,6 +147,7 @@ export async function main(args: string[]): Promise<number> {
   Deno.addSignalListener("SIGTERM", onSignal);
   await stopped.promise;
   await server.close();
+  store.close();
   Deno.removeSignalListener("SIGINT", onSignal);
   Deno.removeSignalListener("SIGTERM", onSignal);
   return 0;

@@ -229,6 +229,22 @@ export interface SpawnedServer extends AsyncDisposable {
 
 const MAIN = new URL("../main.ts", import.meta.url).pathname;
 
+let scratchDataDir: string | undefined;
+
+/**
+ * `args` for main.ts with `--data-dir` pointing into a temp dir (removed when the test process
+ * ends) unless they name one, so spawned servers never write history into the checkout.
+ */
+export function withDataDir(args: string[]): string[] {
+  if (args.some((arg) => arg === "--data-dir" || arg.startsWith("--data-dir="))) return args;
+  if (!scratchDataDir) {
+    const dir = Deno.makeTempDirSync({ prefix: "chat-test-data-" });
+    globalThis.addEventListener("unload", () => Deno.removeSync(dir, { recursive: true }));
+    scratchDataDir = `${dir}/data`;
+  }
+  return [...args, "--data-dir", scratchDataDir];
+}
+
 /**
  * Spawns `deno run main.ts ARGS` and waits for its "server started" line.
  *
@@ -240,7 +256,7 @@ export async function spawnServer(
   options: { env?: Record<string, string>; permissions?: string[]; timeoutMs?: number } = {},
 ): Promise<SpawnedServer> {
   const child = new Deno.Command(Deno.execPath(), {
-    args: ["run", "--no-prompt", ...(options.permissions ?? ["-A"]), MAIN, ...args],
+    args: ["run", "--no-prompt", ...(options.permissions ?? ["-A"]), MAIN, ...withDataDir(args)],
     env: options.env,
     stdin: "null",
     stdout: "piped",

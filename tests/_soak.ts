@@ -528,6 +528,7 @@ async function main(args: string[]): Promise<number> {
       burst: 50,
       maxAuthFailures: 5,
       lockoutMs: 60_000,
+      historyKeep: 100_000,
     };
     options = {
       durationMs: number("duration", 1) * 1000,

@@ -1,6 +1,13 @@
 import assert from "node:assert/strict";
 import { fingerprintBanner } from "../src/server/certs.ts";
-import { commandAvailable, PASSWORD, spawnServer, testCerts, TestClient } from "./_helpers.ts";
+import {
+  commandAvailable,
+  PASSWORD,
+  spawnServer,
+  testCerts,
+  TestClient,
+  withDataDir,
+} from "./_helpers.ts";
 
 const MAIN = new URL("../main.ts", import.meta.url).pathname;
 
@@ -10,7 +17,7 @@ async function runMain(
   options: { env?: Record<string, string>; permissions?: string[] } = {},
 ): Promise<{ code: number; stdout: string; stderr: string }> {
   const { code, stdout, stderr } = await new Deno.Command(Deno.execPath(), {
-    args: ["run", "--no-prompt", ...(options.permissions ?? ["-A"]), MAIN, ...args],
+    args: ["run", "--no-prompt", ...(options.permissions ?? ["-A"]), MAIN, ...withDataDir(args)],
     env: options.env,
     stdin: "null",
   }).output();
@@ -182,7 +189,8 @@ Deno.test("main.ts exits 1 with a clear message when it cannot listen", async (t
       name: "a privileged port without the right to bind it",
       ignore: asRoot && !setpriv,
       fn: async () => {
-        const command = [Deno.execPath(), "run", "--no-prompt", "-A", MAIN, "--cert-dir", dir];
+        const command = [Deno.execPath(), "run", "--no-prompt", "-A", MAIN, "--cert-dir", dir]
+          .concat("--data-dir", `${dir}/data`);
         const argv = asRoot
           ? ["setpriv", "--bounding-set=-net_bind_service", ...command, "--port", "80"]
           : [...command, "--port", "80"];
@@ -337,6 +345,7 @@ Deno.test({
     const dir = await certDirCopy();
     try {
       const command = [Deno.execPath(), "run", "-A", MAIN, "--port", "0", "--cert-dir", dir]
+        .concat("--data-dir", `${dir}/data`)
         .map((arg) => `'${arg}'`).join(" ");
       const child = new Deno.Command("script", {
         args: ["-qefc", command, "/dev/null"],

@@ -21,8 +21,10 @@ Deno.test("parseConfig uses PROTOCOL.md defaults", () => {
     burst: 50,
     maxAuthFailures: 5,
     lockoutMs: 60_000,
+    historyKeep: 100_000,
   });
   assert.deepEqual(config.limits, DEFAULT_LIMITS);
+  assert.equal(config.dataDir, "data");
 });
 
 Deno.test("parseConfig: flags win over environment, environment over defaults", () => {
@@ -47,6 +49,7 @@ Deno.test("parseConfig reads every limit flag", () => {
     "--burst=9",
     "--max-auth-failures=2",
     "--lockout=30",
+    "--history-keep=0",
   ]);
   assert.deepEqual(limits, {
     maxFrame: 1000,
@@ -61,7 +64,9 @@ Deno.test("parseConfig reads every limit flag", () => {
     burst: 9,
     maxAuthFailures: 2,
     lockoutMs: 30_000,
+    historyKeep: 0,
   });
+  assert.equal(parseConfig(["--data-dir", "/var/lib/chat"]).dataDir, "/var/lib/chat");
 });
 
 Deno.test("parseConfig rejects bad values with a message naming the flag", () => {
@@ -71,6 +76,7 @@ Deno.test("parseConfig rejects bad values with a message naming the flag", () =>
     [["--max-frame", "0"], /--max-frame/],
     [["--max-clients", "1.5"], /--max-clients/],
     [["--rate", "-1"], /--rate/],
+    [["--history-keep", "-5"], /--history-keep/],
     [["--auth-timeout", "soon"], /--auth-timeout/],
     [["--log-level", "loud"], /--log-level/],
     [["--log-format", "xml"], /--log-format/],

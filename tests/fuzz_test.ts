@@ -352,8 +352,10 @@ function validate(body: Uint8Array, maxFrame: number): Verdict[] {
   );
   const verdicts: Verdict[] = [];
   try {
-    const password = parseAuth(object);
-    assert.equal(typeof password, "string");
+    const request = parseAuth(object);
+    assert.equal(typeof request.password, "string");
+    assert.equal(typeof request.name, "string");
+    assert.ok(request.history >= 0 && request.history <= 1000);
     assert.equal(object.type, "auth");
     verdicts.push({ stage: "accepted", as: "auth" });
   } catch (error) {

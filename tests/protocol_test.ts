@@ -159,7 +159,7 @@ Deno.test("decodeBody rejects bad UTF-8, bad JSON and non-objects", () => {
 });
 
 Deno.test("parseAuth takes only a well-formed auth and ignores extra fields", () => {
-  assert.equal(parseAuth({ type: "auth", password: "p", username: "seed" }), "p");
+  assert.equal(parseAuth({ type: "auth", password: "p", username: "seed" }).password, "p");
   assert.equal(codeOf(() => parseAuth({ type: "message", content: "x" })), "auth_required");
   assert.equal(codeOf(() => parseAuth({ type: "auth" })), "auth_required");
   assert.equal(codeOf(() => parseAuth({ type: "auth", password: 5 })), "auth_required");

@@ -61,12 +61,15 @@ export function isErrorCode(code: unknown): code is ErrorCode {
 export class ProtocolError extends Error {
   /** The wire code. */
   readonly code: ErrorCode;
+  /** The `ref` of the message the error is about, if it had one. */
+  readonly ref: string | undefined;
 
   /** An error with wire code `code` and the sentence sent to the peer. */
-  constructor(code: ErrorCode, message: string) {
+  constructor(code: ErrorCode, message: string, ref?: string) {
     super(message);
     this.name = "ProtocolError";
     this.code = code;
+    this.ref = ref;
   }
 
   /** Whether the server closes the connection after reporting this error. */

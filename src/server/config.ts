@@ -37,6 +37,8 @@ export interface Limits {
   maxAuthFailures: number;
   /** Lockout window and lockout duration. */
   lockoutMs: number;
+  /** Messages kept in history (older ones are deleted); 0 keeps none. */
+  historyKeep: number;
 }
 
 /** Defaults from PROTOCOL.md. */
@@ -53,6 +55,7 @@ export const DEFAULT_LIMITS: Readonly<Limits> = Object.freeze({
   burst: 50,
   maxAuthFailures: 5,
   lockoutMs: 60_000,
+  historyKeep: 100_000,
 });
 
 /** Log levels accepted by `--log-level`. */
@@ -68,6 +71,8 @@ export interface ServerConfig {
   certFile?: string;
   keyFile?: string;
   passwordFile?: string;
+  /** Where the history database (`chat.db`) lives. */
+  dataDir: string;
   logLevel: typeof LOG_LEVELS[number];
   logFormat: typeof LOG_FORMATS[number];
   /** Generate certificates (if missing), print the fingerprint and exit. */
@@ -107,6 +112,9 @@ Options (flags win over environment variables, which win over defaults):
                             nothing this long is dropped as a stalled reader (default 1)
   --rate N --burst N        messages per second per client and bucket size; --rate 0 disables
                             (default 20 / 50)
+  --data-dir DIR            where the history database chat.db lives (default data); without
+                            permission to write it, history is kept in memory
+  --history-keep N          messages kept in history, 0 keeps none (default 100000)
   --max-auth-failures N     failed logins from one IP before it is locked out (default 5)
   --lockout SECS            lockout window and duration (default 60)
   --log-level LEVEL         debug, info, warning or error (default info)
@@ -128,6 +136,7 @@ const NUMERIC_FLAGS = {
   "burst": { key: "burst", min: 1, max: 1_000_000, scale: 1 },
   "max-auth-failures": { key: "maxAuthFailures", min: 1, max: 1_000_000, scale: 1 },
   "lockout": { key: "lockoutMs", min: 0, max: 86_400 * 7, scale: 1000 },
+  "history-keep": { key: "historyKeep", min: 0, max: 1_000_000_000, scale: 1 },
 } as const satisfies Record<string, { key: keyof Limits; min: number; max: number; scale: number }>;
 
 /**
@@ -146,6 +155,7 @@ export function parseConfig(
     "port",
     "password-file",
     "cert-dir",
+    "data-dir",
     "cert",
     "key",
     "log-level",
@@ -225,6 +235,7 @@ export function parseConfig(
     certFile,
     keyFile,
     passwordFile: flag("password-file"),
+    dataDir: flag("data-dir") ?? "data",
     logLevel: logLevel as ServerConfig["logLevel"],
     logFormat: logFormat as ServerConfig["logFormat"],
     certsOnly: values["certs-only"] === true,

@@ -6,7 +6,7 @@
  * The first write of an idle outbox waits for the end of the current event-loop turn (one
  * `setImmediate` shared by every outbox): a burst of messages read in one turn then leaves as one
  * write (one TLS record, one syscall) per client instead of one per message. Frames that lie
- * back to back in one buffer (as the registry lays out broadcasts) are queued as one run and
+ * back to back in one buffer (as the room lays out broadcasts) are queued as one run and
  * written as one view of that buffer, without a copy per client.
  *
  * Memory: a queued frame is charged for the whole buffer it keeps alive (a view of a 64 KiB arena

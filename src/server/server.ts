@@ -17,10 +17,14 @@ import { getLogger, type Logger } from "@logtape/logtape";
 import { hasTcpBackpressure } from "./backpressure.ts";
 import { DEFAULT_LIMITS, type Limits } from "./config.ts";
 import { FlowControl } from "./flow.ts";
+import type { Outbox } from "./outbox.ts";
+import { Gatekeeper } from "./auth.ts";
 import { AuthLockout } from "./limits.ts";
 import { PasswordVerifier } from "./password.ts";
 import { encodeError, type ErrorCode } from "../protocol/mod.ts";
-import { Registry } from "../room/registry.ts";
+import { LocalRoom, type Mailbox, type Room } from "../room/room.ts";
+import { type HistoryStore, memoryStore } from "../room/store.ts";
+import { SERVER_SOFTWARE } from "./version.ts";
 import { CLOSE_GRACE_MS, normalizeIp } from "./socket.ts";
 import type { ServerStats } from "./stats.ts";
 import { Session, type SessionContext } from "./session.ts";
@@ -54,6 +58,11 @@ export interface ChatServerOptions {
   limits?: Partial<Limits>;
   /** Aborting it closes the server. */
   signal?: AbortSignal;
+  /**
+   * Where the room keeps its history (default: in memory, `limits.historyKeep` messages). The
+   * caller that opens a store closes it after {@link ChatServer.close}.
+   */
+  history?: HistoryStore;
   /** Monotonic clock in milliseconds, for tests (default `performance.now`). */
   now?: () => number;
 }
@@ -68,6 +77,8 @@ export interface ServerSnapshot extends ServerStats {
   refusing: number;
   /** Every socket the server holds: admitted, refusing, or in their TLS handshake. */
   sockets: number;
+  /** Messages kept in history. */
+  historySize: number;
   /** Recipients whose full queue is holding the senders back right now. */
   holders: number;
   /** Senders paused right now. */
@@ -101,7 +112,8 @@ export class ChatServer implements AsyncDisposable {
   #logger: Logger = getLogger(["chat-server"]);
   #server: tls.Server | null = null;
   #flow = new FlowControl();
-  #registry = new Registry(this.#flow);
+  #room: Room;
+  #ownStore: HistoryStore | null = null;
   #lockout: AuthLockout;
   #connections = new Map<Socket, Connection>();
   #sessions = new Set<Session>();
@@ -128,6 +140,8 @@ export class ChatServer implements AsyncDisposable {
     authFailures: 0,
     messages: 0,
     deliveries: 0,
+    refusedMessages: 0,
+    storeErrors: 0,
     stalledReaders: 0,
     writeTimeouts: 0,
     senderPauses: 0,
@@ -142,6 +156,15 @@ export class ChatServer implements AsyncDisposable {
     this.#options = { ...options };
     this.#limits = { ...DEFAULT_LIMITS, ...options.limits };
     this.#now = options.now ?? (() => performance.now());
+    let store = options.history;
+    if (!store) store = this.#ownStore = memoryStore(this.#limits.historyKeep);
+    const flow = this.#flow;
+    this.#room = new LocalRoom({
+      store,
+      replayBytes: this.#limits.maxSendQueue,
+      hold: (mailbox: Mailbox) => flow.hold(mailbox as Outbox),
+      logger: this.#logger,
+    });
     this.#lockout = new AuthLockout({
       maxFailures: this.#limits.maxAuthFailures,
       windowMs: this.#limits.lockoutMs,
@@ -169,9 +192,14 @@ export class ChatServer implements AsyncDisposable {
   stats(): ServerSnapshot {
     return {
       ...this.#stats,
+      messages: this.#room.stats.messages,
+      deliveries: this.#room.stats.deliveries,
+      refusedMessages: this.#room.stats.refused,
+      storeErrors: this.#room.stats.storeErrors,
       errors: { ...this.#stats.errors },
       connections: this.#admitted,
-      clients: this.#registry.size,
+      clients: this.#room.size,
+      historySize: this.#room.historySize,
       refusing: this.#refusing,
       sockets: this.#connections.size,
       holders: this.#flow.holders,
@@ -214,10 +242,24 @@ export class ChatServer implements AsyncDisposable {
       delete this.#options.password;
       this.#context = {
         limits: this.#limits,
-        verifier,
-        registry: this.#registry,
+        gate: new Gatekeeper({
+          verifier,
+          lockout: this.#lockout,
+          stats: this.#stats,
+          logger: this.#logger,
+          now: this.#now,
+        }),
+        room: this.#room,
+        welcome: {
+          type: "welcome",
+          server: SERVER_SOFTWARE,
+          limits: {
+            max_frame: this.#limits.maxFrame,
+            rate: this.#limits.rate,
+            burst: this.#limits.burst,
+          },
+        },
         flow: this.#flow,
-        lockout: this.#lockout,
         logger: this.#logger,
         stats: this.#stats,
         now: this.#now,
@@ -297,11 +339,18 @@ export class ChatServer implements AsyncDisposable {
     clearInterval(this.#watch);
     await this.#starting?.catch(() => {});
     const server = this.#server;
-    if (!server) return;
+    if (!server) {
+      this.#ownStore?.close();
+      return;
+    }
     this.#logger.info("Shutting down: {connections} connections", {
       connections: this.#connections.size,
     });
     const listenerClosed = new Promise<void>((resolve) => server.close(() => resolve()));
+    // Messages accepted this turn are stored, broadcast and acked before the notice goes out;
+    // then members leave without presence traffic (everyone is leaving).
+    this.#room.flush();
+    this.#room.close();
     const handshaking: Socket[] = [];
     for (const [socket, connection] of this.#connections) {
       if (connection.session) connection.session.shutdown();
@@ -325,6 +374,7 @@ export class ChatServer implements AsyncDisposable {
     clearTimeout(deadline);
     clearTimeout(handshakes);
     await listenerClosed;
+    this.#ownStore?.close();
     this.#logger.info("Server stopped");
   }
 

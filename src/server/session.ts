@@ -10,24 +10,25 @@ import type { Logger } from "@logtape/logtape";
 import { startReading, stopReading } from "./backpressure.ts";
 import type { Limits } from "./config.ts";
 import type { FlowControl } from "./flow.ts";
-import type { AuthLockout } from "./limits.ts";
 import { TokenBucket } from "./limits.ts";
 import { Outbox, type OutboxOwner } from "./outbox.ts";
-import type { PasswordVerifier } from "./password.ts";
+import type { Gatekeeper } from "./auth.ts";
 import {
   AUTH_FAILED_FRAME,
   AUTH_OK_FRAME,
   decodeBody,
   DEFAULT_SENDER,
-  encodeBroadcast,
   encodeError,
   type ErrorCode,
   FrameDecoder,
+  type JsonObject,
+  type LeaveReason,
   parseAuth,
-  parseChat,
+  parseRequest,
   ProtocolError,
+  WANTS_IDS,
 } from "../protocol/mod.ts";
-import type { Client, Registry } from "../room/registry.ts";
+import type { Room, RoomMember } from "../room/room.ts";
 import { CLOSE_GRACE_MS } from "./socket.ts";
 import type { ServerStats } from "./stats.ts";
 
@@ -37,10 +38,12 @@ const RATE_LIMITED_FRAME = encodeError("rate_limited", "Message dropped: sending
 /** What a session needs from its server. */
 export interface SessionContext {
   limits: Limits;
-  verifier: PasswordVerifier;
-  registry: Registry;
+  /** Checks passwords under the lockout. */
+  gate: Gatekeeper;
+  room: Room;
+  /** The server's part of the `welcome` frame (`server`, `limits`). */
+  welcome: JsonObject;
   flow: FlowControl;
-  lockout: AuthLockout;
   logger: Logger;
   stats: ServerStats;
   /** Monotonic clock in milliseconds; injectable for tests. */
@@ -75,19 +78,21 @@ const enum State {
 
 /**
  * One client connection, from its completed handshake to its close. Once logged in, the session
- * is the registry's {@link Client}. An idle connection's memory matters at ten thousand of them:
+ * is a {@link RoomMember}. An idle connection's memory matters at ten thousand of them:
  * the socket listeners are shared by every session, and nothing else is allocated per session
  * beyond its decoder, outbox and rate bucket.
  */
-export class Session implements Client, OutboxOwner {
+export class Session implements RoomMember, OutboxOwner {
   /** Connection id, unique per server. */
   readonly id: number;
   /** Peer IP as shown to other clients. */
   readonly ip: string;
-  /** Last `sender` name the client used (`anon` until it sends). */
+  /** Display name from the auth frame (`anon` without one): presence, default `sender`. */
   name: string = DEFAULT_SENDER;
   /** `Date.now()` at login (0 before). */
   since = 0;
+  /** Version-2 features granted at login (`WANTS_*` bits); 0 for a seed client. */
+  features = 0;
   #socket: TLSSocket;
   #ctx: SessionContext;
   #outbox: Outbox;
@@ -279,36 +284,44 @@ export class Session implements Client, OutboxOwner {
   }
 
   async #authenticate(body: Uint8Array): Promise<void> {
-    const { verifier, lockout, stats, logger, registry, limits, now } = this.#ctx;
+    const { gate, logger, room, limits, now } = this.#ctx;
     this.#state = State.Verifying;
     try {
-      const password = parseAuth(decodeBody(body));
-      this.#checkLockout();
-      const ok = await verifier.verify(password);
-      if (this.#state !== State.Verifying) return;
-      // Guesses sent together all passed the first check; those whose verdict comes after the
-      // lockout began get no verdict either.
-      this.#checkLockout();
+      const request = parseAuth(decodeBody(body));
+      const verdict = await gate.check(
+        this.ip,
+        request.password,
+        () => this.#state === State.Verifying,
+      );
+      if (verdict === null) return;
       clearTimeout(this.#authTimer);
       this.#authTimer = undefined;
-      if (!ok) {
-        stats.authFailures++;
-        const locked = lockout.fail(this.ip, now());
-        logger.warn("Failed login from {ip}{lock}", {
-          ip: this.ip,
-          lock: locked ? "; locked out" : "",
-        });
+      if (verdict === "wrong") {
         this.#send(AUTH_FAILED_FRAME);
         this.#finish("wrong password");
         return;
       }
-      stats.authenticated++;
       this.since = Date.now();
+      this.name = request.name;
+      this.features = request.features ?? 0;
       this.#bucket = new TokenBucket({ rate: limits.rate, burst: limits.burst, now: now() });
       this.#send(AUTH_OK_FRAME);
-      registry.add(this);
       this.#state = State.Chat;
-      logger.info("Client {id} from {ip} logged in", { id: this.id, ip: this.ip });
+      const notices = request.problems.map((problem) => {
+        this.#count("invalid_message");
+        return encodeError("invalid_message", problem);
+      });
+      room.join(this, {
+        welcome: request.features === null ? null : this.#ctx.welcome,
+        notices,
+        history: request.history,
+        after: request.after,
+      });
+      logger.info("Client {id} from {ip} logged in as {name}", {
+        id: this.id,
+        ip: this.ip,
+        name: this.name,
+      });
     } catch (error) {
       this.#fail(error);
       return;
@@ -317,7 +330,7 @@ export class Session implements Client, OutboxOwner {
   }
 
   #handleMessage(body: Uint8Array): void {
-    const { limits, stats, registry, now } = this.#ctx;
+    const { limits, room, now } = this.#ctx;
     // The token is taken before the frame is even parsed: a flood costs one comparison a frame.
     const time = limits.rate > 0 ? now() : 0;
     if (!this.#bucket!.take(time)) {
@@ -330,25 +343,27 @@ export class Session implements Client, OutboxOwner {
       return;
     }
     try {
-      const message = parseChat(decodeBody(body));
-      this.name = message.sender;
-      stats.messages++;
-      stats.deliveries += registry.broadcast(this, encodeBroadcast(message, this.ip));
+      const request = parseRequest(decodeBody(body), this.features, this.name);
+      if (request.type === "message") room.post(this, request);
+      else if (request.type === "who") room.who(this);
+      else room.history(this, request);
     } catch (error) {
       if (!(error instanceof ProtocolError) || error.closes) {
         this.#fail(error);
         return;
       }
-      this.#count(error.code);
-      this.#send(encodeError(error.code, error.message));
+      this.refused(error.code, error.message, error.ref);
     }
   }
 
-  /** Throws `locked_out` if this IP is locked out: its password is then not checked. */
-  #checkLockout(): void {
-    if (this.#ctx.lockout.isLocked(this.ip, this.#ctx.now())) {
-      throw new ProtocolError("locked_out", "Cannot log in: too many failed attempts, try later");
-    }
+  /**
+   * Tells the client one of its requests was refused (non-fatal); the `ref` of the message it
+   * is about goes to clients that asked for ids.
+   */
+  refused(code: ErrorCode, message: string, ref: string | undefined): void {
+    if (this.#state === State.Closing) return;
+    this.#count(code);
+    this.#send(encodeError(code, message, this.features & WANTS_IDS ? ref : undefined));
   }
 
   /** Queues a frame of this session's own (a reply, not a broadcast). */
@@ -415,8 +430,8 @@ export class Session implements Client, OutboxOwner {
     if (!this.#paused) stopReading(this.#socket);
     clearTimeout(this.#authTimer);
     this.#authTimer = undefined;
-    const { registry, flow } = this.#ctx;
-    if (this.authenticated) registry.delete(this);
+    const { room, flow } = this.#ctx;
+    if (this.authenticated) room.leave(this, leaveReason(reason));
     flow.forget(this);
     flow.release(this.#outbox);
   }
@@ -441,4 +456,11 @@ export class Session implements Client, OutboxOwner {
     }
     this.#ctx.closed(this);
   }
+}
+
+/** How presence tells others why a member left, from the session's reason for closing. */
+function leaveReason(reason: string): LeaveReason {
+  if (reason === "shutting_down") return "shutdown";
+  if (reason.startsWith("closed") || reason.startsWith("connection error")) return "quit";
+  return "dropped";
 }

@@ -20,10 +20,14 @@ export interface ServerStats {
   authenticated: number;
   /** Wrong passwords. */
   authFailures: number;
-  /** Messages accepted and broadcast. */
+  /** Messages accepted, stored and broadcast. */
   messages: number;
   /** Frames queued to recipients for accepted messages. */
   deliveries: number;
+  /** Messages refused with `unavailable` because the history store failed. */
+  refusedMessages: number;
+  /** History store failures (a failed batch or read). */
+  storeErrors: number;
   /** Clients dropped for holding the room back without reading (flow control). */
   stalledReaders: number;
   /** Clients dropped for accepting nothing for `--write-timeout`. */

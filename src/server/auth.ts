@@ -1,0 +1,70 @@
+/**
+ * The login step, apart from the session loop: one {@link Gatekeeper} per server checks a
+ * password for an address under the lockout rules and keeps the login counters, so a session
+ * only asks "may this connection in?" and handles messages afterwards.
+ *
+ * @module
+ */
+import type { Logger } from "@logtape/logtape";
+import { ProtocolError } from "../protocol/mod.ts";
+import type { AuthLockout } from "./limits.ts";
+import type { PasswordVerifier } from "./password.ts";
+import type { ServerStats } from "./stats.ts";
+
+/** The outcome of a login attempt that was checked. */
+export type Verdict = "ok" | "wrong";
+
+/** Password checks under the per-address lockout. */
+export class Gatekeeper {
+  #verifier: PasswordVerifier;
+  #lockout: AuthLockout;
+  #stats: ServerStats;
+  #logger: Logger;
+  #now: () => number;
+
+  /** A gatekeeper for one server's password, lockout table and counters. */
+  constructor(options: {
+    verifier: PasswordVerifier;
+    lockout: AuthLockout;
+    stats: ServerStats;
+    logger: Logger;
+    now: () => number;
+  }) {
+    this.#verifier = options.verifier;
+    this.#lockout = options.lockout;
+    this.#stats = options.stats;
+    this.#logger = options.logger;
+    this.#now = options.now;
+  }
+
+  /**
+   * Checks `password` for a connection from `ip`. A locked-out address gets no verdict: not
+   * before the check, and not after it either (guesses sent together all pass the first look;
+   * those whose verdict comes once the lockout began are refused too). A wrong password counts
+   * towards the lockout.
+   *
+   * @param current whether the connection still waits for the verdict when it is ready
+   * @returns the verdict, or `null` if the connection stopped waiting
+   * @throws {ProtocolError} `locked_out`
+   */
+  async check(ip: string, password: string, current: () => boolean): Promise<Verdict | null> {
+    this.#refuseLocked(ip);
+    const ok = await this.#verifier.verify(password);
+    if (!current()) return null;
+    this.#refuseLocked(ip);
+    if (ok) {
+      this.#stats.authenticated++;
+      return "ok";
+    }
+    this.#stats.authFailures++;
+    const locked = this.#lockout.fail(ip, this.#now());
+    this.#logger.warn("Failed login from {ip}{lock}", { ip, lock: locked ? "; locked out" : "" });
+    return "wrong";
+  }
+
+  #refuseLocked(ip: string): void {
+    if (this.#lockout.isLocked(ip, this.#now())) {
+      throw new ProtocolError("locked_out", "Cannot log in: too many failed attempts, try later");
+    }
+  }
+}
