@@ -23,6 +23,25 @@
  * // `await using` closes it at the end of the scope; or call `await server.close()`.
  * ```
  *
+ * @example Keep the room's history in SQLite, as `deno task start` does
+ * ```ts
+ * import { ChatServer, ensureCertificates, openStore } from "./mod.ts";
+ *
+ * const pair = await ensureCertificates({ certDir: "certs", host: "127.0.0.1" });
+ * const { store, warning } = openStore({ dataDir: "data", keep: 100_000 });
+ * if (warning) console.warn(warning); // no write permission: history in memory only
+ * const server = new ChatServer({
+ *   cert: pair.certPem,
+ *   key: pair.keyPem,
+ *   password: "s3cret",
+ *   history: store,
+ * });
+ * await server.listen();
+ * // ... later: the server first, then the store it used.
+ * await server.close();
+ * store.close();
+ * ```
+ *
  * @example Encode and decode frames
  * ```ts
  * import { decodeBody, encodeFrame, FrameDecoder } from "./mod.ts";
@@ -37,6 +56,18 @@
  */
 export { ChatServer, type ChatServerOptions, type ServerSnapshot } from "./src/server/server.ts";
 export type { ServerStats } from "./src/server/stats.ts";
+export {
+  type HistoryStore,
+  memoryStore,
+  type OpenedStore,
+  openStore,
+  type OpenStoreOptions,
+  type RefRecord,
+  sqliteStore,
+  type StoredMessage,
+  StoreError,
+  StoreOpenError,
+} from "./src/room/store.ts";
 export { DEFAULT_LIMITS, type Limits } from "./src/server/config.ts";
 export {
   CertError,
