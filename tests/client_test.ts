@@ -7,6 +7,7 @@ import {
   EXIT_FINGERPRINT,
   EXIT_INTERRUPTED,
   EXIT_OK,
+  EXIT_UNCONFIRMED,
   EXIT_USAGE,
 } from "../src/client/exit.ts";
 import { INSECURE_WARNING, parseClientArgs, PASSWORD_PROMPT } from "../src/client/main.ts";
@@ -16,11 +17,13 @@ import {
   formatFingerprint,
   normalizeFingerprint,
 } from "../src/common/fingerprint.ts";
-import { formatError, formatIncoming, sanitize } from "../src/client/format.ts";
+import { formatError, formatIncoming, formatStamp, sanitize } from "../src/client/format.ts";
 import { ChatLink, type LinkOptions, messageFrame } from "../src/client/link.ts";
 import { type HiddenPromptIo, parseInput, promptHidden } from "../src/client/tty.ts";
 import { ensureCertificates, fingerprintFileText, fingerprintOf } from "../src/server/certs.ts";
-import { encodeFrame } from "../src/protocol/mod.ts";
+import { CLIENT_MAX_FRAME, encodeFrame } from "../src/protocol/mod.ts";
+import { FEATURES, messageId, Pacer, parseWelcome } from "../src/client/v2.ts";
+import { ChatView } from "../src/client/view.ts";
 import { FrameReader } from "./_frame_reader.ts";
 import {
   commandAvailable,
@@ -245,6 +248,21 @@ Deno.test("formatIncoming prints [HH:MM:SS] name (ip): text with hostile text de
   assert.equal(sanitize("tab\tok"), "tab\tok");
 });
 
+Deno.test("formatIncoming shows a message's own time (ts), with the date when not today", () => {
+  const now = new Date(2026, 10, 26, 12, 0, 0);
+  const earlier = new Date(2026, 10, 26, 9, 8, 7);
+  const frame = { type: "message", content: "hi", sender: "bob", sender_ip: "10.0.0.1" };
+  assert.equal(
+    formatIncoming({ ...frame, ts: earlier.toISOString() }, now),
+    "[09:08:07] bob (10.0.0.1): hi",
+  );
+  assert.equal(formatStamp(new Date(2026, 0, 2, 3, 4, 5), now), "2026-01-02 03:04:05");
+  assert.equal(
+    formatIncoming({ ...frame, ts: "not a time" }, now),
+    "[12:00:00] bob (10.0.0.1): hi",
+  );
+});
+
 Deno.test("formatError explains error frames in plain words", () => {
   assert.equal(
     formatError({ type: "error", code: "rate_limited", error: "Slow down" }),
@@ -265,6 +283,11 @@ Deno.test("parseClientArgs applies flags over environment over defaults", () => 
   assert.equal(defaults.fingerprint, undefined);
   assert.equal(defaults.json, false);
   assert.equal(defaults.lingerMs, 0);
+  assert.equal(defaults.history, 50);
+  assert.equal(defaults.ackTimeoutMs, 30_000);
+  assert.equal(parseClientArgs(["--history", "0"], none).history, 0);
+  assert.equal(parseClientArgs(["--history", "1000"], none).history, 1000);
+  assert.equal(parseClientArgs(["--ack-timeout", "2.5"], none).ackTimeoutMs, 2500);
 
   const hex = "cd".repeat(32);
   const env = (name: string) =>
@@ -300,6 +323,12 @@ Deno.test("parseClientArgs refuses bad input with the usage exit code", () => {
     ["--name", "x".repeat(65)],
     ["--name", "a\tb"],
     ["--linger", "-1"],
+    ["--history", "-1"],
+    ["--history", "1001"],
+    ["--history", "1.5"],
+    ["--history", "lots"],
+    ["--history", ""],
+    ["--ack-timeout", "soon"],
     ["--bogus"],
     ["extra"],
   ];
@@ -323,6 +352,12 @@ Deno.test("parseInput tells commands from messages", () => {
   assert.deepEqual(parseInput("/help"), { kind: "help" });
   assert.deepEqual(parseInput("//etc"), { kind: "send", content: "/etc" });
   assert.deepEqual(parseInput("/nope x"), { kind: "unknown", command: "/nope" });
+  assert.deepEqual(parseInput("/who"), { kind: "who" });
+  assert.deepEqual(parseInput("/history"), { kind: "history", limit: 50 });
+  assert.deepEqual(parseInput("/history  20 "), { kind: "history", limit: 20 });
+  for (const bad of ["/history 0", "/history 201", "/history x", "/history 1 2", "/history -3"]) {
+    assert.equal(parseInput(bad).kind, "invalid", bad);
+  }
 });
 
 Deno.test("messageFrame refuses a message the server would reject as too large", () => {
@@ -498,8 +533,11 @@ Deno.test("scripted clients round-trip messages, --json printing every frame", a
   assert.equal(run.code, EXIT_OK, run.stderr);
   const frames = run.stdout.trim().split("\n").map((line) => JSON.parse(line));
   assert.deepEqual(frames[0], { success: true, type: "auth_result" });
+  // A version 2 server adds welcome/history_end frames and ids; the messages are the same.
+  const messages = frames.filter((frame) => frame.type === "message")
+    .map(({ id: _id, ts: _ts, ...frame }) => frame);
   assert.deepEqual(
-    frames.slice(1),
+    messages,
     ["one", "two", 'three with "quotes" and ünïcode'].map((content) => ({
       content,
       sender: "script",
@@ -583,7 +621,15 @@ Deno.test("client works with a seed-style server and ignores frame types it does
     assert.match(run.stdout, /\] elixir \(10\.1\.2\.3\): seed says hi$/m);
   });
   assert.deepEqual(replies, [
-    { type: "auth", password: PASSWORD },
+    // The version 2 opt-in fields, which a seed-era server ignores; no welcome came back, so
+    // the message goes out exactly as a seed client's would (no ref).
+    {
+      type: "auth",
+      password: PASSWORD,
+      name: "new",
+      features: ["ids", "presence", "history"],
+      history: 50,
+    },
     { type: "message", content: "hello seed", sender: "new" },
   ]);
 });
@@ -797,5 +843,591 @@ Deno.test({
       assert.ok(!srv.server.stats().clients);
       await term.exited();
     });
+  },
+});
+
+// ---------------------------------------------------------------------------------------------
+// Protocol version 2: the pieces, then the client against a fake version 2 server.
+
+Deno.test("parseWelcome and messageId read version 2 frames defensively", () => {
+  const welcome = parseWelcome({
+    type: "welcome",
+    features: ["history", "presence", 7],
+    member: { id: 7, name: "alice", ip: "127.0.0.1", since: "2026-11-26T10:00:00.000Z" },
+    limits: { max_frame: 65536, rate: 20, burst: "50" },
+    members: [{ id: 7, name: "alice", ip: "127.0.0.1" }, { id: "x" }, null],
+  });
+  assert.ok(welcome);
+  assert.deepEqual([...welcome.features], ["history", "presence"]);
+  assert.equal(welcome.ids, true, "history implies ids");
+  assert.deepEqual(welcome.member, { id: 7, name: "alice", ip: "127.0.0.1" });
+  assert.deepEqual(welcome.limits, { maxFrame: 65536, rate: 20, burst: undefined });
+  assert.deepEqual(welcome.members, [{ id: 7, name: "alice", ip: "127.0.0.1" }]);
+  assert.equal(parseWelcome({ type: "welcome", motd: "a seed-era greeting" }), undefined);
+  assert.equal(parseWelcome({ type: "welcome", features: [] })?.ids, false);
+  assert.equal(messageId({ type: "message", id: 12 }), 12);
+  assert.equal(messageId({ type: "message", id: "12" }), undefined);
+  assert.equal(messageId({ type: "message", id: 1.5 }), undefined);
+  assert.equal(messageId({ type: "ack", id: 12 }), undefined);
+});
+
+Deno.test("Pacer keeps within half the server's burst, then the server's rate", () => {
+  let now = 0;
+  const pacer = new Pacer({ rate: 20, burst: 50 }, () => now);
+  for (let i = 0; i < 25; i++) assert.equal(pacer.take(), 0);
+  assert.equal(pacer.take(), 50, "the 26th waits one token period (1/20 s)");
+  now += 50;
+  assert.equal(pacer.take(), 0);
+  assert.ok(pacer.take() > 0);
+  const unlimited = new Pacer({ rate: 0, burst: 0 }, () => now);
+  for (let i = 0; i < 1000; i++) assert.equal(unlimited.take(), 0);
+});
+
+/** A fake version 2 message frame from `sender`, sent at `ts`. */
+function v2Message(id: number, content: string, sender = "bob", ts = new Date().toISOString()) {
+  return { type: "message", content, sender, sender_ip: "10.0.0.7", id, ts };
+}
+
+const ALICE = { id: 7, name: "alice", ip: "127.0.0.1", since: "2026-11-26T10:00:00.000Z" };
+const BOB = { id: 8, name: "bob", ip: "10.0.0.7", since: "2026-11-26T10:00:00.000Z" };
+
+function welcomeFrame(member: Frame = ALICE, members: Frame[] = [member]): Frame {
+  return {
+    type: "welcome",
+    features: [...FEATURES],
+    member,
+    server: "fake/2.0.0",
+    limits: { max_frame: 65536, rate: 20, burst: 50 },
+    members,
+  };
+}
+
+/** A view writing into arrays and recording its requests (`connected` says if they go out). */
+function testView(options: { history?: number; commands?: boolean } = {}) {
+  const chat: string[] = [];
+  const notes: string[] = [];
+  const requests: Frame[] = [];
+  const state = { connected: true };
+  const now = new Date(2026, 10, 26, 12, 0, 0);
+  const view = new ChatView({ chat: (line) => chat.push(line), note: (line) => notes.push(line) }, {
+    history: options.history ?? 50,
+    commands: options.commands ?? true,
+    send: (frame) => state.connected && requests.push(frame) > 0,
+    now: () => now,
+  });
+  const feed = (...frames: Frame[]) => frames.forEach((frame) => view.onFrame(frame));
+  return { view, chat, notes, requests, state, feed };
+}
+
+Deno.test("ChatView shows the replay, presence and pages, and nothing twice", () => {
+  const { view, chat, notes, requests, feed } = testView();
+  const at = (hour: number) => new Date(2026, 10, 26, hour, 0, 0).toISOString();
+  feed(
+    { type: "auth_result", success: true },
+    welcomeFrame(ALICE, [ALICE, BOB]),
+    { ...v2Message(10, "ten", "bob", at(9)), replay: true },
+    { ...v2Message(11, "eleven", "bob", at(10)), replay: true },
+    { type: "history_end", count: 2, more: true },
+    v2Message(11, "eleven again"),
+    { type: "joined", member: { ...BOB, id: 9, name: "carol" } },
+    { type: "left", member: BOB, reason: "dropped" },
+    { type: "left", member: { ...BOB, name: "dave" }, reason: "quit" },
+    { type: "ack", ref: "r1", id: 12, ts: at(11) },
+  );
+  assert.deepEqual(chat, ["[09:00:00] bob (10.0.0.7): ten", "[10:00:00] bob (10.0.0.7): eleven"]);
+  assert.deepEqual(notes, [
+    "* 2 here: alice (127.0.0.1, you), bob (10.0.0.7)",
+    "-- 2 earlier messages (more with /history) --",
+    "* carol joined",
+    "* bob left (dropped)",
+    "* dave left",
+  ]);
+
+  // A reconnect: the gap fill replays our own message 12 (not shown again) and 13 (missed).
+  chat.length = notes.length = 0;
+  feed(
+    { type: "auth_result", success: true },
+    welcomeFrame(),
+    { ...v2Message(12, "mine", "alice"), replay: true },
+    { ...v2Message(13, "missed", "bob", at(11)), replay: true },
+    { type: "history_end", count: 2, more: false },
+    { type: "who", members: [ALICE] },
+  );
+  assert.deepEqual(chat, ["[11:00:00] bob (10.0.0.7): missed"]);
+  assert.deepEqual(notes, [
+    "-- 1 message missed while disconnected --",
+    "* 1 here: alice (127.0.0.1, you)",
+  ]);
+
+  // A reconnect that missed nothing shows no banner.
+  chat.length = notes.length = 0;
+  feed({ type: "auth_result", success: true }, welcomeFrame(), {
+    type: "history_end",
+    count: 0,
+    more: false,
+  });
+  assert.deepEqual([chat, notes], [[], []]);
+
+  // /history pages back from the oldest message shown (10).
+  view.requestPage(2);
+  assert.deepEqual([...requests], [{ type: "history", before: 10, limit: 2 }]);
+  feed(
+    { ...v2Message(8, "eight", "bob", at(7)), replay: true },
+    { ...v2Message(9, "nine", "bob", at(8)), replay: true },
+    { type: "history_end", count: 2, more: false },
+  );
+  assert.deepEqual(chat, ["[07:00:00] bob (10.0.0.7): eight", "[08:00:00] bob (10.0.0.7): nine"]);
+  assert.deepEqual(notes, ["-- 2 earlier messages (the start of the history) --"]);
+  view.requestPage(2);
+  assert.deepEqual(requests[1], { type: "history", before: 8, limit: 2 });
+});
+
+Deno.test("ChatView pages forward through a gap the reconnect replay left open", () => {
+  const { chat, notes, requests, state, feed } = testView();
+  const login = { type: "auth_result", success: true };
+  const end = (count: number, more: boolean) => ({ type: "history_end", count, more });
+  const replayed = (id: number) => ({ ...v2Message(id, `m${id}`), replay: true });
+  feed(login, welcomeFrame(), replayed(10), end(1, false));
+  chat.length = notes.length = 0;
+
+  // Reconnected after 10: the replay stops at 12 with more to come, live 20 arrives meanwhile.
+  feed(login, welcomeFrame(), replayed(11), replayed(12), end(2, true), v2Message(20, "m20"));
+  assert.deepEqual([...requests], [{ type: "history", after: 12, limit: 200 }]);
+  feed(replayed(13), replayed(14), end(2, true));
+  assert.deepEqual(requests[1], { type: "history", after: 14, limit: 200 });
+  // The last page reaches the live message 20, which is not shown twice.
+  feed(replayed(15), replayed(20), end(2, false));
+  assert.equal(requests.length, 2);
+  assert.deepEqual(chat.map((line) => line.split(": ")[1]), [
+    "m11",
+    "m12",
+    "m20",
+    "m13",
+    "m14",
+    "m15",
+  ]);
+  assert.deepEqual(notes, ["-- 5 messages missed while disconnected --"]);
+
+  // Disconnected again before the next page could be asked for: said so, not hidden.
+  chat.length = notes.length = 0;
+  state.connected = false;
+  feed(login, welcomeFrame(), replayed(21), end(1, true));
+  assert.deepEqual(notes, ["-- 1 message missed while disconnected; some could not be fetched --"]);
+
+  // The store cannot be read: the page asked for ends with `unavailable`, not `history_end`.
+  notes.length = 0;
+  state.connected = true;
+  feed(login, welcomeFrame(), end(0, true));
+  assert.deepEqual(requests.at(-1), { type: "history", after: 21, limit: 200 });
+  feed({ type: "error", code: "unavailable", error: "store down" });
+  assert.deepEqual(notes, [
+    "-- the messages missed while disconnected could not be fetched --",
+    "! The server cannot take messages right now; they will be resent (store down)",
+  ]);
+});
+
+Deno.test("ChatView: empty history, history 0, older servers, quiet unavailable notices", () => {
+  const empty = testView({ commands: false });
+  empty.feed({ type: "auth_result", success: true }, welcomeFrame(), {
+    type: "history_end",
+    count: 0,
+    more: false,
+  });
+  assert.deepEqual(empty.notes.slice(1), ["-- no earlier messages --"]);
+
+  const none = testView({ history: 0 });
+  none.feed({ type: "auth_result", success: true }, welcomeFrame(), {
+    type: "history_end",
+    count: 0,
+    more: false,
+  });
+  assert.deepEqual(none.notes.slice(1), [], "no banner when no history was asked for");
+
+  const down = testView();
+  down.feed(
+    { type: "auth_result", success: true },
+    welcomeFrame(),
+    { type: "error", code: "unavailable", error: "store down" },
+    { type: "history_end", count: 0, more: true },
+  );
+  assert.equal(down.notes.at(-1), "-- earlier messages could not be loaded --");
+
+  const old = testView();
+  old.feed(
+    { type: "auth_result", success: true },
+    { type: "message", content: "seed", sender: "x", sender_ip: "1.2.3.4" },
+    { type: "message", content: "seed", sender: "x", sender_ip: "1.2.3.4" },
+  );
+  assert.equal(old.chat.length, 2, "messages without ids are all shown");
+  old.view.requestWho();
+  old.view.requestPage(5);
+  assert.deepEqual(old.requests, [], "nothing is sent to an older server");
+  assert.match(old.notes.join("\n"), /\/who needs[\s\S]*\/history needs/);
+
+  const { notes, feed } = testView();
+  feed({ type: "auth_result", success: true }, welcomeFrame());
+  notes.length = 0;
+  const unavailable = { type: "error", code: "unavailable", error: "store down", ref: "r" };
+  feed(unavailable, unavailable, { type: "error", code: "rate_limited", error: "Slow down" });
+  assert.deepEqual(notes, [
+    "! The server cannot take messages right now; they will be resent (store down)",
+    "! Message dropped: you are sending too fast (Slow down); it will be resent",
+  ]);
+});
+
+/** One connection to a {@link FakeServer}, seen from the server's side. */
+class FakeConn {
+  /** The client's auth frame. */
+  auth: Frame = {};
+  readonly #conn: Deno.TlsConn;
+  #frames: Frame[] = [];
+  #closed = false;
+  #wake?: () => void;
+  #pump: Promise<void>;
+
+  constructor(conn: Deno.TlsConn) {
+    this.#conn = conn;
+    this.#pump = this.#run();
+  }
+
+  /** The next frame from the client, or `null` once it closed (or after `timeoutMs`). */
+  async recv(timeoutMs = 8000): Promise<Frame | null> {
+    const deadline = Date.now() + timeoutMs;
+    while (this.#frames.length === 0 && !this.#closed && Date.now() < deadline) {
+      let timer: ReturnType<typeof setTimeout> | undefined;
+      await new Promise<void>((resolve) => {
+        this.#wake = resolve;
+        timer = setTimeout(resolve, deadline - Date.now());
+      });
+      clearTimeout(timer);
+    }
+    return this.#frames.shift() ?? null;
+  }
+
+  /** The next frame from the client; fails if none comes. */
+  async take(): Promise<Frame> {
+    const frame = await this.recv();
+    assert.ok(frame, "expected a frame from the client");
+    return frame;
+  }
+
+  async send(...frames: Frame[]): Promise<void> {
+    for (const frame of frames) {
+      const bytes = encodeFrame(frame);
+      let offset = 0;
+      while (offset < bytes.length) offset += await this.#conn.write(bytes.subarray(offset));
+    }
+  }
+
+  /**
+   * Answers the login as a version 2 server: `auth_result`, `welcome`, the `replay` frames
+   * (marked `replay: true`) and `history_end`.
+   */
+  async welcome(options: { replay?: Frame[]; more?: boolean; welcome?: Frame } = {}) {
+    const replay = (options.replay ?? []).map((frame) => ({ ...frame, replay: true }));
+    await this.send(
+      { success: true, type: "auth_result" },
+      options.welcome ?? welcomeFrame({ ...ALICE, name: this.auth.name }),
+      ...replay,
+      { type: "history_end", count: replay.length, more: options.more ?? false },
+    );
+  }
+
+  /** Acks every message from now on, ids from `firstId`, until the client goes. */
+  async ackAll(firstId: number): Promise<Frame[]> {
+    const messages: Frame[] = [];
+    for (let id = firstId;; id++) {
+      const frame = await this.recv();
+      if (!frame) return messages;
+      messages.push(frame);
+      await this.send({ type: "ack", ref: frame.ref, id, ts: new Date().toISOString() });
+    }
+  }
+
+  async close(): Promise<void> {
+    try {
+      this.#conn.close();
+    } catch {
+      // Already closed.
+    }
+    await this.#pump;
+  }
+
+  async #run(): Promise<void> {
+    try {
+      const reader = new FrameReader(this.#conn.readable, { maxFrame: CLIENT_MAX_FRAME });
+      while (true) {
+        const body = await reader.read();
+        if (body === null) break;
+        this.#frames.push(JSON.parse(new TextDecoder().decode(body)));
+        this.#wake?.();
+      }
+    } catch {
+      // The client reset the connection, or we closed it.
+    } finally {
+      this.#closed = true;
+      this.#wake?.();
+    }
+  }
+}
+
+/**
+ * A TLS server on 127.0.0.1 port 0 with the test certificate that speaks length-prefixed JSON
+ * frames and leaves every answer to the test: a stand-in for a version 2 server (or an older one).
+ */
+class FakeServer implements AsyncDisposable {
+  readonly port: number;
+  #listener: Deno.TlsListener;
+  #conns: FakeConn[] = [];
+  #taken = 0;
+  #accepting: Promise<void>;
+
+  private constructor(listener: Deno.TlsListener) {
+    this.#listener = listener;
+    this.port = listener.addr.port;
+    this.#accepting = (async () => {
+      try {
+        for await (const conn of listener) this.#conns.push(new FakeConn(conn));
+      } catch {
+        // Closed.
+      }
+    })();
+  }
+
+  static async start(): Promise<FakeServer> {
+    const { cert, key } = await testCerts();
+    return new FakeServer(Deno.listenTls({ hostname: "127.0.0.1", port: 0, cert, key }));
+  }
+
+  /** The next connection, once its auth frame has arrived. */
+  async next(timeoutMs = 8000): Promise<FakeConn> {
+    assert.ok(await waitFor(() => this.#conns.length > this.#taken, timeoutMs), "no connection");
+    const conn = this.#conns[this.#taken++];
+    conn.auth = await conn.take();
+    return conn;
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    this.#listener.close();
+    await this.#accepting;
+    await Promise.all(this.#conns.map((conn) => conn.close()));
+  }
+}
+
+/** Environment for a client process that trusts the test certificate. */
+async function pinnedEnv(): Promise<Record<string, string>> {
+  const { fingerprint } = await testCerts();
+  return { CHAT_SERVER_PASSWORD: PASSWORD, CHAT_SERVER_FINGERPRINT: fingerprint };
+}
+
+Deno.test("v2: the auth frame asks for name, features and history", async (t) => {
+  await using server = await FakeServer.start();
+  const env = await pinnedEnv();
+  for (const [args, history] of [[[], 50], [["--history", "0"], 0]] as const) {
+    await t.step(`history ${history}`, async () => {
+      await using client = ClientProcess.client(
+        ["--port", String(server.port), "--name", "alice", ...args],
+        env,
+      );
+      const conn = await server.next();
+      assert.deepEqual(conn.auth, {
+        type: "auth",
+        password: PASSWORD,
+        name: "alice",
+        features: ["ids", "presence", "history"],
+        history,
+      });
+      await conn.welcome();
+      const run = await client.exited();
+      assert.equal(run.code, EXIT_OK, client.describe());
+    });
+  }
+});
+
+Deno.test("v2: replayed messages show their own time, then a banner; presence shows", async () => {
+  await using server = await FakeServer.start();
+  await using client = ClientProcess.client(
+    ["--port", String(server.port), "--name", "alice"],
+    await pinnedEnv(),
+  );
+  const conn = await server.next();
+  const old = "2020-01-02T03:04:05.000Z";
+  await conn.welcome({
+    replay: [v2Message(1, "old news", "bob", old), v2Message(2, "newer news")],
+    more: true,
+    welcome: welcomeFrame(ALICE, [ALICE, BOB]),
+  });
+  await conn.send(
+    { type: "joined", member: { ...BOB, id: 9, name: "carol" } },
+    v2Message(3, "live news", "carol"),
+    v2Message(2, "newer news"),
+    { type: "left", member: BOB, reason: "dropped" },
+  );
+  await client.waitFor(/bob left/);
+  const run = await client.exited();
+  assert.equal(run.code, EXIT_OK, client.describe());
+  const stamp = formatStamp(new Date(old), new Date());
+  assert.deepEqual(run.stdout.trim().split("\n").map((line) => line.replace(/^\[[^\]]+\]/, "[]")), [
+    "[] bob (10.0.0.7): old news",
+    "[] bob (10.0.0.7): newer news",
+    "[] carol (10.0.0.7): live news",
+  ], "message 2 arriving again is not shown twice");
+  assert.ok(run.stdout.startsWith(`[${stamp}] bob (10.0.0.7): old news\n`), run.stdout);
+  const notes = [
+    "* 2 here: alice (127.0.0.1, you), bob (10.0.0.7)",
+    "-- 2 earlier messages (more on the server) --",
+    "* carol joined",
+    "* bob left (dropped)",
+  ];
+  assert.match(run.stderr, /^Logged in to /);
+  assert.ok(
+    run.stderr.includes(`(certificate matches the pinned fingerprint)\n${notes.join("\n")}\n`),
+  );
+});
+
+Deno.test("v2: an unacked message is resent with its ref after a drop; after=last id", async () => {
+  await using server = await FakeServer.start();
+  await using client = ClientProcess.client(
+    ["--port", String(server.port), "--name", "alice"],
+    await pinnedEnv(),
+  );
+  const first = await server.next();
+  await first.welcome({ replay: [v2Message(10, "ten"), v2Message(11, "eleven")] });
+  await client.write("acked before the drop\n");
+  const acked = await first.take();
+  assert.equal(acked.content, "acked before the drop");
+  assert.equal(typeof acked.ref, "string");
+  await first.send({ type: "ack", ref: acked.ref, id: 12, ts: new Date().toISOString() });
+  await client.write("lost in the drop\n");
+  const lost = await first.take();
+  assert.equal(lost.content, "lost in the drop");
+  assert.notEqual(lost.ref, acked.ref);
+  await first.close();
+
+  const second = await server.next();
+  assert.equal(second.auth.after, 11, "after = the largest message id seen");
+  // The gap fill replays our own acked message 12: not shown again, not resent.
+  await second.welcome({ replay: [v2Message(12, "acked before the drop", "alice")] });
+  assert.deepEqual(await second.take(), lost, "same frame, same ref");
+  await second.send({ type: "ack", ref: lost.ref, id: 13, ts: new Date().toISOString() });
+  const run = await client.exited();
+  assert.equal(run.code, EXIT_OK, client.describe());
+  assert.equal(await second.recv(1000), null, "nothing else was sent");
+  assert.equal(run.stdout.match(/acked before the drop/g), null, run.stdout);
+  assert.match(run.stderr, /Reconnected and logged in again/);
+  assert.doesNotMatch(run.stderr, /missed while disconnected/);
+});
+
+Deno.test("v2: scripted mode exits 0 once all lines are acked; --json shows it all", async () => {
+  await using server = await FakeServer.start();
+  await using client = ClientProcess.client(
+    ["--port", String(server.port), "--name", "ci", "--json"],
+    await pinnedEnv(),
+  );
+  const conn = await server.next();
+  await conn.welcome();
+  const serving = conn.ackAll(100);
+  await client.write("one\ntwo\nthree\n");
+  const run = await client.exited();
+  assert.equal(run.code, EXIT_OK, client.describe());
+  const messages = await serving;
+  assert.deepEqual(messages.map((frame) => frame.content), ["one", "two", "three"]);
+  assert.equal(new Set(messages.map((frame) => frame.ref)).size, 3, "one ref per message");
+  const types = run.stdout.trim().split("\n").map((line) => JSON.parse(line).type);
+  assert.deepEqual(types, ["auth_result", "welcome", "history_end", "ack", "ack", "ack"]);
+});
+
+Deno.test("v2: scripted mode fails naming the lines the server never acked", async () => {
+  await using server = await FakeServer.start();
+  await using client = ClientProcess.client(
+    ["--port", String(server.port), "--ack-timeout", "1"],
+    await pinnedEnv(),
+  );
+  const conn = await server.next();
+  await conn.welcome();
+  await client.write("alpha\n\nbeta\ngamma\n");
+  const alpha = await conn.take();
+  await conn.send({ type: "ack", ref: alpha.ref, id: 1, ts: new Date().toISOString() });
+  const run = await client.exited();
+  assert.equal(run.code, EXIT_UNCONFIRMED, client.describe());
+  assert.ok(
+    run.stderr.includes(
+      "2 messages of 3 not confirmed by the server within 1 s; " +
+        'they may not have been delivered:\n  line 3: "beta"\n  line 4: "gamma"\n',
+    ),
+    run.stderr,
+  );
+});
+
+Deno.test("v2: against an older server (no welcome) scripted mode behaves as before", async () => {
+  await using server = await FakeServer.start();
+  await using client = ClientProcess.client(["--port", String(server.port)], await pinnedEnv());
+  const conn = await server.next();
+  await conn.send({ success: true, type: "auth_result" });
+  await client.write("plain\n");
+  const run = await client.exited();
+  assert.equal(run.code, EXIT_OK, client.describe());
+  assert.deepEqual(await conn.take(), { type: "message", content: "plain", sender: "anon" });
+  assert.equal(await conn.recv(1000), null);
+});
+
+Deno.test("ChatLink resends after unavailable with the same ref, drops refused ones", async () => {
+  await using server = await FakeServer.start();
+  await using test = testLink(server.port, {
+    hello: { name: "q", features: FEATURES, history: 0 },
+    resendInitialMs: 50,
+  });
+  const starting = test.link.start();
+  const conn = await server.next();
+  await conn.welcome();
+  await starting;
+  assert.equal(test.link.acking, true);
+  const later = test.link.send(messageFrame("later", "q"));
+  const bad = test.link.send(messageFrame("bad", "q"));
+  const first = await conn.take();
+  const second = await conn.take();
+  await later;
+  await conn.send(
+    { type: "error", code: "unavailable", error: "store down", ref: first.ref },
+    { type: "error", code: "invalid_message", error: "nope", ref: second.ref },
+  );
+  await assert.doesNotReject(bad, "it was written before it was refused");
+  assert.deepEqual(await conn.take(), first, "resent with the same ref");
+  await conn.send({ type: "ack", ref: first.ref, id: 5, ts: new Date().toISOString() });
+  await test.link.settled();
+  assert.deepEqual(test.link.unconfirmed(), []);
+  assert.deepEqual(test.link.refused(), [{ frame: messageFrame("bad", "q"), reason: "nope" }]);
+});
+
+Deno.test({
+  name: "v2: interactive /who lists members and /history pages back from the oldest shown",
+  ignore: !SCRIPT_AVAILABLE,
+  async fn() {
+    await using server = await FakeServer.start();
+    const command = clientCommand(["--port", String(server.port), "--name", "tty"]);
+    await using term = onTerminal(`${command}; echo "client exit $?"`, await pinnedEnv());
+    const conn = await server.next();
+    await conn.welcome({
+      replay: [v2Message(40, "forty"), v2Message(41, "forty-one")],
+      more: true,
+    });
+    await term.waitFor(/-- 2 earlier messages \(more with \/history\) --/);
+    await term.write("/who\r");
+    assert.deepEqual(await conn.take(), { type: "who" });
+    await conn.send({ type: "who", members: [{ ...ALICE, name: "tty" }, BOB] });
+    await term.waitFor(/\* 2 here: tty \(127\.0\.0\.1, you\), bob \(10\.0\.0\.7\)/);
+    await term.write("/history 2\r");
+    assert.deepEqual(await conn.take(), { type: "history", before: 40, limit: 2 });
+    await conn.send(
+      { ...v2Message(38, "thirty-eight"), replay: true },
+      { ...v2Message(39, "thirty-nine"), replay: true },
+      { type: "history_end", count: 2, more: false },
+    );
+    await term.waitFor(/thirty-nine[\s\S]*-- 2 earlier messages \(the start of the history\) --/);
+    await term.write("/help\r");
+    await term.waitFor(/\/who lists who is here/);
+    await term.write("/quit\r");
+    await term.waitFor(/client exit \d+/);
+    assert.match(term.stdout, /client exit 0/, term.describe());
   },
 });

@@ -1,7 +1,8 @@
 /**
  * One client connection to the chat server: TLS through `node:tls` (so the peer certificate can be
  * read), fingerprint check, then login. The password is written only after the certificate
- * matched the pin (when one is given).
+ * matched the pin (when one is given). A login that asks for version 2 features also waits
+ * briefly for the server's `welcome`, which tells a version 2 server from an older one.
  *
  * @module
  */
@@ -20,6 +21,7 @@ import {
 import { ClientError, EXIT_AUTH, EXIT_CONNECT, EXIT_FINGERPRINT } from "./exit.ts";
 import { fingerprintOfDer, formatFingerprint } from "../common/fingerprint.ts";
 import { formatError, sanitize } from "./format.ts";
+import { type Hello, parseWelcome, type Welcome } from "./v2.ts";
 
 /** Default time allowed for TCP connect, TLS handshake and login together, milliseconds. */
 export const CONNECT_TIMEOUT_MS = 10_000;
@@ -27,6 +29,12 @@ export const CONNECT_TIMEOUT_MS = 10_000;
 const KEEPALIVE_MS = 30_000;
 /** Time a graceful close may take before the socket is destroyed, milliseconds. */
 const END_TIMEOUT_MS = 2_000;
+/**
+ * How long after a successful login to wait for `welcome` before taking the server for one
+ * without version 2, milliseconds. A version 2 server sends it right after `auth_result`; an
+ * older one sends nothing, so this is the delay a login to an older server pays.
+ */
+export const WELCOME_WAIT_MS = 1_000;
 
 /** Options of {@link connect}. */
 export interface ConnectOptions {
@@ -41,6 +49,10 @@ export interface ConnectOptions {
   onFingerprint?: (fingerprint: string) => void;
   /** Aborts the attempt (the promise then rejects with a retryable `EXIT_CONNECT` error). */
   signal?: AbortSignal;
+  /** Version 2 fields added to the auth frame; without them the login is the seed's. */
+  hello?: Hello;
+  /** See {@link WELCOME_WAIT_MS}. */
+  welcomeWaitMs?: number;
 }
 
 /** What a {@link Connection} reports once logged in. */
@@ -55,6 +67,8 @@ export interface ConnectionHandlers {
 export class Connection {
   /** Fingerprint of the server certificate (lowercase hex). */
   fingerprint = "";
+  /** The server's `welcome`: set once one came (a version 2 server); none from older servers. */
+  welcome?: Welcome;
   #socket: tls.TLSSocket;
   #decoder = new FrameDecoder({ maxFrame: CLIENT_MAX_FRAME });
   #inbox: JsonObject[] = [];
@@ -139,11 +153,21 @@ export class Connection {
     return raw && raw.length > 0 ? raw : undefined;
   }
 
-  /** Returns the next frame received before {@link listen} (kept for delivery), or `undefined` once closed. */
-  async nextFrame(seen: number): Promise<JsonObject | undefined> {
+  /**
+   * Returns frame number `seen` received before {@link listen} (kept for delivery), or
+   * `undefined` once closed or after `timeoutMs`.
+   */
+  async nextFrame(seen: number, timeoutMs = Infinity): Promise<JsonObject | undefined> {
+    const deadline = Date.now() + timeoutMs;
     while (this.#inbox.length <= seen) {
-      if (this.#closed) return undefined;
-      await new Promise<void>((resolve) => this.#wake = resolve);
+      const left = deadline - Date.now();
+      if (this.#closed || left <= 0) return undefined;
+      let timer: ReturnType<typeof setTimeout> | undefined;
+      await new Promise<void>((resolve) => {
+        this.#wake = resolve;
+        if (Number.isFinite(left)) timer = setTimeout(resolve, left);
+      });
+      clearTimeout(timer);
     }
     return this.#inbox[seen];
   }
@@ -214,8 +238,14 @@ export async function connect(options: ConnectOptions): Promise<Connection> {
       );
     }
     await checkPin(conn, options);
-    await conn.send({ type: "auth", password: options.password }).catch(() => {});
-    await login(conn, where);
+    await conn.send({ type: "auth", password: options.password, ...options.hello })
+      .catch(() => {});
+    const seen = await login(conn, where);
+    if (options.hello?.features) {
+      // Whatever comes next (or nothing, from an older server) is left for delivery.
+      const next = await conn.nextFrame(seen + 1, options.welcomeWaitMs ?? WELCOME_WAIT_MS);
+      if (next) conn.welcome = parseWelcome(next);
+    }
     return conn;
   } catch (error) {
     await conn.destroy();
@@ -250,7 +280,8 @@ async function checkPin(conn: Connection, options: ConnectOptions): Promise<void
   }
 }
 
-async function login(conn: Connection, where: string): Promise<void> {
+/** Waits for the login's answer; returns the index of the `auth_result` that accepted it. */
+async function login(conn: Connection, where: string): Promise<number> {
   for (let seen = 0;; seen++) {
     const frame = await conn.nextFrame(seen);
     if (!frame) {
@@ -261,7 +292,7 @@ async function login(conn: Connection, where: string): Promise<void> {
       );
     }
     if (frame.type === "auth_result") {
-      if (frame.success === true) return;
+      if (frame.success === true) return seen;
       const reason = typeof frame.error === "string" ? ` (${sanitize(frame.error)})` : "";
       throw new ClientError(EXIT_AUTH, `Password refused by the server${reason}`);
     }

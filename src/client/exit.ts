@@ -14,6 +14,11 @@ export const EXIT_CONNECT = 2;
 export const EXIT_FINGERPRINT = 3;
 /** The server refused the password, or locked this address out. */
 export const EXIT_AUTH = 4;
+/**
+ * Scripted mode with a version 2 server: some messages were not confirmed (acked) by the server
+ * in time, or it refused them, so they may not have reached anyone.
+ */
+export const EXIT_UNCONFIRMED = 5;
 /** Interrupted (Ctrl-C) at the password prompt, before connecting. */
 export const EXIT_INTERRUPTED = 130;
 

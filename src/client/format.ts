@@ -36,6 +36,23 @@ export function formatTime(date: Date): string {
   return `${pad2(date.getHours())}:${pad2(date.getMinutes())}:${pad2(date.getSeconds())}`;
 }
 
+/**
+ * Formats when a message was sent: `HH:MM:SS` on the day of `now`, else `YYYY-MM-DD HH:MM:SS`
+ * (a replayed message may be days old, and a bare time would pass it off as today's).
+ */
+export function formatStamp(date: Date, now: Date): string {
+  const day = `${date.getFullYear()}-${pad2(date.getMonth() + 1)}-${pad2(date.getDate())}`;
+  const today = `${now.getFullYear()}-${pad2(now.getMonth() + 1)}-${pad2(now.getDate())}`;
+  return day === today ? formatTime(date) : `${day} ${formatTime(date)}`;
+}
+
+/** The time of a message: its `ts` (version 2) if valid, else `fallback` (its arrival). */
+export function messageTime(frame: JsonObject, fallback: Date): Date {
+  if (typeof frame.ts !== "string") return fallback;
+  const date = new Date(frame.ts);
+  return Number.isNaN(date.getTime()) ? fallback : date;
+}
+
 function text(value: unknown, fallback: string): string {
   if (typeof value === "string") return value;
   if (value === undefined || value === null) return fallback;
@@ -43,14 +60,43 @@ function text(value: unknown, fallback: string): string {
 }
 
 /**
- * Formats a received `message` frame as `[HH:MM:SS] name (ip): text`, stamped with the local
- * time `date`. All parts are sanitised; missing fields show as `anon` / `?`.
+ * Formats a received `message` frame as `[HH:MM:SS] name (ip): text`, stamped with the time the
+ * server gave it (`ts`), or else `now`, its arrival. All parts are sanitised; missing fields show
+ * as `anon` / `?`.
  */
-export function formatIncoming(frame: JsonObject, date: Date): string {
+export function formatIncoming(frame: JsonObject, now: Date): string {
   const sender = sanitize(text(frame.sender, "anon"));
   const ip = sanitize(text(frame.sender_ip, "?"));
   const content = sanitize(text(frame.content, ""), true);
-  return `[${formatTime(date)}] ${sender} (${ip}): ${content}`;
+  return `[${formatStamp(messageTime(frame, now), now)}] ${sender} (${ip}): ${content}`;
+}
+
+/** Formats a member as `name (ip)`, or `name (ip, you)` for this client; sanitised. */
+export function formatMember(member: { name: string; ip: string }, you = false): string {
+  return `${sanitize(member.name)} (${sanitize(member.ip)}${you ? ", you" : ""})`;
+}
+
+const LEFT_REASONS: Record<string, string> = {
+  quit: "",
+  dropped: " (dropped)",
+  shutdown: " (server shutting down)",
+  node_lost: " (server node lost)",
+};
+
+/** Formats a presence change: `* alice joined`, `* bob left (dropped)`. */
+export function formatPresence(name: string, change: "joined" | "left", reason?: unknown): string {
+  if (change === "joined") return `* ${sanitize(name)} joined`;
+  const why = typeof reason !== "string"
+    ? ""
+    : Object.hasOwn(LEFT_REASONS, reason)
+    ? LEFT_REASONS[reason]
+    : ` (${sanitize(reason)})`;
+  return `* ${sanitize(name)} left${why}`;
+}
+
+/** `1 message`, `2 messages`, ... */
+export function plural(n: number, word: string): string {
+  return `${n} ${word}${n === 1 ? "" : "s"}`;
 }
 
 /** Explains a received `error` frame in plain words, followed by the server's own sentence. */

@@ -16,8 +16,11 @@
  *   checked before the password is sent. Without one the client warns, prints the fingerprint it
  *   saw, and pins that one for its own reconnects.
  * - Password: `CHAT_SERVER_PASSWORD`, else a hidden prompt (needs a terminal). Never printed.
+ * - `--history N`: messages replayed at login by a version 2 server (default 50, 0 = none)
  * - `--json`: scripted mode, printing every received frame as one JSON line on stdout
  * - `--linger SECONDS`: in scripted mode, keep receiving this long after stdin ends (default 0)
+ * - `--ack-timeout SECONDS`: in scripted mode with a version 2 server, how long to wait for the
+ *   server to confirm every line after stdin ends (default 30, or `--linger` if longer)
  *
  * Modes: with a terminal on stdin, an interactive prompt (`/quit`, Ctrl-D or Ctrl-C leave,
  * `/help`); otherwise (or with `--json`) every non-blank stdin line is sent as one message,
@@ -27,9 +30,15 @@
  * sent after the new login. The first connection is not retried. The server's rate limit (20
  * messages/s, burst 50 by default) applies to scripted input too; dropped messages are reported.
  *
+ * With a version 2 server (protocol "Version 2": the client always asks for ids, presence and
+ * history) the client also shows the last messages at login, who joins and leaves, `/who` and
+ * `/history`; every message carries a `ref` and is resent (same `ref`) until the server acks
+ * it, across reconnects, and a reconnect asks for exactly the messages missed. Against an older
+ * server nothing of this happens and the client behaves as a seed client.
+ *
  * Exit codes: 0 ok; 1 usage or configuration error; 2 connection failed; 3 fingerprint mismatch
- * (password not sent); 4 password refused or address locked out; 130 Ctrl-C at the password
- * prompt.
+ * (password not sent); 4 password refused or address locked out; 5 scripted lines not confirmed
+ * by a version 2 server (they are named); 130 Ctrl-C at the password prompt.
  *
  * @module
  */
@@ -41,10 +50,12 @@ import { DEFAULT_SENDER, type JsonObject, parseChat } from "../protocol/mod.ts";
 import { ClientError, EXIT_OK, EXIT_USAGE } from "./exit.ts";
 import { readFingerprintFile } from "./pin.ts";
 import { formatFingerprint, normalizeFingerprint } from "../common/fingerprint.ts";
-import { formatError, formatIncoming } from "./format.ts";
+import { plural, sanitize } from "./format.ts";
 import { ChatLink, messageFrame } from "./link.ts";
 import { INTERACTIVE_HELP, parseInput, promptHidden, TerminalUi } from "./tty.ts";
-import { runScripted } from "./script.ts";
+import { ACK_TIMEOUT_MS, runScripted } from "./script.ts";
+import { DEFAULT_HISTORY, FEATURES, MAX_HISTORY } from "./v2.ts";
+import { ChatView } from "./view.ts";
 
 /** Default server host. */
 export const DEFAULT_HOST = "127.0.0.1";
@@ -55,6 +66,8 @@ export const INSECURE_WARNING =
   "WARNING: CHAT_SERVER_FINGERPRINT is not set. The client will connect INSECURELY and accept any certificate.";
 /** The hidden password prompt. */
 export const PASSWORD_PROMPT = "Enter server password: ";
+/** How long `/quit` waits for the acks of messages just sent, milliseconds. */
+const QUIT_ACK_WAIT_MS = 2_000;
 
 /** Usage text for `--help`. */
 export const USAGE = `Usage: deno task client [options]
@@ -65,13 +78,17 @@ Options:
   --name NAME              sender name shown to others (default ${DEFAULT_SENDER})
   --fingerprint HEX        pinned SHA-256 of the server certificate (env CHAT_SERVER_FINGERPRINT)
   --fingerprint-file FILE  read the pin from the server's server_fingerprint.txt
+  --history N              messages shown from before login (default ${DEFAULT_HISTORY}, 0 = none)
   --json                   scripted mode; print every received frame as a JSON line
   --linger SECONDS         scripted mode: keep receiving this long after stdin ends (default 0)
+  --ack-timeout SECONDS    scripted mode: wait this long for the server to confirm every line
+                           (default ${ACK_TIMEOUT_MS / 1000}, or --linger if longer)
   -h, --help               show this help
 
 Password: env CHAT_SERVER_PASSWORD, else a hidden prompt (terminal only).
 Exit codes: 0 ok, 1 usage/config error, 2 connection failed, 3 fingerprint mismatch,
-            4 password refused or locked out, 130 cancelled at the password prompt.`;
+            4 password refused or locked out, 5 lines not confirmed by the server,
+            130 cancelled at the password prompt.`;
 
 /** Parsed command line and environment. */
 export interface ClientOptions {
@@ -82,8 +99,11 @@ export interface ClientOptions {
   fingerprint?: string;
   /** `--fingerprint-file`, read by {@link resolvePin}. */
   fingerprintFile?: string;
+  /** Messages to replay at login (`--history`). */
+  history: number;
   json: boolean;
   lingerMs: number;
+  ackTimeoutMs: number;
   help: boolean;
 }
 
@@ -109,8 +129,10 @@ export function parseClientArgs(args: string[], env: EnvReader): ClientOptions {
         name: { type: "string" },
         fingerprint: { type: "string" },
         "fingerprint-file": { type: "string" },
+        history: { type: "string" },
         json: { type: "boolean", default: false },
         linger: { type: "string" },
+        "ack-timeout": { type: "string" },
         help: { type: "boolean", short: "h", default: false },
       },
     }));
@@ -145,10 +167,12 @@ export function parseClientArgs(args: string[], env: EnvReader): ClientOptions {
       );
     }
   }
-  const lingerText = values.linger ?? "0";
-  const linger = Number(lingerText);
-  if (lingerText.trim() === "" || !Number.isFinite(linger) || linger < 0) {
-    throw usageError(`Invalid --linger ${JSON.stringify(lingerText)}: expected seconds >= 0`);
+  const historyText = values.history ?? String(DEFAULT_HISTORY);
+  const history = Number(historyText);
+  if (!/^\d+$/.test(historyText) || history > MAX_HISTORY) {
+    throw usageError(
+      `Invalid --history ${JSON.stringify(historyText)}: expected 0 to ${MAX_HISTORY} messages`,
+    );
   }
   return {
     host,
@@ -156,10 +180,23 @@ export function parseClientArgs(args: string[], env: EnvReader): ClientOptions {
     name,
     fingerprint,
     fingerprintFile: values["fingerprint-file"],
+    history,
     json: values.json,
-    lingerMs: Math.round(linger * 1000),
+    lingerMs: parseSeconds("--linger", values.linger ?? "0"),
+    ackTimeoutMs: parseSeconds(
+      "--ack-timeout",
+      values["ack-timeout"] ?? `${ACK_TIMEOUT_MS / 1000}`,
+    ),
     help: values.help,
   };
+}
+
+function parseSeconds(flag: string, text: string): number {
+  const seconds = Number(text);
+  if (text.trim() === "" || !Number.isFinite(seconds) || seconds < 0) {
+    throw usageError(`Invalid ${flag} ${JSON.stringify(text)}: expected seconds >= 0`);
+  }
+  return Math.round(seconds * 1000);
 }
 
 /**
@@ -200,7 +237,12 @@ async function readPassword(env: EnvReader): Promise<string> {
   return password;
 }
 
-async function runInteractive(link: ChatLink, ui: TerminalUi, name: string): Promise<void> {
+async function runInteractive(
+  link: ChatLink,
+  ui: TerminalUi,
+  view: ChatView,
+  name: string,
+): Promise<void> {
   let failure: ClientError | undefined;
   const failed = link.failed.then((error) => failure = error);
   ui.print("Type /help for help, /quit to leave.");
@@ -208,6 +250,9 @@ async function runInteractive(link: ChatLink, ui: TerminalUi, name: string): Pro
     const action = parseInput(line);
     if (action.kind === "quit") return ui.close();
     if (action.kind === "help") return ui.print(INTERACTIVE_HELP);
+    if (action.kind === "who") return view.requestWho();
+    if (action.kind === "history") return view.requestPage(action.limit);
+    if (action.kind === "invalid") return ui.print(`! ${action.message}`);
     if (action.kind === "unknown") {
       return ui.print(`Unknown command ${action.command}; type /help (or // to send a leading /)`);
     }
@@ -220,8 +265,25 @@ async function runInteractive(link: ChatLink, ui: TerminalUi, name: string): Pro
       ui.print(`! ${(error as Error).message}`);
     }
   }, failed);
+  if (!failure && link.acking) await warnUnconfirmed(link);
   await link.close();
   if (failure) throw failure;
+}
+
+/** On leaving, waits briefly for the acks of messages just sent and names any still missing. */
+async function warnUnconfirmed(link: ChatLink): Promise<void> {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  await Promise.race([
+    link.settled(),
+    new Promise((wake) => timer = setTimeout(wake, QUIT_ACK_WAIT_MS)),
+  ]);
+  clearTimeout(timer);
+  const missing = link.unconfirmed();
+  if (missing.length === 0) return;
+  console.error(
+    `! ${plural(missing.length, "message")} not confirmed by the server; they may be lost:`,
+  );
+  for (const frame of missing.slice(0, 5)) console.error(`  ${sanitize(String(frame.content))}`);
 }
 
 async function run(args: string[]): Promise<number> {
@@ -234,24 +296,37 @@ async function run(args: string[]): Promise<number> {
   const password = await readPassword(readEnv);
   const ui = options.json || !Deno.stdin.isTerminal() ? undefined : new TerminalUi();
   const status = (text: string) => ui ? ui.print(text) : console.error(text);
+  const view = new ChatView({
+    chat: (line) => ui ? ui.print(line) : console.log(line),
+    note: status,
+  }, {
+    history: options.history,
+    commands: ui !== undefined,
+    send: (frame) => link.request(frame),
+  });
   const onFrame = (frame: JsonObject) => {
     if (options.json) console.log(JSON.stringify(frame));
-    else if (frame.type === "message") {
-      const line = formatIncoming(frame, new Date());
-      if (ui) ui.print(line);
-      else console.log(line);
-    } else if (frame.type === "error") status(`! ${formatError(frame)}`);
+    else view.onFrame(frame);
   };
   const where = `${options.host}:${options.port}`;
-  const link = new ChatLink({ host: options.host, port: options.port, password, pin }, {
+  const hello = { name: options.name, features: FEATURES, history: options.history };
+  const link = new ChatLink({ host: options.host, port: options.port, password, pin, hello }, {
     onFrame,
     onStatus: status,
     onFingerprint: (fingerprint) => pin ? undefined : console.error(insecureNotice(fingerprint)),
+    onLoggedIn: () =>
+      status(`Logged in to ${where}${pin ? " (certificate matches the pinned fingerprint)" : ""}`),
   });
   await link.start();
-  status(`Logged in to ${where}${pin ? " (certificate matches the pinned fingerprint)" : ""}`);
-  if (ui) await runInteractive(link, ui, options.name);
-  else await runScripted(link, { name: options.name, lingerMs: options.lingerMs, warn: status });
+  if (ui) await runInteractive(link, ui, view, options.name);
+  else {
+    await runScripted(link, {
+      name: options.name,
+      lingerMs: options.lingerMs,
+      ackTimeoutMs: options.ackTimeoutMs,
+      warn: status,
+    });
+  }
   return EXIT_OK;
 }
 

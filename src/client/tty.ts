@@ -10,6 +10,7 @@ import readline from "node:readline";
 import process from "node:process";
 import { ClientError, EXIT_INTERRUPTED, EXIT_USAGE } from "./exit.ts";
 import { PromptCancelled, promptHidden as promptSecret, type PromptIo } from "../common/prompt.ts";
+import { DEFAULT_PAGE, MAX_PAGE } from "./v2.ts";
 
 /** The terminal operations {@link promptHidden} needs; injectable for tests. */
 export type HiddenPromptIo = PromptIo;
@@ -34,24 +35,41 @@ export type InputAction =
   | { kind: "send"; content: string }
   | { kind: "quit" }
   | { kind: "help" }
+  | { kind: "who" }
+  | { kind: "history"; limit: number }
   | { kind: "none" }
+  | { kind: "invalid"; message: string }
   | { kind: "unknown"; command: string };
 
 /** Help text for the interactive UI. */
 export const INTERACTIVE_HELP = [
   "Type a message and press Enter to send it to everyone else.",
+  "/who lists who is here (name and address).",
+  `/history [N] shows N (default ${DEFAULT_PAGE}, at most ${MAX_PAGE}) messages before the ` +
+  "oldest one shown.",
   "/quit (or Ctrl-D, Ctrl-C) leaves; /help shows this; start a message with // to send a leading /.",
 ].join("\n");
 
-/** Interprets one typed line: a command (`/quit`, `/help`), a message, or nothing. */
+/** Interprets one typed line: a command (`/quit`, `/who`, ...), a message, or nothing. */
 export function parseInput(line: string): InputAction {
   if (line.trim() === "") return { kind: "none" };
   if (line.startsWith("//")) return { kind: "send", content: line.slice(1) };
   if (!line.startsWith("/")) return { kind: "send", content: line };
-  const command = line.trim().split(/\s+/)[0];
+  const [command, ...args] = line.trim().split(/\s+/);
   if (command === "/quit" || command === "/exit") return { kind: "quit" };
   if (command === "/help") return { kind: "help" };
+  if (command === "/who") return { kind: "who" };
+  if (command === "/history") return parseHistory(args);
   return { kind: "unknown", command };
+}
+
+function parseHistory(args: string[]): InputAction {
+  if (args.length === 0) return { kind: "history", limit: DEFAULT_PAGE };
+  const limit = Number(args[0]);
+  if (args.length > 1 || !/^\d+$/.test(args[0]) || limit < 1 || limit > MAX_PAGE) {
+    return { kind: "invalid", message: `Usage: /history [N], N from 1 to ${MAX_PAGE}` };
+  }
+  return { kind: "history", limit };
 }
 
 /** The interactive terminal UI: a prompt line with output scrolling above it. */

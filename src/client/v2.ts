@@ -1,0 +1,141 @@
+/**
+ * What protocol version 2 asks of a client, read defensively (the server is a peer, not trusted
+ * to be well formed): the login fields that opt in, the `welcome` that answers them, members,
+ * message ids, and a pacer that keeps the client under the server's rate limit.
+ *
+ * A server without version 2 sends no `welcome`; everything here then stays unused and the
+ * client behaves as a seed client.
+ *
+ * @module
+ */
+
+import type { JsonObject } from "../protocol/mod.ts";
+
+/** The features this client asks for: message ids and acks, presence, history. */
+export const FEATURES: readonly string[] = ["ids", "presence", "history"];
+/** Messages replayed at login unless `--history` says otherwise. */
+export const DEFAULT_HISTORY = 50;
+/** Most messages a server replays at login (it clamps larger requests). */
+export const MAX_HISTORY = 1000;
+/** Messages asked for by one `/history` page unless the user says otherwise. */
+export const DEFAULT_PAGE = 50;
+/** Largest page a server returns for one `history` request. */
+export const MAX_PAGE = 200;
+
+/** The version 2 fields of the auth frame. */
+export interface Hello {
+  /** Display name; also the default sender of this client's messages. */
+  name?: string;
+  /** Features asked for; sending the field at all makes a v2 server answer with `welcome`. */
+  features?: readonly string[];
+  /** Messages to replay at login (feature `history`). */
+  history?: number;
+  /** On a reconnect: replay every message with a larger id instead, so no gap is left. */
+  after?: number;
+}
+
+/** A logged-in member as presence frames describe it. */
+export interface Member {
+  id: number;
+  name: string;
+  ip: string;
+}
+
+/** The server's limits from `welcome`, where it gave them. */
+export interface ServerLimits {
+  maxFrame?: number;
+  /** Messages per second; 0 means unlimited. */
+  rate?: number;
+  burst?: number;
+}
+
+/** A parsed `welcome`: proof that the server speaks version 2, and what it accepted. */
+export interface Welcome {
+  features: ReadonlySet<string>;
+  /** Whether messages get ids and acks (`history` implies `ids`). */
+  ids: boolean;
+  /** This client as the room sees it. */
+  member?: Member;
+  limits: ServerLimits;
+  /** Everyone logged in (with presence). */
+  members?: Member[];
+}
+
+function count(value: unknown): number | undefined {
+  return Number.isSafeInteger(value) && (value as number) >= 0 ? value as number : undefined;
+}
+
+/** Reads a member object; `undefined` unless it has a name (id and ip default to -1 and `?`). */
+export function parseMember(value: unknown): Member | undefined {
+  if (typeof value !== "object" || value === null) return undefined;
+  const { id, name, ip } = value as JsonObject;
+  if (typeof name !== "string") return undefined;
+  return { id: count(id) ?? -1, name, ip: typeof ip === "string" ? ip : "?" };
+}
+
+/** Reads a list of members, skipping malformed entries. */
+export function parseMembers(value: unknown): Member[] | undefined {
+  if (!Array.isArray(value)) return undefined;
+  return value.map(parseMember).filter((member) => member !== undefined);
+}
+
+/**
+ * Reads a `welcome` frame; `undefined` if `frame` is not one (a seed-era server may send frames
+ * of any type, so a `welcome` counts only with its `features` list).
+ */
+export function parseWelcome(frame: JsonObject): Welcome | undefined {
+  if (frame.type !== "welcome" || !Array.isArray(frame.features)) return undefined;
+  const features = new Set(frame.features.filter((name) => typeof name === "string"));
+  const raw = typeof frame.limits === "object" && frame.limits !== null
+    ? frame.limits as JsonObject
+    : {};
+  return {
+    features,
+    ids: features.has("ids") || features.has("history"),
+    member: parseMember(frame.member),
+    limits: { maxFrame: count(raw.max_frame), rate: count(raw.rate), burst: count(raw.burst) },
+    members: parseMembers(frame.members),
+  };
+}
+
+/** The id of a message frame, if it carries a valid one (feature `ids`). */
+export function messageId(frame: JsonObject): number | undefined {
+  return frame.type === "message" ? count(frame.id) : undefined;
+}
+
+/**
+ * Keeps the sending rate within the server's token bucket (from `welcome.limits`), so a script
+ * that pipes many lines is paced instead of having messages dropped as `rate_limited`. It uses
+ * half the server's burst, leaving the other half for network jitter that bunches messages up.
+ */
+export class Pacer {
+  #rate: number;
+  #capacity: number;
+  #tokens: number;
+  #at: number;
+  #now: () => number;
+
+  constructor(limits: ServerLimits, now: () => number = Date.now) {
+    this.#rate = limits.rate ?? 0;
+    this.#capacity = Math.max(1, Math.floor((limits.burst ?? 1) / 2));
+    this.#tokens = this.#capacity;
+    this.#now = now;
+    this.#at = now();
+  }
+
+  /**
+   * Takes a token and returns 0 if one is available; otherwise returns how many milliseconds to
+   * wait before asking again.
+   */
+  take(): number {
+    if (this.#rate === 0) return 0;
+    const now = this.#now();
+    this.#tokens = Math.min(this.#capacity, this.#tokens + (now - this.#at) * this.#rate / 1000);
+    this.#at = now;
+    if (this.#tokens >= 1) {
+      this.#tokens -= 1;
+      return 0;
+    }
+    return Math.ceil((1 - this.#tokens) * 1000 / this.#rate);
+  }
+}
