@@ -152,3 +152,101 @@ Deno.test("without write permission to the data dir, history is kept in memory a
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+/** A free TCP port on 127.0.0.1 (bound, then released), for a server restarted on one port. */
+function freePort(): number {
+  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const { port } = listener.addr as Deno.NetAddr;
+  listener.close();
+  return port;
+}
+
+Deno.test("the project's client across a server kill -9 and restart: nothing lost, nothing twice", async () => {
+  const { dir, args } = await tempSetup();
+  const { fingerprint } = await testCerts();
+  const port = freePort();
+  const serverArgs = args.map((arg, i) => args[i - 1] === "--port" ? String(port) : arg);
+  let server = await spawnServer(serverArgs);
+  const client = new Deno.Command(Deno.execPath(), {
+    args: [
+      "run",
+      "--no-prompt",
+      "--allow-net",
+      "--allow-read",
+      "--allow-env",
+      new URL("../src/client/main.ts", import.meta.url).pathname,
+      "--port",
+      String(port),
+      "--fingerprint",
+      fingerprint,
+      "--name",
+      "bot",
+      "--history",
+      "0",
+    ],
+    env: { CHAT_SERVER_PASSWORD: PASSWORD, NO_COLOR: "1" },
+    stdin: "piped",
+    stdout: "piped",
+    stderr: "piped",
+  }).spawn();
+  const stdin = client.stdin.getWriter();
+  const output = Promise.all([client.stdout, client.stderr].map(async (stream) => {
+    let text = "";
+    for await (const chunk of stream.pipeThrough(new TextDecoderStream())) text += chunk;
+    return text;
+  }));
+  const seen: string[] = [];
+  let lastId = 0;
+  const watch = async (watcher: TestClient, until: () => boolean, quietMs = 10_000) => {
+    while (!until()) {
+      const frame = await watcher.tryRecv(quietMs);
+      if (frame === null) break;
+      if (frame.type === "message") {
+        seen.push(frame.content as string);
+        lastId = frame.id as number;
+      }
+    }
+  };
+  try {
+    let watcher = await login(port, { history: 0 });
+    assert.equal((await watcher.recv()).type, "history_end");
+    const line = (i: number) => `line ${i}`;
+    for (let i = 0; i < 40; i++) await stdin.write(new TextEncoder().encode(`${line(i)}\n`));
+    await watch(watcher, () => seen.length >= 20);
+    await server.child.kill("SIGKILL");
+    await server[Symbol.asyncDispose]();
+    await watch(watcher, () => false, 300); // whatever was still on its way
+    await watcher.close();
+    for (let i = 40; i < 60; i++) await stdin.write(new TextEncoder().encode(`${line(i)}\n`));
+    server = await spawnServer(serverArgs);
+    try {
+      watcher = await login(port, { after: lastId });
+      for (let i = 60; i < 80; i++) await stdin.write(new TextEncoder().encode(`${line(i)}\n`));
+      await stdin.close();
+      await watch(watcher, () => new Set(seen).size >= 80);
+      const { code } = await client.status;
+      const [out, err] = await output;
+      assert.equal(code, 0, `client exit code\n${out}\n${err}`);
+      await watch(watcher, () => false, 300);
+      await watcher.close();
+    } finally {
+      await server[Symbol.asyncDispose]();
+    }
+    const counts = new Map<string, number>();
+    for (const content of seen) counts.set(content, (counts.get(content) ?? 0) + 1);
+    const missing = Array.from({ length: 80 }, (_, i) => line(i)).filter((l) => !counts.has(l));
+    const twice = [...counts].filter(([, n]) => n > 1).map(([l]) => l);
+    assert.deepEqual(missing, [], "every line arrived");
+    assert.deepEqual(twice, [], "no line arrived twice");
+  } finally {
+    try {
+      client.kill("SIGKILL");
+    } catch {
+      // Exited.
+    }
+    await client.status;
+    await output;
+    await server[Symbol.asyncDispose]();
+    await Deno.remove(dir, { recursive: true });
+  }
+});

@@ -9,18 +9,17 @@
  * @module
  */
 
-import type { JsonObject } from "../protocol/mod.ts";
+import {
+  DEFAULT_PAGE,
+  DEFAULT_REPLAY as DEFAULT_HISTORY,
+  FEATURES,
+  type JsonObject,
+  MAX_PAGE,
+  MAX_REPLAY as MAX_HISTORY,
+} from "../protocol/mod.ts";
 
-/** The features this client asks for: message ids and acks, presence, history. */
-export const FEATURES: readonly string[] = ["ids", "presence", "history"];
-/** Messages replayed at login unless `--history` says otherwise. */
-export const DEFAULT_HISTORY = 50;
-/** Most messages a server replays at login (it clamps larger requests). */
-export const MAX_HISTORY = 1000;
-/** Messages asked for by one `/history` page unless the user says otherwise. */
-export const DEFAULT_PAGE = 50;
-/** Largest page a server returns for one `history` request. */
-export const MAX_PAGE = 200;
+// The protocol's own constants, under the names the client's flags and commands use.
+export { DEFAULT_HISTORY, DEFAULT_PAGE, FEATURES, MAX_HISTORY, MAX_PAGE };
 
 /** The version 2 fields of the auth frame. */
 export interface Hello {
