@@ -382,11 +382,11 @@ function checkMessage(
   assert.equal(object.type, "message");
   assert.equal(typeof message.content, "string");
   assert.ok(message.content.length > 0, "empty content accepted");
-  assert.equal(message.content, object.content);
+  assert.equal(message.content, (object.content as string).toWellFormed());
   const chars = [...message.sender].length;
   assert.ok(chars >= 1 && chars <= MAX_SENDER_CHARS, `sender of ${chars} characters accepted`);
   assert.ok(!CONTROL.test(message.sender), "sender with control characters accepted");
-  assert.equal(message.sender, object.sender ?? "anon");
+  assert.equal(message.sender, ((object.sender ?? "anon") as string).toWellFormed());
   const frame = encodeBroadcast(message, "255.255.255.255");
   const length = new DataView(frame.buffer, frame.byteOffset).getUint32(0);
   assert.equal(length, frame.length - 4);

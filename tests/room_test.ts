@@ -384,3 +384,122 @@ function concatFrames(values: unknown[]): Uint8Array {
   }
   return out;
 }
+
+Deno.test("a replay or page holds at most --max-send-queue bytes, the newest first when reading back", async () => {
+  await using server = await startServer({ limits: { rate: 0, maxSendQueue: 65536 } });
+  const { client: writer } = await v2(server.port, { features: ["ids"] });
+  await using _writer = writer;
+  const big = "x".repeat(20_000);
+  for (let i = 0; i < 10; i++) {
+    await writer.send({ type: "message", content: `${i} ${big}`, ref: `big-${i}` });
+  }
+  const acks: Frame[] = [];
+  while (acks.length < 10) {
+    const frame = await writer.recv();
+    if (frame.type === "ack") acks.push(frame);
+  }
+  const ids = acks.map((ack) => ack.id as number);
+  const { client: reader } = await v2(server.port, { history: 10 });
+  await using _reader = reader;
+  const replay = await until(reader, "history_end");
+  assert.deepEqual(replay.before.map((m) => m.id), ids.slice(-3), "the newest three fit");
+  assert.deepEqual(replay.frame, { type: "history_end", count: 3, more: true });
+  await reader.send({ type: "history", after: ids[0], limit: 200 });
+  const forward = await until(reader, "history_end");
+  assert.deepEqual(forward.before.map((m) => m.id), ids.slice(1, 4), "the oldest three fit");
+  assert.equal(forward.frame.more, true);
+  // One message larger than the whole budget still goes: a page always makes progress.
+  await using tiny = await startServer({ limits: { rate: 0, maxSendQueue: 65536 } });
+  const { client: w2 } = await v2(tiny.port, { features: ["ids"] });
+  await using _w2 = w2;
+  await w2.send({ type: "message", content: "y".repeat(65_000), ref: "huge" });
+  assert.equal((await w2.recv()).type, "ack");
+  const { client: r2 } = await v2(tiny.port, { history: 5 });
+  await using _r2 = r2;
+  const one = await until(r2, "history_end");
+  assert.equal(one.before.length, 1);
+  assert.deepEqual(one.frame, { type: "history_end", count: 1, more: false });
+});
+
+Deno.test("a client that asks for history and reads nothing holds back nobody but itself", async () => {
+  await using server = await startServer({
+    limits: { rate: 0, maxSendQueue: 65536, writeTimeoutMs: 30_000 },
+  });
+  const { client: writer } = await v2(server.port, { features: ["ids"] });
+  await using _writer = writer;
+  for (let i = 0; i < 30; i++) {
+    await writer.send({ type: "message", content: `${i} ${"z".repeat(2000)}`, ref: `h-${i}` });
+  }
+  for (let acks = 0; acks < 30;) if ((await writer.recv()).type === "ack") acks++;
+  const { client: hog } = await v2(server.port, { features: ["ids", "history"], history: 0 });
+  await using _hog = hog;
+  const { client: a } = await TestClient.login(server.port);
+  await using _a = a;
+  const { client: b } = await TestClient.login(server.port);
+  await using _b = b;
+  // The hog never reads: its own answers pile up in its queue (and its socket).
+  for (let i = 0; i < 100; i++) await hog.send({ type: "history", limit: 200 });
+  await delay(300);
+  const started = performance.now();
+  for (let i = 0; i < 20; i++) {
+    await a.send({ type: "message", content: `ping ${i}` });
+    assert.equal((await b.recv(2000)).content, `ping ${i}`);
+  }
+  const elapsed = performance.now() - started;
+  const stats = server.server.stats();
+  assert.equal(stats.holders, 0, "the hog holds nobody");
+  assert.equal(stats.stalledReaders, 0);
+  assert.ok(elapsed < 2000, `20 round trips took ${elapsed.toFixed(0)} ms`);
+});
+
+Deno.test("a seed client's extra fields are ignored, ref included; lone surrogates become U+FFFD everywhere", async () => {
+  await using server = await startServer();
+  const { client: v2c } = await v2(server.port, { features: ["ids"] });
+  await using _v2c = v2c;
+  await v2c.send({ type: "message", content: "first", ref: "same" });
+  assert.equal((await v2c.recv()).type, "ack");
+  const { client: seed } = await TestClient.login(server.port);
+  await using _seed = seed;
+  await seed.send({ type: "message", content: "seed says", ref: "same" });
+  await seed.send({ type: "message", content: "seed again", ref: 7 });
+  assert.equal((await v2c.recv()).content, "seed says");
+  assert.equal((await v2c.recv()).content, "seed again");
+  await seed.send({ type: "message", content: "lone \ud800 surrogate", sender: "a\udc00" });
+  const live = await v2c.recv();
+  assert.equal(live.content, "lone \ufffd surrogate");
+  assert.equal(live.sender, "a\ufffd");
+  await v2c.send({ type: "message", content: "null ref is no ref", ref: null });
+  assert.equal((await seed.recv()).content, "null ref is no ref");
+  const { client: reader } = await v2(server.port, { history: 1 });
+  await using _reader = reader;
+  await reader.recv(); // the replay of the last message: the null-ref one
+  assert.equal((await reader.recv()).type, "history_end");
+});
+
+Deno.test("without a store, ids still increase from one server to the next", async () => {
+  let last: number;
+  {
+    await using server = await startServer();
+    const { client } = await v2(server.port, { features: ["ids"] });
+    await using _client = client;
+    last = (await postAcked(client, 2, "a"))[1].id as number;
+  }
+  await using server = await startServer();
+  const { client } = await v2(server.port, { features: ["ids"] });
+  await using _client = client;
+  const [ack] = await postAcked(client, 1, "b");
+  assert.ok((ack.id as number) > last, `${ack.id} > ${last}`);
+});
+
+Deno.test("a second store on the same data dir is refused at open, naming the lock", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "chat-store-" });
+  const first = sqliteStore(join(dir, "chat.db"), 10);
+  try {
+    assert.throws(() => sqliteStore(join(dir, "chat.db"), 10), /another server is using it/);
+  } finally {
+    first.close();
+  }
+  const again = sqliteStore(join(dir, "chat.db"), 10); // released by close
+  again.close();
+  await Deno.remove(dir, { recursive: true });
+});

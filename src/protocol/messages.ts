@@ -149,7 +149,7 @@ export function parseAuth(message: JsonObject): AuthRequest {
   if (message.name !== undefined) {
     const problem = nameProblem(message.name);
     if (problem) problems.push(`Cannot use that name: ${problem}; you are "${DEFAULT_SENDER}"`);
-    else name = message.name as string;
+    else name = wellFormed(message.name as string);
   }
   let features: number | null = null;
   if (message.features !== undefined) {
@@ -204,7 +204,9 @@ export function parseRequest(
   defaultSender: string = DEFAULT_SENDER,
 ): ChatRequest {
   const type = message.type;
-  if (type === "message") return { type, ...parseChat(message, defaultSender) };
+  if (type === "message") {
+    return { type, ...parseChat(message, defaultSender, (features & WANTS_IDS) !== 0) };
+  }
   if (type === "who" && (features & WANTS_PRESENCE) !== 0) return { type };
   if (type === "history" && (features & WANTS_HISTORY) !== 0) return parseHistory(message);
   return parseChat(message) as never; // throws the right error for any other type
@@ -247,10 +249,19 @@ function parseHistory(message: JsonObject): ChatRequest {
 /**
  * Validates a `message` frame and returns the chat message it carries.
  *
+ * Text that is not well-formed UTF-16 (a lone surrogate, which JSON allows) is stored and sent
+ * with U+FFFD in its place, so live delivery, history and `ref` matching agree.
+ *
  * @param defaultSender the `sender` of a message without one
+ * @param withRef whether to read `ref` (clients that asked for ids); others' `ref` is ignored,
+ * as any unknown field of a seed client is
  * @throws {ProtocolError} `already_authenticated`, `unknown_type` or `invalid_message`.
  */
-export function parseChat(message: JsonObject, defaultSender: string = DEFAULT_SENDER): ChatPost {
+export function parseChat(
+  message: JsonObject,
+  defaultSender: string = DEFAULT_SENDER,
+  withRef = false,
+): ChatPost {
   const type = message.type;
   if (type !== "message") {
     if (type === "auth") {
@@ -263,7 +274,7 @@ export function parseChat(message: JsonObject, defaultSender: string = DEFAULT_S
         : "Cannot handle frame: type must be a string",
     );
   }
-  const rawRef = message.ref;
+  const rawRef = withRef && message.ref !== null ? message.ref : undefined;
   const ref = typeof rawRef === "string" && rawRef.length > 0 &&
       countChars(rawRef, MAX_REF_CHARS + 1) <= MAX_REF_CHARS
     ? rawRef
@@ -279,9 +290,14 @@ export function parseChat(message: JsonObject, defaultSender: string = DEFAULT_S
   const sender = message.sender ?? defaultSender;
   const problem = nameProblem(sender);
   if (problem) throw invalid(`Cannot send message: sender ${problem}`);
-  const post: ChatPost = { content, sender: sender as string };
-  if (ref !== undefined) post.ref = ref;
+  const post: ChatPost = { content: wellFormed(content), sender: wellFormed(sender as string) };
+  if (ref !== undefined) post.ref = wellFormed(ref);
   return post;
+}
+
+/** `text`, with U+FFFD for any lone surrogate (checked first: almost all text is well formed). */
+function wellFormed(text: string): string {
+  return text.isWellFormed() ? text : text.toWellFormed();
 }
 
 /** Why `name` is not a valid `sender` / display name, or `undefined` if it is. */

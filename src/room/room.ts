@@ -145,6 +145,16 @@ export interface LocalRoomOptions {
   clock?: () => number;
 }
 
+/** First chunk of rows read for a replay or page; later chunks double. */
+const READ_CHUNK = 16;
+
+/** A replay or page, encoded. */
+interface HistoryPage {
+  frames: Uint8Array[];
+  /** Messages lie beyond the page in its direction. */
+  more: boolean;
+}
+
 interface Pending {
   member: RoomMember;
   post: Post;
@@ -202,9 +212,9 @@ export class LocalRoom implements Room {
       if (member.features & WANTS_PRESENCE) {
         welcome.members = Array.from(this.#members.values(), memberJson);
       }
-      this.#queue(member, encodeFrame(welcome));
+      this.#reply(member, encodeFrame(welcome));
     }
-    for (const notice of request.notices ?? []) this.#queue(member, notice);
+    for (const notice of request.notices ?? []) this.#reply(member, notice);
     this.#presence(member, () => encodeJoined(member));
     if (member.features & WANTS_HISTORY) this.#replay(member, request);
   }
@@ -237,7 +247,7 @@ export class LocalRoom implements Room {
       }
       if (known) {
         this.#stats.duplicates++;
-        if (member.features & WANTS_IDS) this.#queue(member, encodeAck(ref, known.id, known.ts));
+        if (member.features & WANTS_IDS) this.#reply(member, encodeAck(ref, known.id, known.ts));
         return;
       }
     }
@@ -251,28 +261,21 @@ export class LocalRoom implements Room {
   }
 
   who(member: RoomMember): void {
-    this.#queue(member, encodeWho(this.#members.values()));
+    this.#reply(member, encodeWho(this.#members.values()));
   }
 
   history(member: RoomMember, query: HistoryQuery): void {
-    let page: StoredMessage[];
-    let more: boolean;
+    let page: HistoryPage;
     try {
-      if (query.after !== undefined) {
-        page = this.#store.after(query.after, query.limit + 1);
-        more = page.length > query.limit;
-        if (more) page.pop();
-      } else {
-        page = this.#store.before(query.before, query.limit + 1);
-        more = page.length > query.limit;
-        if (more) page.shift();
-      }
+      page = query.after !== undefined
+        ? this.#readForward(query.after, query.limit)
+        : this.#readBack(query.before, query.limit);
     } catch (error) {
       this.#storeFailed(error);
       member.refused("unavailable", "Cannot read history now; try again later", undefined);
       return;
     }
-    this.#sendHistory(member, page, more, query.after !== undefined);
+    this.#sendHistory(member, page);
   }
 
   close(): void {
@@ -293,6 +296,25 @@ export class LocalRoom implements Room {
     if (batch.length === 0) return;
     this.#pending = [];
     this.#pendingRefs.clear();
+    try {
+      this.#commit(batch);
+    } catch (error) {
+      // A bug, not the store (its failures are handled in #commit): the batch is refused, the
+      // server goes on.
+      this.#logger.error("Cannot deliver a batch of {count} messages: {error}", {
+        count: batch.length,
+        error: String(error),
+      });
+      for (const { member, post, twins } of batch) {
+        for (const who of [member, ...(twins ?? [])]) {
+          who.refused("unavailable", UNAVAILABLE, post.ref);
+        }
+      }
+    }
+  }
+
+  /** Numbers and stores a batch, then broadcasts every message and acks them, in id order. */
+  #commit(batch: Pending[]): void {
     const ts = this.#clock();
     let id = this.#store.lastId();
     const records: StoredMessage[] = batch.map(({ member, post }) => {
@@ -322,6 +344,9 @@ export class LocalRoom implements Room {
       this.#logger.warn("History store works again; accepting messages");
     }
     for (let i = 0; i < batch.length; i++) this.#broadcast(batch[i], records[i]);
+    // Acks after every broadcast of the batch: between two broadcasts they would split the
+    // senders' contiguous runs of the arena, and each run is charged for its arena chunk.
+    for (let i = 0; i < batch.length; i++) this.#ack(batch[i], records[i]);
   }
 
   #broadcast(pending: Pending, record: StoredMessage): void {
@@ -352,84 +377,124 @@ export class LocalRoom implements Room {
     }
     this.#stats.messages++;
     this.#stats.deliveries += delivered;
+  }
+
+  /** Acks a stored message to its sender and to any twin that posted the same `ref`. */
+  #ack(pending: Pending, record: StoredMessage): void {
     const ref = record.ref;
     if (ref === undefined) return;
-    if (from.features & WANTS_IDS) this.#queue(from, encodeAck(ref, record.id, record.ts));
-    for (const twin of pending.twins ?? []) {
-      if (twin.features & WANTS_IDS) this.#queue(twin, encodeAck(ref, record.id, record.ts));
+    let frame: Uint8Array | undefined;
+    for (const member of [pending.member, ...(pending.twins ?? [])]) {
+      if (!(member.features & WANTS_IDS)) continue;
+      frame ??= encodeAck(ref, record.id, record.ts);
+      this.#reply(member, frame);
     }
   }
 
   /** Replays history to a member that has just joined, then `history_end`. */
   #replay(member: RoomMember, request: JoinRequest): void {
-    let page: StoredMessage[];
-    let more: boolean;
+    let page: HistoryPage;
     try {
-      if (request.after !== undefined) {
-        page = this.#store.after(request.after, MAX_REPLAY + 1);
-        more = page.length > MAX_REPLAY;
-        if (more) page.pop();
-      } else if (request.history > 0) {
-        page = this.#store.before(undefined, request.history + 1);
-        more = page.length > request.history;
-        if (more) page.shift();
-      } else {
-        page = [];
-        more = this.#store.count() > 0;
-      }
+      if (request.after !== undefined) page = this.#readForward(request.after, MAX_REPLAY);
+      else if (request.history > 0) page = this.#readBack(undefined, request.history);
+      else page = { frames: [], more: this.#store.count() > 0 };
     } catch (error) {
       this.#storeFailed(error);
       member.refused("unavailable", "Cannot read history now; page it later", undefined);
-      this.#queue(member, encodeHistoryEnd(0, true));
+      this.#reply(member, encodeHistoryEnd(0, true));
       return;
     }
-    this.#sendHistory(member, page, more, request.after !== undefined);
+    this.#sendHistory(member, page);
   }
 
   /**
-   * Sends history frames, at most `replayBytes` of them (so one member's queue stays bounded):
-   * reading forward keeps the oldest, reading back the newest; `more` then says the rest remain.
+   * Up to `limit` messages after `after`, oldest first, as replay frames, within the byte budget
+   * (at least one). Read in growing chunks and encoded as they come, so a page of large messages
+   * reads about what it sends, not `limit` rows.
    */
-  #sendHistory(
-    member: RoomMember,
-    page: StoredMessage[],
-    more: boolean,
-    forward: boolean,
-  ): void {
-    const frames = page.map((message) => encodeMessage(message, true));
+  #readForward(after: number, limit: number): HistoryPage {
+    const frames: Uint8Array[] = [];
     let budget = this.#replayBytes;
-    let count = 0;
-    if (forward) {
-      while (count < frames.length && (count === 0 || budget >= frames[count].length)) {
-        budget -= frames[count++].length;
+    let cursor = after;
+    let chunk = READ_CHUNK;
+    while (true) {
+      const want = Math.min(chunk, limit - frames.length);
+      const rows = this.#store.after(cursor, want + 1);
+      for (let i = 0; i < Math.min(rows.length, want); i++) {
+        const frame = encodeMessage(rows[i], true);
+        if (frames.length > 0 && frame.length > budget) return { frames, more: true };
+        frames.push(frame);
+        budget -= frame.length;
       }
-      frames.length = count;
-    } else {
-      let start = frames.length;
-      while (start > 0 && (count === 0 || budget >= frames[start - 1].length)) {
-        budget -= frames[--start].length;
-        count++;
-      }
-      frames.splice(0, start);
+      if (rows.length <= want) return { frames, more: false };
+      if (frames.length >= limit) return { frames, more: true };
+      cursor = rows[want - 1].id;
+      chunk *= 2;
     }
-    if (count < page.length) more = true;
-    for (const frame of frames) member.outbox.push(frame);
-    this.#queue(member, encodeHistoryEnd(count, more));
   }
 
-  /** Sends a presence frame to every other member that asked for presence. */
+  /**
+   * The newest `limit` messages before `before` (all, if undefined), oldest first, within the
+   * byte budget (at least one): read backwards in growing chunks, so the newest are kept when
+   * the budget cuts the page.
+   */
+  #readBack(before: number | undefined, limit: number): HistoryPage {
+    const frames: Uint8Array[] = [];
+    let budget = this.#replayBytes;
+    let cursor = before;
+    let chunk = READ_CHUNK;
+    let more = false;
+    reading: while (true) {
+      const want = Math.min(chunk, limit - frames.length);
+      const rows = this.#store.before(cursor, want + 1); // oldest first
+      const take = Math.min(rows.length, want);
+      for (let i = rows.length - 1; i >= rows.length - take; i--) {
+        const frame = encodeMessage(rows[i], true);
+        if (frames.length > 0 && frame.length > budget) {
+          more = true;
+          break reading;
+        }
+        frames.push(frame);
+        budget -= frame.length;
+      }
+      if (rows.length <= want) break;
+      if (frames.length >= limit) {
+        more = true;
+        break;
+      }
+      cursor = rows[rows.length - take].id;
+      chunk *= 2;
+    }
+    return { frames: frames.reverse(), more };
+  }
+
+  /** Queues a page of history and its `history_end`: replies, so they hold nobody but this member. */
+  #sendHistory(member: RoomMember, page: HistoryPage): void {
+    for (const frame of page.frames) member.outbox.push(frame);
+    this.#reply(member, encodeHistoryEnd(page.frames.length, page.more));
+  }
+
+  /**
+   * Sends a presence frame to every other member that asked for presence. Like a broadcast, a
+   * recipient it fills holds the senders back.
+   */
   #presence(about: RoomMember, encode: () => Uint8Array): void {
     let frame: Uint8Array | undefined;
     for (const member of this.#members.values()) {
       if (member === about || !(member.features & WANTS_PRESENCE)) continue;
       frame ??= encode();
-      this.#queue(member, frame);
+      const outbox = member.outbox;
+      if (outbox.push(frame) && outbox.full) this.#hold(outbox);
     }
   }
 
-  #queue(member: RoomMember, frame: Uint8Array): void {
-    const outbox = member.outbox;
-    if (outbox.push(frame) && outbox.full) this.#hold(outbox);
+  /**
+   * Queues a frame that answers the member itself (welcome, replay, ack, who). It never holds
+   * the room: a member that does not read its answers fills only its own queue, and its session
+   * then stops reading its requests until it drains (or is dropped by `--write-timeout`).
+   */
+  #reply(member: RoomMember, frame: Uint8Array): void {
+    member.outbox.push(frame);
   }
 
   #storeFailed(error: unknown): void {

@@ -150,7 +150,7 @@ export function openStore(options: OpenStoreOptions): OpenedStore {
   if (!granted("read", dataDir) || !granted("write", dataDir)) {
     const warning = `No permission to write ${dataDir}: history is kept in memory only and lost ` +
       `on restart; run with --allow-read=${dataDir} --allow-write=${dataDir} to keep it`;
-    return { store: memoryStore(keep, refs), warning };
+    return { store: memoryStore(keep, { ...refs, startId: clockStartId() }), warning };
   }
   try {
     Deno.mkdirSync(dataDir, { recursive: true, mode: 0o700 }); // an existing dir is left as it is
@@ -169,9 +169,18 @@ export function openStore(options: OpenStoreOptions): OpenedStore {
  */
 export function memoryStore(
   keep: number,
-  options: { refTtlMs?: number; now?: () => number } = {},
+  options: { refTtlMs?: number; now?: () => number; startId?: number } = {},
 ): HistoryStore {
-  return new MemoryStore(checkKeep(keep), refIndex(options));
+  return new MemoryStore(checkKeep(keep), refIndex(options), options.startId ?? 0);
+}
+
+/**
+ * A first id for a memory store that still lies above every id of an earlier run: the clock in
+ * microseconds. Ids then increase across restarts without a file (unless a run averaged more
+ * than a million messages a second), as the protocol promises; they skip values, which it allows.
+ */
+export function clockStartId(): number {
+  return Date.now() * 1000;
 }
 
 /**
@@ -229,13 +238,28 @@ class RefIndex {
     return this.#now() >= this.#nextSweep;
   }
 
-  /** Forgets refs accepted before `cutoff` whose message is gone (ids below `oldestKept`). */
-  sweep(cutoff: number, oldestKept: number): void {
+  /**
+   * Forgets refs accepted before `cutoff` whose message is gone (ids below `oldestKept`).
+   * Returns the highest id forgotten (0 if none): the SQLite log deletes up to it by its key.
+   */
+  sweep(cutoff: number, oldestKept: number): number {
     this.#nextSweep = this.#now() + REF_PRUNE_INTERVAL_MS;
+    return this.#expired(cutoff, oldestKept, true);
+  }
+
+  /** The highest id {@linkcode RefIndex.sweep} would forget now, forgetting nothing. */
+  sweepBound(cutoff: number, oldestKept: number): number {
+    return this.#expired(cutoff, oldestKept, false);
+  }
+
+  #expired(cutoff: number, oldestKept: number, forget: boolean): number {
+    let highest = 0;
     for (const [ref, record] of this.#refs) {
       if (record.id >= oldestKept || record.ts >= cutoff) break;
-      this.#refs.delete(ref);
+      if (forget) this.#refs.delete(ref);
+      highest = Math.max(highest, record.id);
     }
+    return highest;
   }
 
   clear(): void {
@@ -256,12 +280,13 @@ class MemoryStore implements HistoryStore {
   /** Kept messages are `#messages[#head..]`, in id order. */
   #messages: StoredMessage[] = [];
   #head = 0;
-  #lastId = 0;
+  #lastId: number;
   #closed = false;
 
-  constructor(keep: number, refs: RefIndex) {
+  constructor(keep: number, refs: RefIndex, startId: number) {
     this.#keep = keep;
     this.#refs = refs;
+    this.#lastId = startId;
   }
 
   lastId(): number {
@@ -370,6 +395,8 @@ class SqliteStore implements HistoryStore {
   readonly kind = "sqlite";
   readonly path: string;
   readonly #db: DatabaseSync;
+  /** Held for the store's life, so a second server on the same data dir cannot open it. */
+  readonly #lock: DatabaseSync;
   readonly #keep: number;
   readonly #refs: RefIndex;
   readonly #sql: ReturnType<typeof prepareAll>;
@@ -377,9 +404,16 @@ class SqliteStore implements HistoryStore {
   #count = 0;
   #oldestKept = 1;
 
-  private constructor(path: string, db: DatabaseSync, keep: number, refs: RefIndex) {
+  private constructor(
+    path: string,
+    db: DatabaseSync,
+    lock: DatabaseSync,
+    keep: number,
+    refs: RefIndex,
+  ) {
     this.path = path;
     this.#db = db;
+    this.#lock = lock;
     this.#keep = keep;
     this.#refs = refs;
     this.#sql = prepareAll(db);
@@ -387,7 +421,9 @@ class SqliteStore implements HistoryStore {
 
   static open(path: string, keep: number, refs: RefIndex): SqliteStore {
     let db: DatabaseSync | undefined;
+    let lock: DatabaseSync | undefined;
     try {
+      lock = ownerLock(`${path}.lock`);
       createPrivateFile(path);
       db = new DatabaseSync(path);
       db.exec(`PRAGMA busy_timeout = ${OPEN_BUSY_TIMEOUT_MS}`);
@@ -413,14 +449,16 @@ class SqliteStore implements HistoryStore {
         db.exec(`PRAGMA user_version = ${SCHEMA_VERSION}`);
       }
       db.exec("COMMIT");
-      const store = new SqliteStore(path, db, keep, refs);
+      const store = new SqliteStore(path, db, lock, keep, refs);
       store.#load();
       db.exec(`PRAGMA busy_timeout = ${BUSY_TIMEOUT_MS}`);
       return store;
     } catch (error) {
-      try {
-        db?.close();
-      } catch { /* the open failure is the one to report */ }
+      for (const handle of [db, lock]) {
+        try {
+          handle?.close();
+        } catch { /* the open failure is the one to report */ }
+      }
       throw new StoreOpenError(`Cannot open the history database ${path}: ${reason(error)}`, {
         cause: error,
       });
@@ -441,6 +479,8 @@ class SqliteStore implements HistoryStore {
     const sql = this.#sql;
     const kept = batch.slice(Math.max(0, batch.length - this.#keep));
     const lastId = batch[batch.length - 1].id;
+    // Expired refs: the log deletes up to the highest of them by its primary key (instead of
+    // scanning every row for old times), and memory forgets them once the commit is done.
     const sweep = this.#refs.sweepDue();
     const cutoff = this.#refs.cutoff();
     const { count, oldestKept } = this.#transaction(() => {
@@ -452,16 +492,17 @@ class SqliteStore implements HistoryStore {
       }
       sql.putLastId.run(lastId);
       const pruned = this.#prune(kept.length, lastId);
-      if (sweep) sql.sweepRefs.run(pruned.oldestKept, cutoff);
+      const bound = sweep ? this.#refs.sweepBound(cutoff, pruned.oldestKept) : 0;
+      if (bound > 0) sql.sweepRefs.run(bound);
       return pruned;
     });
     this.#lastId = lastId;
     this.#count = count;
     this.#oldestKept = oldestKept;
+    if (sweep) this.#refs.sweep(cutoff, oldestKept);
     for (const { id, ts, ref } of batch) {
       if (ref !== undefined) this.#refs.add(ref, { id, ts });
     }
-    if (sweep) this.#refs.sweep(cutoff, oldestKept);
   }
 
   before(id: number | undefined, limit: number): StoredMessage[] {
@@ -487,6 +528,7 @@ class SqliteStore implements HistoryStore {
 
   close(): void {
     if (this.#db.isOpen) this.#db.close();
+    if (this.#lock.isOpen) this.#lock.close();
     this.#refs.clear();
   }
 
@@ -574,8 +616,8 @@ function prepareAll(db: DatabaseSync) {
     pruneMessages: prepare(
       "DELETE FROM messages WHERE id <= (SELECT id FROM messages ORDER BY id LIMIT 1 OFFSET ?)",
     ),
-    // The same rule as RefIndex.sweep: past the TTL and the message is gone.
-    sweepRefs: prepare("DELETE FROM refs WHERE id < ? AND ts < ?"),
+    // Up to the highest ref RefIndex.sweep forgot (past the TTL, and its message gone).
+    sweepRefs: prepare("DELETE FROM refs WHERE id <= ?"),
     retainedRefs: rows("SELECT id, ref, ts FROM refs WHERE id >= ? OR ts >= ? ORDER BY id"),
     newest: rows(`SELECT ${COLUMNS} FROM messages ORDER BY id DESC LIMIT ?`),
     before: rows(`SELECT ${COLUMNS} FROM messages WHERE id < ? ORDER BY id DESC LIMIT ?`),
@@ -593,6 +635,33 @@ function copy({ id, ts, sender, senderIp, content, ref }: StoredMessage): Stored
   return ref === undefined
     ? { id, ts, sender, senderIp, content }
     : { id, ts, sender, senderIp, content, ref };
+}
+
+/**
+ * Takes the data dir's owner lock: a small SQLite file held in exclusive locking mode for the
+ * store's life. Two servers on one database would each count ids from their own cache and refuse
+ * every message after the other wrote; the second is stopped at start instead. The OS releases
+ * the lock when the process dies (`kill -9` included), and `chat.db` itself stays readable by
+ * other programs (online backups).
+ */
+function ownerLock(path: string): DatabaseSync {
+  createPrivateFile(path);
+  const lock = new DatabaseSync(path);
+  try {
+    lock.exec("PRAGMA busy_timeout = 0");
+    lock.exec("PRAGMA locking_mode = EXCLUSIVE");
+    lock.exec("BEGIN EXCLUSIVE");
+    lock.exec("COMMIT");
+    return lock;
+  } catch (error) {
+    lock.close();
+    if (reason(error).includes("locked")) {
+      throw new Error(
+        `another server is using it (${path} is locked); run one server per data dir`,
+      );
+    }
+    throw error;
+  }
 }
 
 /** Creates `path` with mode 0600 unless it exists, so SQLite (and its -wal/-shm, which copy the

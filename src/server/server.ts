@@ -23,7 +23,7 @@ import { AuthLockout } from "./limits.ts";
 import { PasswordVerifier } from "./password.ts";
 import { encodeError, type ErrorCode } from "../protocol/mod.ts";
 import { LocalRoom, type Mailbox, type Room } from "../room/room.ts";
-import { type HistoryStore, memoryStore } from "../room/store.ts";
+import { clockStartId, type HistoryStore, memoryStore } from "../room/store.ts";
 import { SERVER_SOFTWARE } from "./version.ts";
 import { CLOSE_GRACE_MS, normalizeIp } from "./socket.ts";
 import type { ServerStats } from "./stats.ts";
@@ -157,7 +157,9 @@ export class ChatServer implements AsyncDisposable {
     this.#limits = { ...DEFAULT_LIMITS, ...options.limits };
     this.#now = options.now ?? (() => performance.now());
     let store = options.history;
-    if (!store) store = this.#ownStore = memoryStore(this.#limits.historyKeep);
+    if (!store) {
+      store = this.#ownStore = memoryStore(this.#limits.historyKeep, { startId: clockStartId() });
+    }
     const flow = this.#flow;
     this.#room = new LocalRoom({
       store,

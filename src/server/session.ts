@@ -461,6 +461,10 @@ export class Session implements RoomMember, OutboxOwner {
 /** How presence tells others why a member left, from the session's reason for closing. */
 function leaveReason(reason: string): LeaveReason {
   if (reason === "shutting_down") return "shutdown";
-  if (reason.startsWith("closed") || reason.startsWith("connection error")) return "quit";
+  // A failed write means the peer is gone (EPIPE, ECONNRESET): it left, nobody dropped it.
+  if (
+    reason.startsWith("closed") || reason.startsWith("connection error") ||
+    reason === "write failed"
+  ) return "quit";
   return "dropped";
 }
