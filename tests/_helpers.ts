@@ -209,6 +209,17 @@ export async function waitFor(check: () => boolean, timeoutMs = 5000): Promise<b
   return true;
 }
 
+/** The bytes of `parts`, one after the other. */
+export function concatBytes(parts: Uint8Array[]): Uint8Array {
+  const out = new Uint8Array(parts.reduce((n, part) => n + part.length, 0));
+  let offset = 0;
+  for (const part of parts) {
+    out.set(part, offset);
+    offset += part.length;
+  }
+  return out;
+}
+
 /** Encodes a 4-byte big-endian length prefix. */
 export function lengthPrefix(length: number): Uint8Array {
   const bytes = new Uint8Array(4);

@@ -26,7 +26,7 @@
  * @module
  */
 import { parseArgs } from "node:util";
-import type { Limits } from "../src/server/config.ts";
+import { DEFAULT_LIMITS, type Limits } from "../src/server/config.ts";
 import type { ServerSnapshot } from "../src/server/server.ts";
 import { ABUSE_KINDS, type AbuseKind, AbuseTally, runWave } from "./_abuse.ts";
 import { HonestLoad, type HonestResult } from "./_honest_load.ts";
@@ -516,19 +516,11 @@ async function main(args: string[]): Promise<number> {
   let options: SoakOptions;
   try {
     const limits: Limits = {
-      maxFrame: 65536,
+      ...DEFAULT_LIMITS,
       handshakeTimeoutMs: 5000,
       authTimeoutMs: 5000,
-      maxClients: 10_000,
       maxPerIp: Math.round(number("max-per-ip", 0)),
-      maxSendQueue: 1048576,
       writeTimeoutMs: number("write-timeout", 1) * 1000,
-      stallTimeoutMs: 1000,
-      rate: 20,
-      burst: 50,
-      maxAuthFailures: 5,
-      lockoutMs: 60_000,
-      historyKeep: 100_000,
     };
     options = {
       durationMs: number("duration", 1) * 1000,

@@ -24,7 +24,7 @@ import {
 } from "../src/protocol/mod.ts";
 import { FrameReader } from "./_frame_reader.ts";
 import { Rng } from "./_soak_common.ts";
-import { chunkInput, lengthPrefix, PASSWORD } from "./_helpers.ts";
+import { chunkInput, concatBytes, lengthPrefix, PASSWORD } from "./_helpers.ts";
 
 const SEED = Number(Deno.env.get("FUZZ_SEED") ?? 0x5eed2026);
 const ITERATIONS = Number(Deno.env.get("FUZZ_ITERATIONS") ?? 100_000);
@@ -155,7 +155,7 @@ function genStream(rng: Rng, maxFrame: number): Uint8Array {
     const body = ENCODER.encode(genBodyText(rng));
     parts.push(lengthPrefix(body.length), body);
   }
-  let bytes = concat(parts);
+  let bytes = concatBytes(parts);
   for (let i = rng.int(0, 4); i > 0; i--) bytes = mutate(rng, bytes, maxFrame);
   return bytes;
 }
@@ -171,29 +171,29 @@ function mutate(rng: Rng, input: Uint8Array, maxFrame: number): Uint8Array {
       if (bytes.length > 0) bytes[at] = rng.pick(INTERESTING_BYTES);
       return bytes;
     case 2:
-      return concat([bytes.subarray(0, at), rng.bytes(rng.int(1, 8)), bytes.subarray(at)]);
+      return concatBytes([bytes.subarray(0, at), rng.bytes(rng.int(1, 8)), bytes.subarray(at)]);
     case 3:
-      return concat([bytes.subarray(0, at), bytes.subarray(at + rng.int(1, 16))]);
+      return concatBytes([bytes.subarray(0, at), bytes.subarray(at + rng.int(1, 16))]);
     case 4:
       return bytes.subarray(0, rng.int(0, bytes.length));
     case 5: {
       const end = Math.min(bytes.length, at + rng.int(1, 64));
-      return concat([bytes.subarray(0, end), bytes.subarray(at, end), bytes.subarray(end)]);
+      return concatBytes([bytes.subarray(0, end), bytes.subarray(at, end), bytes.subarray(end)]);
     }
     case 6: {
       // Rewrite a length prefix, at the start or anywhere.
       const length = rng.pick([0, 1, 3, maxFrame, maxFrame + 1, 0xffffffff, 0x80000000, at]);
       const where = rng.chance(0.6) ? 0 : at;
-      const out = bytes.length >= where + 4 ? bytes : concat([bytes, new Uint8Array(4)]);
+      const out = bytes.length >= where + 4 ? bytes : concatBytes([bytes, new Uint8Array(4)]);
       out.set(lengthPrefix(length), where);
       return out;
     }
     case 7: {
       const token = ENCODER.encode(rng.pick(JSON_TOKENS));
-      return concat([bytes.subarray(0, at), token, bytes.subarray(at)]);
+      return concatBytes([bytes.subarray(0, at), token, bytes.subarray(at)]);
     }
     default:
-      return concat([bytes, rng.bytes(rng.int(1, 32))]);
+      return concatBytes([bytes, rng.bytes(rng.int(1, 32))]);
   }
 }
 
@@ -203,21 +203,11 @@ function genInput(rng: Rng, maxFrame: number): Uint8Array {
       return rng.bytes(rng.chance(0.9) ? rng.int(0, 64) : rng.int(0, 4096));
     case 1: {
       const body = rng.bytes(rng.int(0, 64));
-      return concat([lengthPrefix(rng.chance(0.8) ? body.length : rng.int(0, 128)), body]);
+      return concatBytes([lengthPrefix(rng.chance(0.8) ? body.length : rng.int(0, 128)), body]);
     }
     default:
       return genStream(rng, maxFrame);
   }
-}
-
-function concat(parts: Uint8Array[]): Uint8Array {
-  const out = new Uint8Array(parts.reduce((n, part) => n + part.length, 0));
-  let offset = 0;
-  for (const part of parts) {
-    out.set(part, offset);
-    offset += part.length;
-  }
-  return out;
 }
 
 function splits(rng: Rng, bytes: Uint8Array): Uint8Array[] {

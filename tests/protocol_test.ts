@@ -11,19 +11,9 @@ import {
   ProtocolError,
 } from "../src/protocol/mod.ts";
 import { FrameReader } from "./_frame_reader.ts";
-import { chunkInput } from "./_helpers.ts";
+import { chunkInput, concatBytes } from "./_helpers.ts";
 
 const text = new TextDecoder();
-
-function concat(...parts: Uint8Array[]): Uint8Array {
-  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
-  let offset = 0;
-  for (const part of parts) {
-    out.set(part, offset);
-    offset += part.length;
-  }
-  return out;
-}
 
 function header(length: number): Uint8Array {
   const bytes = new Uint8Array(4);
@@ -87,7 +77,7 @@ for (const mode of ["source", "stream"] as const) {
 
   Deno.test(`FrameReader (${mode}) returns several frames coalesced in one read`, async () => {
     const frames = Array.from({ length: 50 }, (_, i) => encodeFrame({ i }));
-    const reader = new FrameReader(chunkInput(mode, [concat(...frames)]));
+    const reader = new FrameReader(chunkInput(mode, [concatBytes(frames)]));
     assert.deepEqual(await readAll(reader), frames.map((_, i) => `{"i":${i}}`));
   });
 
@@ -121,7 +111,7 @@ for (const mode of ["source", "stream"] as const) {
       });
     }
     await t.step("a bad length after a good frame", async () => {
-      const reader = new FrameReader(chunkInput(mode, [concat(encodeFrame({}), header(0))]));
+      const reader = new FrameReader(chunkInput(mode, [concatBytes([encodeFrame({}), header(0)])]));
       assert.equal(text.decode((await reader.read())!), "{}");
       assert.equal(await asyncCodeOf(reader.read()), "empty_frame");
     });
@@ -137,7 +127,7 @@ for (const mode of ["source", "stream"] as const) {
 
 Deno.test("FrameDecoder decodes pushed chunks and rejects bad lengths early", () => {
   const decoder = new FrameDecoder({ maxFrame: 100 });
-  const frames = concat(encodeFrame({ a: 1 }), encodeFrame({ b: 2 }));
+  const frames = concatBytes([encodeFrame({ a: 1 }), encodeFrame({ b: 2 })]);
   assert.deepEqual(decoder.push(frames.subarray(0, 5)), []);
   assert.deepEqual(decoder.push(frames.subarray(5)).map((f) => text.decode(f)), [
     '{"a":1}',

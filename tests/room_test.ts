@@ -7,7 +7,8 @@ import assert from "node:assert/strict";
 import { DatabaseSync } from "node:sqlite";
 import { join } from "node:path";
 import { sqliteStore } from "../src/room/store.ts";
-import { delay, type Frame, PASSWORD, startServer, TestClient } from "./_helpers.ts";
+import { encodeFrame } from "../src/protocol/mod.ts";
+import { concatBytes, delay, type Frame, PASSWORD, startServer, TestClient } from "./_helpers.ts";
 
 const ALL = ["ids", "presence", "history"];
 
@@ -167,9 +168,9 @@ Deno.test("ids: messages carry increasing ids and times; refs are acked, a resen
   await alice2.send({ type: "message", content: "a 2 again", ref: "a-2" });
   assert.deepEqual(await alice2.recv(), acks[2]);
   // Two posts of one new ref in the same turn: one broadcast, both acked with one id.
-  await alice.sendRaw(concatFrames([
-    { type: "message", content: "twice", ref: "t" },
-    { type: "message", content: "twice", ref: "t" },
+  await alice.sendRaw(concatBytes([
+    encodeFrame({ type: "message", content: "twice", ref: "t" }),
+    encodeFrame({ type: "message", content: "twice", ref: "t" }),
   ]));
   const first = await alice.recv();
   const second = await alice.recv();
@@ -366,24 +367,6 @@ Deno.test("a failing store refuses messages with unavailable, keeps everyone con
     await Deno.remove(dir, { recursive: true });
   }
 });
-
-function concatFrames(values: unknown[]): Uint8Array {
-  const encoder = new TextEncoder();
-  const parts = values.map((value) => {
-    const body = encoder.encode(JSON.stringify(value));
-    const frame = new Uint8Array(4 + body.length);
-    new DataView(frame.buffer).setUint32(0, body.length);
-    frame.set(body, 4);
-    return frame;
-  });
-  const out = new Uint8Array(parts.reduce((n, part) => n + part.length, 0));
-  let offset = 0;
-  for (const part of parts) {
-    out.set(part, offset);
-    offset += part.length;
-  }
-  return out;
-}
 
 Deno.test("a replay or page holds at most --max-send-queue bytes, the newest first when reading back", async () => {
   await using server = await startServer({ limits: { rate: 0, maxSendQueue: 65536 } });
