@@ -1,13 +1,15 @@
 /**
  * The chat server benchmark: a load generator of Deno TLS clients that speak the protocol, run
  * against the project's server (started here with the permissions of `deno task start`,
- * `--rate 0 --max-per-ip 0` and a large `--max-clients`, every other limit at its default) and,
- * side by side in the same run, the Node.js reference server from `../shared/reference/`. The
- * memory scenario also measures two transport floors (`floor_server.ts`: idle TLS connections on
- * `node:tls` and on `Deno.listenTls`, in Deno).
+ * `--rate 0 --max-per-ip 0` and a large `--max-clients`, every other limit at its default; with
+ * history on, in SQLite, in a fresh temporary data dir per start) and, side by side in the same
+ * run, the Node.js reference server from `../shared/reference/`. The memory scenario also
+ * measures two transport floors (`floor_server.ts`: idle TLS connections on `node:tls` and on
+ * `Deno.listenTls`, in Deno). Scenarios 7 (stored acks) and 8 (history join) use version 2 of
+ * the protocol: only our server runs them.
  *
  * ```sh
- * deno task bench                          # all six scenarios, 3 or 5 runs each, ours vs reference
+ * deno task bench                          # all eight scenarios, 3 or 5 runs each, ours vs reference
  * deno task bench --scenarios 1,3 --runs 5
  * deno task bench --quick --json           # seconds-long smoke run, JSON on stdout
  * CHAT_SERVER_PASSWORD=... deno task bench --target 127.0.0.1:4000 --ca certs/cert.pem --pid 1234
@@ -57,9 +59,9 @@ import {
 
 const USAGE = `Usage: deno task bench [options]
 
-  --scenarios LIST     scenarios to run, e.g. 1,2,5 (default 1,2,3,4,5,6)
+  --scenarios LIST     scenarios to run, e.g. 1,2,5 (default 1,2,3,4,5,6,7,8)
   --runs N             measured runs per scenario and server; the report shows medians
-                       (default 5 for the short scenarios 1 and 5, 3 for the others)
+                       (default 5 for the short scenarios 1, 5 and 8, 3 for the others)
   --quick              seconds-long sizes and 1 run, no warm-up (the smoke test)
   --target HOST:PORT   measure a server that is already running instead of starting ours
   --ca FILE            certificate the clients trust for --target (default certs/cert.pem)
@@ -73,7 +75,9 @@ const USAGE = `Usage: deno task bench [options]
   -h, --help           show this help
 
 --target takes the password from CHAT_SERVER_PASSWORD; it measures no transport floors, and
-scenario 6 tells when the server dropped the stalled reader only for a server on this host.`;
+scenario 6 tells when the server dropped the stalled reader only for a server on this host.
+Scenarios 7 (stored acks) and 8 (history join) need version 2 of the protocol: they run on our
+server (or the --target) only, not on the reference or the --baseline.`;
 
 /** How long closed clients may take to give their sockets back before the next run. */
 const RELEASE_TIMEOUT_MS = 15_000;
@@ -175,6 +179,8 @@ function progress(line: string): void {
 /** Starts (or, for `--target`, wraps) the servers one scenario needs. */
 interface ServerKind {
   name: string;
+  /** Whether it speaks version 2 of the protocol (ids and acks, history). */
+  v2: boolean;
   start(): Promise<ServerHandle>;
 }
 
@@ -230,7 +236,8 @@ async function runScenario(
   options: BenchOptions,
 ): Promise<ScenarioReport> {
   const { sizes } = options;
-  const kinds = scenario.floors ? [...all.kinds, ...all.floors] : all.kinds;
+  const able = scenario.v2Only ? all.kinds.filter((kind) => kind.v2) : all.kinds;
+  const kinds = scenario.floors ? [...able, ...all.floors] : able;
   const count = options.runs ?? scenario.runs;
   const runs: Record<string, RunResult[]> = Object.fromEntries(kinds.map((k) => [k.name, []]));
   progress(`\n[${scenario.id}] ${scenario.title}: ${scenario.describe(sizes)}`);
@@ -315,7 +322,7 @@ export async function main(args: string[]): Promise<number> {
         target.pid,
       );
       primary = server.name;
-      kinds.push({ name: server.name, start: () => Promise.resolve(server) });
+      kinds.push({ name: server.name, v2: true, start: () => Promise.resolve(server) });
       if (target.pid === undefined) notes.push("no --pid: CPU and memory figures are n/a");
       if (options.scenarios.some((s) => s.floors)) {
         notes.push("--target: the transport floors are not measured");
@@ -326,6 +333,7 @@ export async function main(args: string[]): Promise<number> {
       const common = { certDir, caCert: pair.certPem, password: BENCH_PASSWORD };
       kinds.push({
         name: "ours",
+        v2: true,
         start: () => startOurs({ ...common, maxClients: MAX_CLIENTS }),
       });
       if (options.baseline) {
@@ -336,6 +344,7 @@ export async function main(args: string[]): Promise<number> {
         }
         kinds.push({
           name: "before",
+          v2: false,
           start: () => startOurs({ ...common, maxClients: MAX_CLIENTS, checkout, name: "before" }),
         });
         notes.push(`before: ${checkout}/main.ts, started as its own deno task start runs it`);
@@ -343,6 +352,7 @@ export async function main(args: string[]): Promise<number> {
       for (const transport of ["node", "deno"] as const) {
         floors.push({
           name: FLOOR_NAMES[transport],
+          v2: false,
           start: () => startFloor({ ...common, transport }),
         });
       }
@@ -350,7 +360,11 @@ export async function main(args: string[]): Promise<number> {
       const node = script ? await nodeVersion() : null;
       if (script && node && await exists(script)) {
         referenceName = "reference";
-        kinds.push({ name: referenceName, start: () => startReference({ ...common, script }) });
+        kinds.push({
+          name: referenceName,
+          v2: false,
+          start: () => startReference({ ...common, script }),
+        });
         notes.push(`reference: ${script} on node ${node}`);
       } else if (script) {
         notes.push(
@@ -381,7 +395,9 @@ export async function main(args: string[]): Promise<number> {
             title: scenario.title,
             description: scenario.describe(options.sizes),
             medians: Object.fromEntries(
-              Object.entries(runs).map(([name, results]) => [name, medians(results)]),
+              Object.entries(runs).map((
+                [name, results],
+              ) => [name, medians(results, scenario.metrics)]),
             ),
             runs,
           })),

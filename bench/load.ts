@@ -50,26 +50,37 @@ function readDigits(buf: Uint8Array, at: number, width: number): number {
   return value;
 }
 
-/** One sender's message frame, encoded once; {@link MessageTemplate.stamp} patches it in place. */
+/**
+ * One sender's message frame, encoded once; {@link MessageTemplate.stamp} patches it in place.
+ * With `ref`, the frame also carries `"ref"`: a copy of the stamp, unique in the room (the
+ * sender, the sequence number and the send time in microseconds), which the server's `ack`
+ * echoes, so an ack is timed and matched like a delivery.
+ */
 export class MessageTemplate {
   /** The sender number written into every stamp. */
   readonly sender: number;
   #frame: Uint8Array;
   #at: number;
+  /** Where the ref's copy of the stamp starts, or -1 without a ref. */
+  #refAt = -1;
 
   /** A frame whose `content` is `contentBytes` ASCII bytes long (at least {@link STAMP_LENGTH}). */
-  constructor(sender: number, contentBytes: number) {
+  constructor(sender: number, contentBytes: number, options: { ref?: boolean } = {}) {
     if (contentBytes < STAMP_LENGTH) {
       throw new RangeError(`Message content must be at least ${STAMP_LENGTH} bytes`);
     }
     this.sender = sender;
     const stamp = "~" + "0".repeat(STAMP_LENGTH - 2) + "~";
     const content = stamp + "x".repeat(contentBytes - STAMP_LENGTH);
-    this.#frame = encodeJsonFrame(
-      JSON.stringify({ type: "message", content, sender: `bench${sender}` }),
-    ).slice();
+    const message: Record<string, string> = { type: "message", content, sender: `bench${sender}` };
+    if (options.ref) message.ref = stamp;
+    this.#frame = encodeJsonFrame(JSON.stringify(message)).slice();
     this.#at = this.#frame.indexOf(MARK);
     writeDigits(this.#frame, this.#at + 1, SENDER_DIGITS, sender);
+    if (options.ref) {
+      this.#refAt = this.#frame.indexOf(MARK, this.#at + STAMP_LENGTH);
+      this.#frame.copyWithin(this.#refAt, this.#at, this.#at + STAMP_LENGTH);
+    }
   }
 
   /** Frame size in bytes, prefix included. */
@@ -84,6 +95,9 @@ export class MessageTemplate {
   stamp(seq: number): Uint8Array {
     writeDigits(this.#frame, this.#at + 1 + SENDER_DIGITS, SEQ_DIGITS, seq);
     writeDigits(this.#frame, this.#at + 1 + SENDER_DIGITS + SEQ_DIGITS, TIME_DIGITS, nowUs());
+    if (this.#refAt >= 0) {
+      this.#frame.copyWithin(this.#refAt, this.#at, this.#at + STAMP_LENGTH);
+    }
     return this.#frame;
   }
 }
@@ -270,10 +284,26 @@ export class Tracker {
   }
 }
 
+/**
+ * Looks at one frame a client received after its login reply (`buf[start..stop)`, the body
+ * without the length prefix) before the tracker does; returns `true` if it took the frame.
+ */
+export type FrameHandler = (
+  client: BenchClient,
+  buf: Uint8Array,
+  start: number,
+  stop: number,
+  nowMs: number,
+) => boolean;
+
 /** How {@link BenchClient.connect} opens a client. */
 export interface ClientOptions {
   /** Where the client reports deliveries (none if unset or null). */
   tracker?: Tracker | null;
+  /** Fields added to the `auth` frame (version 2: `features`, `history`, ...). */
+  auth?: JsonObject;
+  /** Sees every frame after the login reply first (acks, replays, `welcome`, ...). */
+  onFrame?: FrameHandler | null;
   /** Log in (default); if false, only complete the TLS handshake (a transport floor's client). */
   login?: boolean;
   /**
@@ -302,8 +332,10 @@ export class BenchClient {
   /** Why the read loop ended, if it ended before {@link BenchClient.close}. */
   endReason: string | null = null;
   #tracker: Tracker | null;
+  #onFrame: FrameHandler | null;
   #reply = Promise.withResolvers<JsonObject | null>();
-  #loggedIn = false;
+  /** Whether the login reply is in: every later frame, even of the same chunk, is the room's. */
+  #replied = false;
   #closing = false;
   #stall: boolean;
   #loop: Promise<void>;
@@ -312,6 +344,7 @@ export class BenchClient {
     this.conn = conn;
     this.index = index;
     this.#tracker = options.tracker ?? null;
+    this.#onFrame = options.onFrame ?? null;
     this.#stall = options.stallAfterLogin ?? false;
     this.#loop = this.#run();
   }
@@ -351,7 +384,9 @@ export class BenchClient {
       const client = new BenchClient(tls, index, options);
       if (options.login === false) return client;
       try {
-        await client.send(encodeFrame({ type: "auth", password: endpoint.password }));
+        await client.send(
+          encodeFrame({ type: "auth", password: endpoint.password, ...options.auth }),
+        );
         const reply = await client.#reply.promise;
         if (reply?.type !== "auth_result" || reply.success !== true) {
           throw new Error(
@@ -360,7 +395,6 @@ export class BenchClient {
             }`,
           );
         }
-        client.#loggedIn = true;
         return client;
       } catch (error) {
         await client.close();
@@ -445,7 +479,8 @@ export class BenchClient {
   }
 
   #frame(buf: Uint8Array, start: number, stop: number, now: number): void {
-    if (!this.#loggedIn) {
+    if (!this.#replied) {
+      this.#replied = true;
       try {
         this.#reply.resolve(JSON.parse(new TextDecoder().decode(buf.subarray(start, stop))));
       } catch {
@@ -453,14 +488,55 @@ export class BenchClient {
       }
       return;
     }
+    if (this.#onFrame !== null && this.#onFrame(this, buf, start, stop, now)) return;
     const tracker = this.#tracker;
     if (tracker === null) return;
-    const at = buf.indexOf(MARK, start);
-    if (at >= 0 && at + STAMP_LENGTH <= stop && buf[at + STAMP_LENGTH - 1] === MARK) {
-      tracker.record(this.index, buf, at, stop - start + 4, now);
-    } else {
-      tracker.recordOther(buf.subarray(start, stop));
-    }
+    const at = stampAt(buf, start, stop);
+    if (at >= 0) tracker.record(this.index, buf, at, stop - start + 4, now);
+    else tracker.recordOther(buf.subarray(start, stop));
+  }
+}
+
+/** Where the first stamp of a frame body starts, or -1 if it has none. */
+export function stampAt(buf: Uint8Array, start: number, stop: number): number {
+  const at = buf.indexOf(MARK, start);
+  return at >= 0 && at + STAMP_LENGTH <= stop && buf[at + STAMP_LENGTH - 1] === MARK ? at : -1;
+}
+
+const ASCII = new TextEncoder();
+/** How the server's message frames start (its keys are sorted; `content` comes first). */
+const MESSAGE_PREFIX = ASCII.encode(`{"content":`);
+/** How its other frames start (`type` first, as `encodeFrame` writes them). */
+const TYPE_PREFIX = ASCII.encode(`{"type":"`);
+const QUOTE = 0x22;
+
+function startsWith(buf: Uint8Array, start: number, stop: number, prefix: Uint8Array): boolean {
+  if (stop - start < prefix.length) return false;
+  for (let i = 0; i < prefix.length; i++) if (buf[start + i] !== prefix[i]) return false;
+  return true;
+}
+
+/**
+ * The `type` of a frame body from the server (`""` if it has none): read from its first bytes
+ * when its keys are in the server's usual order, parsed as JSON otherwise.
+ */
+export function frameType(buf: Uint8Array, start: number, stop: number): string {
+  if (startsWith(buf, start, stop, MESSAGE_PREFIX)) return "message";
+  if (startsWith(buf, start, stop, TYPE_PREFIX)) {
+    const from = start + TYPE_PREFIX.length;
+    const end = buf.indexOf(QUOTE, from);
+    if (end > from && end < stop) return String.fromCharCode(...buf.subarray(from, end));
+  }
+  return parseFrame(buf, start, stop)?.type as string ?? "";
+}
+
+/** A frame body as JSON, or `null` if it is not a JSON object. */
+export function parseFrame(buf: Uint8Array, start: number, stop: number): JsonObject | null {
+  try {
+    const value = JSON.parse(new TextDecoder().decode(buf.subarray(start, stop)));
+    return typeof value === "object" && value !== null && !Array.isArray(value) ? value : null;
+  } catch {
+    return null;
   }
 }
 
@@ -472,6 +548,10 @@ export interface ConnectOptions {
   tracker?: Tracker | null;
   /** Log in (default); if false, the clients only complete the TLS handshake. */
   login?: boolean;
+  /** Fields added to every client's `auth` frame. */
+  auth?: JsonObject;
+  /** Sees every client's frames after its login reply first. */
+  onFrame?: FrameHandler | null;
 }
 
 /**
@@ -493,6 +573,8 @@ export async function connectMany(
         clients[index] = await BenchClient.connect(endpoint, index, {
           tracker: options.tracker,
           login: options.login,
+          auth: options.auth,
+          onFrame: options.onFrame,
         });
       } catch (error) {
         failure ??= error;
@@ -546,5 +628,273 @@ export async function sendPaced(
     if (wait > 0.5) await new Promise((resolve) => setTimeout(resolve, wait));
     if (client.ended) return;
     await client.send(template.stamp(seq));
+  }
+}
+
+/**
+ * Resolves once `done()` holds, or once `progress()` has not changed for `stallMs` (checked
+ * every 10 ms: the figures come from the times recorded with each frame, not from this wait).
+ */
+async function settleOn(
+  progress: () => number,
+  done: () => boolean,
+  stallMs: number,
+): Promise<void> {
+  let seen = progress();
+  let since = performance.now();
+  while (!done()) {
+    await new Promise((resolve) => setTimeout(resolve, 10));
+    const now = progress();
+    if (now !== seen) {
+      seen = now;
+      since = performance.now();
+    } else if (performance.now() - since >= stallMs) return;
+  }
+}
+
+/**
+ * Counts and times the `ack`s of senders whose messages carry a `ref` (a {@link MessageTemplate}
+ * made with `ref`): ack latency is the receive time of the chunk holding the ack minus the send
+ * time in its ref's stamp.
+ */
+export class AckTracker {
+  /** Acks every run should get: one per message. */
+  readonly expected: number;
+  /** Acks seen (each message's first). */
+  received = 0;
+  /** Acks of a message acked before, or of a message no sender of this run sent. */
+  unexpected = 0;
+  /** Acks that came after the ack of a later message of the same sender. */
+  outOfOrder = 0;
+  /** `performance.now()` (ms) of the first and the latest ack. */
+  firstAck = 0;
+  lastAck = 0;
+  #senders: number;
+  #messages: number;
+  #latencies: Float64Array;
+  #seen: Uint8Array;
+  #acked: Uint32Array;
+  #lastSeq: Int32Array;
+  #waiters: ({ count: number; resolve: () => void } | null)[];
+  #released = false;
+
+  constructor(options: { senders: number; messages: number }) {
+    this.#senders = options.senders;
+    this.#messages = options.messages;
+    this.expected = options.senders * options.messages;
+    this.#latencies = new Float64Array(Math.max(1, this.expected));
+    this.#seen = new Uint8Array(this.expected);
+    this.#acked = new Uint32Array(options.senders);
+    this.#lastSeq = new Int32Array(options.senders).fill(-1);
+    this.#waiters = new Array(options.senders).fill(null);
+  }
+
+  /** Records the ack whose ref's stamp starts at `buf[at]`, received at `nowMs`. */
+  record(buf: Uint8Array, at: number, nowMs: number): void {
+    const sender = readDigits(buf, at + 1, SENDER_DIGITS);
+    const seq = readDigits(buf, at + 1 + SENDER_DIGITS, SEQ_DIGITS);
+    const sent = readDigits(buf, at + 1 + SENDER_DIGITS + SEQ_DIGITS, TIME_DIGITS);
+    const slot = sender * this.#messages + seq;
+    if (sender >= this.#senders || seq >= this.#messages || this.#seen[slot] !== 0) {
+      this.unexpected++;
+      return;
+    }
+    this.#seen[slot] = 1;
+    if (seq < this.#lastSeq[sender]) this.outOfOrder++;
+    else this.#lastSeq[sender] = seq;
+    if (this.received === 0) this.firstAck = nowMs;
+    this.#latencies[this.received++] = nowMs - sent / 1000;
+    this.lastAck = nowMs;
+    const acked = ++this.#acked[sender];
+    const waiter = this.#waiters[sender];
+    if (waiter !== null && acked >= waiter.count) {
+      this.#waiters[sender] = null;
+      waiter.resolve();
+    }
+  }
+
+  /** Acks `sender` has received. */
+  acked(sender: number): number {
+    return this.#acked[sender];
+  }
+
+  /** Whether {@link AckTracker.release} was called: senders stop. */
+  get released(): boolean {
+    return this.#released;
+  }
+
+  /** Resolves once `sender` has `count` acks (one waiter per sender), or on release. */
+  waitFor(sender: number, count: number): Promise<void> {
+    if (this.#released || this.#acked[sender] >= count) return Promise.resolve();
+    const { promise, resolve } = Promise.withResolvers<void>();
+    this.#waiters[sender] = { count, resolve };
+    return promise;
+  }
+
+  /** Lets every waiting sender go (and stop): the run is over or has stalled. */
+  release(): void {
+    this.#released = true;
+    for (const waiter of this.#waiters) waiter?.resolve();
+    this.#waiters.fill(null);
+  }
+
+  /** Resolves once every ack arrived, or none arrived for `stallMs`. */
+  settle(stallMs: number): Promise<void> {
+    return settleOn(() => this.received, () => this.received >= this.expected, stallMs);
+  }
+
+  /** The ack latencies in milliseconds, sorted ascending. */
+  latencies(): Float64Array {
+    return this.#latencies.slice(0, this.received).sort();
+  }
+}
+
+/**
+ * A {@link FrameHandler} that records `ack`s in `acks` and takes `welcome`; message frames and
+ * anything else go on to the client's tracker (deliveries, and unexpected frames such as errors).
+ */
+export function ackFrames(acks: AckTracker): FrameHandler {
+  return (_client, buf, start, stop, now) => {
+    const type = frameType(buf, start, stop);
+    if (type === "ack") {
+      const at = stampAt(buf, start, stop);
+      if (at < 0) return false;
+      acks.record(buf, at, now);
+      return true;
+    }
+    return type === "welcome";
+  };
+}
+
+/** Most bytes one write of {@link sendWindowed} holds. */
+const WINDOW_BATCH_BYTES = 64 * 1024;
+
+/**
+ * Sends messages 0 to `count - 1` of `template` (made with `ref`) as fast as a window of
+ * `window` unacked messages allows: whatever the window has room for goes out at once, in one
+ * write of up to 64 KiB. Stops early if the client ends or `acks` is released.
+ */
+export async function sendWindowed(
+  client: BenchClient,
+  template: MessageTemplate,
+  options: { count: number; window: number; acks: AckTracker },
+): Promise<void> {
+  const { count, window, acks } = options;
+  const size = template.byteLength;
+  const most = Math.max(1, Math.min(window, Math.floor(WINDOW_BATCH_BYTES / size)));
+  const batch = new Uint8Array(most * size);
+  let seq = 0;
+  while (seq < count) {
+    const room = window - (seq - acks.acked(template.sender));
+    if (room <= 0) {
+      await acks.waitFor(template.sender, seq - window + 1);
+    }
+    if (acks.released || client.ended) return;
+    if (room <= 0) continue;
+    const n = Math.min(room, count - seq, most);
+    for (let i = 0; i < n; i++) batch.set(template.stamp(seq++), i * size);
+    await client.send(batch.subarray(0, n * size));
+  }
+}
+
+const REPLAY_FIELD = ASCII.encode(`"replay":true`);
+
+function contains(buf: Uint8Array, start: number, stop: number, needle: Uint8Array): boolean {
+  const first = needle[0];
+  for (let i = buf.indexOf(first, start); i >= 0 && i + needle.length <= stop;) {
+    if (startsWith(buf, i, stop, needle)) return true;
+    i = buf.indexOf(first, i + 1);
+  }
+  return false;
+}
+
+/**
+ * Follows the history replays of clients that log in with the `history` feature: each should
+ * get the `messages` stamped messages of `sender` (sequence numbers 0 to `messages - 1`, in
+ * order, each with `"replay":true`), then `history_end` with that count.
+ */
+export class ReplayTracker {
+  /** Clients whose `history_end` arrived. */
+  ended = 0;
+  /** Replayed messages seen, over all clients. */
+  replayed = 0;
+  /** Frames that were neither part of a replay nor `welcome`. */
+  other = 0;
+  /** The first of those, for the report. */
+  firstOther = "";
+  #clients: number;
+  #messages: number;
+  #sender: number;
+  #counts: Uint32Array;
+  #bad: Uint8Array;
+  #endAt: Float64Array;
+  #endCount: Int32Array;
+
+  constructor(options: { clients: number; messages: number; sender: number }) {
+    this.#clients = options.clients;
+    this.#messages = options.messages;
+    this.#sender = options.sender;
+    this.#counts = new Uint32Array(options.clients);
+    this.#bad = new Uint8Array(options.clients);
+    this.#endAt = new Float64Array(options.clients).fill(NaN);
+    this.#endCount = new Int32Array(options.clients).fill(-1);
+  }
+
+  /** The {@link FrameHandler} of the joining clients: takes every frame. */
+  readonly handler: FrameHandler = (client, buf, start, stop, now) => {
+    const i = client.index;
+    const type = frameType(buf, start, stop);
+    if (type === "message") {
+      const at = stampAt(buf, start, stop);
+      const ok = at >= 0 && !(this.#endAt[i] >= 0) && contains(buf, start, stop, REPLAY_FIELD) &&
+        readDigits(buf, at + 1, SENDER_DIGITS) === this.#sender &&
+        readDigits(buf, at + 1 + SENDER_DIGITS, SEQ_DIGITS) === this.#counts[i];
+      if (!ok) this.#bad[i] = 1;
+      this.#counts[i]++;
+      this.replayed++;
+    } else if (type === "history_end") {
+      const count = parseFrame(buf, start, stop)?.count;
+      if (this.#endAt[i] >= 0) this.#bad[i] = 1;
+      else this.ended++;
+      this.#endAt[i] = now;
+      this.#endCount[i] = typeof count === "number" ? count : -1;
+    } else if (type !== "welcome") {
+      this.other++;
+      if (this.firstOther === "") {
+        this.firstOther = new TextDecoder().decode(
+          buf.subarray(start, Math.min(stop, start + 200)),
+        );
+      }
+    }
+    return true;
+  };
+
+  /** Resolves once every client's replay ended, or nothing arrived for `stallMs`. */
+  settle(stallMs: number): Promise<void> {
+    return settleOn(
+      () => this.replayed + this.ended,
+      () => this.ended >= this.#clients,
+      stallMs,
+    );
+  }
+
+  /** Times (`performance.now()`, ms) at which each client's `history_end` came, NaN if none. */
+  endTimes(): Float64Array {
+    return this.#endAt.slice();
+  }
+
+  /**
+   * Clients whose replay was not exactly the expected messages in order (`"replay":true`, the
+   * right stamps) followed by one `history_end` with that count.
+   */
+  incomplete(): number {
+    let n = 0;
+    for (let i = 0; i < this.#clients; i++) {
+      if (
+        this.#bad[i] !== 0 || this.#counts[i] !== this.#messages ||
+        this.#endCount[i] !== this.#messages
+      ) n++;
+    }
+    return n;
   }
 }

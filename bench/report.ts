@@ -5,7 +5,7 @@
  *
  * @module
  */
-import type { Metrics, RunResult, Scenario, Sizes } from "./scenarios.ts";
+import type { Metrics, MetricSpec, RunResult, Scenario, Sizes } from "./scenarios.ts";
 
 /** Everything measured for one scenario. */
 export interface ScenarioReport {
@@ -22,11 +22,22 @@ export function median(values: readonly number[]): number {
   return sorted.length % 2 === 1 ? sorted[middle] : (sorted[middle - 1] + sorted[middle]) / 2;
 }
 
-/** The median of every metric over `runs`. */
-export function medians(runs: readonly RunResult[]): Metrics {
+/**
+ * The median of every metric over `runs`, or the largest value for a metric whose spec in
+ * `specs` says `over: "max"` (NaN if any run's is NaN).
+ */
+export function medians(runs: readonly RunResult[], specs: readonly MetricSpec[] = []): Metrics {
   const keys = new Set(runs.flatMap((run) => Object.keys(run.metrics)));
+  const largest = new Set(specs.filter((spec) => spec.over === "max").map((spec) => spec.key));
   const out: Metrics = {};
-  for (const key of keys) out[key] = median(runs.map((run) => run.metrics[key] ?? NaN));
+  for (const key of keys) {
+    const values = runs.map((run) => run.metrics[key] ?? NaN);
+    out[key] = !largest.has(key)
+      ? median(values)
+      : values.some(Number.isNaN)
+      ? NaN
+      : Math.max(...values);
+  }
   return out;
 }
 
@@ -82,7 +93,7 @@ export function renderTable(
     : `| # | Scenario | ${primary} | Target | Holds |`;
   const rule = reference ? "|---|---|---|---|---|---|---|" : "|---|---|---|---|---|";
   const rows = reports.map(({ scenario, runs }) => {
-    const all = allMedians(runs);
+    const all = allMedians(scenario, runs);
     const ours = all[primary];
     const ref = reference ? all[reference] : undefined;
     const count = runs[primary]?.length ?? 0;
@@ -101,9 +112,12 @@ export function renderTable(
   return [header, rule, ...rows].join("\n");
 }
 
-function allMedians(runs: Record<string, RunResult[]>): Record<string, Metrics> {
+function allMedians(
+  scenario: Scenario,
+  runs: Record<string, RunResult[]>,
+): Record<string, Metrics> {
   return Object.fromEntries(
-    Object.entries(runs).map(([name, results]) => [name, medians(results)]),
+    Object.entries(runs).map(([name, results]) => [name, medians(results, scenario.metrics)]),
   );
 }
 
@@ -121,7 +135,7 @@ export function renderDetails(
   for (const { scenario, runs } of reports) {
     const names = Object.keys(runs);
     if (names.every((name) => name === primary || name === reference)) continue;
-    const all = allMedians(runs);
+    const all = allMedians(scenario, runs);
     const ours = all[primary];
     const rows = names.map((name) =>
       `| ${name} | ${formatMetrics(scenario, all[name])} | ${ratio(scenario, ours, all[name])} |`

@@ -1,16 +1,21 @@
 /**
- * The six benchmark scenarios. Each run measures one server once and returns named figures;
- * the bench takes the median of each figure over the runs.
+ * The eight benchmark scenarios. Each run measures one server once and returns named figures;
+ * the bench takes the median of each figure over the runs (or, for a figure that says so, the
+ * largest).
  *
  * @module
  */
 import {
+  ackFrames,
+  AckTracker,
   BenchClient,
   closeAll,
   connectMany,
   MessageTemplate,
+  ReplayTracker,
   sendBurst,
   sendPaced,
+  sendWindowed,
   Tracker,
 } from "./load.ts";
 import { cpuSeconds, FLOOR_NAMES, rssBytes, type ServerHandle } from "./servers.ts";
@@ -33,6 +38,8 @@ export interface MetricSpec {
   digits: number;
   /** The whole `label value unit` text, for a figure that needs words (e.g. "not dropped"). */
   format?: (value: number) => string;
+  /** How the runs' values are combined: their median (default) or the largest. */
+  over?: "median" | "max";
 }
 
 /** The sizes of every scenario; {@link FULL_SIZES} by default, {@link QUICK_SIZES} for smoke. */
@@ -45,6 +52,10 @@ export interface Sizes {
   large: { clients: number; senders: number; messages: number; bytes: number; window: number };
   /** `readers` reading clients (the senders among them) and one stalled reader. */
   stalled: { readers: number; senders: number; messages: number; bytes: number };
+  /** Senders with `ids`, each at most `window` messages ahead of its acks. */
+  acks: { senders: number; messages: number; bytes: number; window: number };
+  /** `prefill` messages stored, then `clients` log in at once asking for `replay` of them. */
+  join: { prefill: number; clients: number; replay: number; bytes: number };
   /** Logins in flight at once. */
   concurrency: number;
   /** Deliveries missing after this long without progress count as lost. */
@@ -64,6 +75,8 @@ export const FULL_SIZES: Sizes = {
   // 5 x 200 x 16 KiB = 16 MB for every reader: over 3x what the 1 MiB send queue and the kernel
   // (about 4 MiB here) hold for a socket that is never read.
   stalled: { readers: 20, senders: 5, messages: 200, bytes: 16 * 1024 },
+  acks: { senders: 10, messages: 20_000, bytes: 64, window: 200 },
+  join: { prefill: 1000, clients: 100, replay: 1000, bytes: 64 },
   concurrency: 100,
   stallMs: 3000,
   waitIdle: true,
@@ -78,6 +91,8 @@ export const QUICK_SIZES: Sizes = {
   large: { clients: 4, senders: 2, messages: 4, bytes: 60 * 1024, window: 3 },
   // 8 MiB for every reader: past the 1 MiB send queue plus the stalled socket's kernel buffers.
   stalled: { readers: 4, senders: 2, messages: 256, bytes: 16 * 1024 },
+  acks: { senders: 10, messages: 300, bytes: 64, window: 200 },
+  join: { prefill: 200, clients: 10, replay: 200, bytes: 64 },
   concurrency: 20,
   stallMs: 2000,
   waitIdle: false,
@@ -96,6 +111,11 @@ export interface Scenario {
   warmup: boolean;
   /** Whether the transport floors (`floor_server.ts`) are measured too, beside the servers. */
   floors?: boolean;
+  /**
+   * Whether the scenario needs version 2 of the protocol (ids and acks, history): then only our
+   * server (or `--target`) runs it, not the reference or a `--baseline` without it.
+   */
+  v2Only?: boolean;
   /** Measured runs per server unless `--runs` says otherwise (the short, noisy ones get more). */
   runs: number;
   /** Clients the scenario holds open at once. */
@@ -602,6 +622,210 @@ const stalledReader: Scenario = {
   },
 };
 
+/** Scenario 7's target: acked (stored) messages per second. */
+const ACKED_TARGET = 50_000;
+
+/** Size of the server's history database (`chat.db` and its WAL), MiB; NaN without one. */
+async function databaseMib(server: ServerHandle): Promise<number> {
+  if (server.dataDir === undefined) return NaN;
+  let bytes = 0;
+  for (const name of ["chat.db", "chat.db-wal"]) {
+    try {
+      bytes += (await Deno.stat(`${server.dataDir}/${name}`)).size;
+    } catch (error) {
+      if (name === "chat.db") {
+        throw new Error(`No history database in ${server.dataDir}`, { cause: error });
+      }
+    }
+  }
+  return bytes / 1024 ** 2;
+}
+
+const storedAcks: Scenario = {
+  id: 7,
+  title: "Stored acks",
+  describe: ({ acks: s }) =>
+    `${s.senders} clients with ids each send ${s.messages} messages of ${s.bytes} B with a ref, ` +
+    `at most ${s.window} unacked, and read each other's broadcasts; ours only (the reference ` +
+    `has no acks)`,
+  metrics: [
+    { key: "acked_per_s", label: "acked/s", unit: "", digits: 0 },
+    { key: "p50_ms", label: "ack p50", unit: "ms", digits: 2 },
+    { key: "p99_ms", label: "ack p99", unit: "ms", digits: 2 },
+    { key: "unacked", label: "unacked", unit: "", digits: 0 },
+    { key: "deliveries_per_s", label: "deliveries/s", unit: "", digits: 0 },
+    LOST,
+    { key: "cpu_us_per_message", label: "server CPU/message", unit: "µs", digits: 2 },
+    { key: "cpu_pct", label: "server CPU", unit: "%", digits: 0 },
+    { key: "gen_cpu_pct", label: "load generator CPU", unit: "%", digits: 0 },
+    { key: "db_mib", label: "chat.db", unit: "MiB", digits: 1 },
+    { key: "rss_mib", label: "server RSS after", unit: "MiB", digits: 0 },
+  ],
+  freshServerPerRun: false,
+  warmup: true,
+  v2Only: true,
+  runs: 3,
+  clients: (sizes) => sizes.acks.senders,
+  target: {
+    text: `acked/s >= ${ACKED_TARGET.toLocaleString("en-US")}, 0 unacked, 0 lost`,
+    check: (ours) => ours.acked_per_s >= ACKED_TARGET && ours.unacked === 0 && ours.lost === 0,
+  },
+  async run(server, sizes) {
+    const s = sizes.acks;
+    const tracker = new Tracker({ receivers: s.senders, senders: s.senders, messages: s.messages });
+    const acks = new AckTracker({ senders: s.senders, messages: s.messages });
+    const clients = await connectMany(server.endpoint, s.senders, {
+      concurrency: sizes.concurrency,
+      tracker,
+      auth: { features: ["ids"] },
+      onFrame: ackFrames(acks),
+    });
+    try {
+      const templates = clients.map((client) =>
+        new MessageTemplate(client.index, s.bytes, { ref: true })
+      );
+      await quiesce(server, sizes);
+      const cpu0 = await cpuOf(server);
+      const gen0 = await cpuSeconds(Deno.pid);
+      const start = performance.now();
+      const sending = Promise.all(
+        templates.map((template, i) =>
+          sendWindowed(clients[i], template, { count: s.messages, window: s.window, acks })
+        ),
+      );
+      await acks.settle(sizes.stallMs);
+      acks.release();
+      await sending;
+      await tracker.settle(sizes.stallMs);
+      const cpu = await cpuOf(server) - cpu0;
+      const genCpu = await cpuSeconds(Deno.pid) - gen0;
+      const end = Math.max(acks.lastAck, tracker.lastDelivery);
+      const seconds = (end - start) / 1000;
+      const latencies = acks.latencies();
+      const notes = problems(tracker, clients);
+      if (acks.unexpected > 0) notes.push(`${acks.unexpected} unexpected or repeated acks`);
+      if (acks.outOfOrder > 0) notes.push(`${acks.outOfOrder} acks out of order`);
+      return {
+        metrics: {
+          acked_per_s: acks.received / ((acks.lastAck - start) / 1000),
+          p50_ms: percentile(latencies, 0.5),
+          p99_ms: percentile(latencies, 0.99),
+          unacked: acks.expected - acks.received,
+          deliveries_per_s: tracker.received / ((tracker.lastDelivery - start) / 1000),
+          lost: tracker.expected - tracker.received,
+          cpu_us_per_message: cpu * 1e6 / acks.received,
+          cpu_pct: cpu * 100 / seconds,
+          gen_cpu_pct: genCpu * 100 / seconds,
+          db_mib: await databaseMib(server),
+          rss_mib: server.pid === undefined ? NaN : await rssBytes(server.pid) / 1024 ** 2,
+        },
+        notes,
+      };
+    } finally {
+      await closeAll(clients);
+    }
+  },
+};
+
+/** Scenario 8's target: every replay done within this long of the first connect. */
+const JOIN_TARGET_S = 2;
+/** Unacked messages the pre-filling client of scenario 8 may have. */
+const PREFILL_WINDOW = 200;
+
+const historyJoin: Scenario = {
+  id: 8,
+  title: "History join",
+  describe: ({ join: s }) =>
+    `${s.prefill} messages of ${s.bytes} B stored, then ${s.clients} clients connect at once ` +
+    `and log in with history ${s.replay}; ours only (the reference has no history)`,
+  metrics: [
+    { key: "done_s", label: "all replays done", unit: "s", digits: 3 },
+    { key: "done_max_s", label: "slowest run", unit: "s", digits: 3, over: "max" },
+    { key: "client_p50_s", label: "median client", unit: "s", digits: 3 },
+    { key: "logins_s", label: "all logged in", unit: "s", digits: 3 },
+    { key: "incomplete", label: "incomplete replays", unit: "", digits: 0 },
+    { key: "cpu_ms", label: "server CPU", unit: "ms", digits: 0 },
+    { key: "gen_cpu_ms", label: "load generator CPU", unit: "ms", digits: 0 },
+  ],
+  freshServerPerRun: false,
+  warmup: true,
+  v2Only: true,
+  runs: 5,
+  clients: (sizes) => sizes.join.clients,
+  target: {
+    text: `every replay done within ${JOIN_TARGET_S} s (median of runs), all complete`,
+    check: (ours) => ours.done_s <= JOIN_TARGET_S && ours.incomplete === 0,
+  },
+  async run(server, sizes) {
+    const s = sizes.join;
+    const notes: string[] = [];
+    // The last `prefill` messages of the room are this run's: nobody else posts.
+    const acks = new AckTracker({ senders: 1, messages: s.prefill });
+    const [filler] = await connectMany(server.endpoint, 1, {
+      concurrency: 1,
+      auth: { features: ["ids"] },
+      onFrame: ackFrames(acks),
+    });
+    try {
+      const template = new MessageTemplate(0, s.bytes, { ref: true });
+      await sendWindowed(filler, template, { count: s.prefill, window: PREFILL_WINDOW, acks });
+      await acks.settle(sizes.stallMs);
+    } finally {
+      acks.release();
+      await filler.close();
+    }
+    if (acks.received < s.prefill) {
+      notes.push(`pre-fill: only ${acks.received} of ${s.prefill} messages acked`);
+    }
+    const replays = new ReplayTracker({ clients: s.clients, messages: s.replay, sender: 0 });
+    await quiesce(server, sizes);
+    const cpu0 = await cpuOf(server);
+    const gen0 = await cpuSeconds(Deno.pid);
+    const start = performance.now();
+    // All at once: one login in flight per client.
+    const clients = await connectMany(server.endpoint, s.clients, {
+      concurrency: s.clients,
+      auth: { features: ["history"], history: s.replay },
+      onFrame: replays.handler,
+    });
+    try {
+      const loggedIn = performance.now();
+      await replays.settle(sizes.stallMs);
+      const cpu = await cpuOf(server) - cpu0;
+      const genCpu = await cpuSeconds(Deno.pid) - gen0;
+      const ends = [...replays.endTimes()].filter((at) => !Number.isNaN(at))
+        .map((at) => (at - start) / 1000).sort((a, b) => a - b);
+      const missing = s.clients - replays.ended;
+      const done = missing > 0 ? NaN : ends[ends.length - 1];
+      if (missing > 0) notes.push(`${missing} clients got no history_end`);
+      const incomplete = replays.incomplete();
+      if (incomplete > 0) {
+        notes.push(
+          `${incomplete} clients did not get exactly ${s.replay} replayed messages in order ` +
+            `and history_end with count ${s.replay}`,
+        );
+      }
+      if (replays.other > 0) {
+        notes.push(`${replays.other} unexpected frames, e.g. ${replays.firstOther}`);
+      }
+      return {
+        metrics: {
+          done_s: done,
+          done_max_s: done,
+          client_p50_s: percentile(Float64Array.from(ends), 0.5),
+          logins_s: (loggedIn - start) / 1000,
+          incomplete,
+          cpu_ms: cpu * 1000,
+          gen_cpu_ms: genCpu * 1000,
+        },
+        notes,
+      };
+    } finally {
+      await closeAll(clients);
+    }
+  },
+};
+
 /** Every scenario, by id. */
 export const SCENARIOS: readonly Scenario[] = [
   burst,
@@ -610,4 +834,6 @@ export const SCENARIOS: readonly Scenario[] = [
   memory,
   large,
   stalledReader,
+  storedAcks,
+  historyJoin,
 ];

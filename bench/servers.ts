@@ -32,6 +32,8 @@ export interface ServerHandle extends AsyncDisposable {
   pid?: number;
   /** A transport floor: its clients only complete the TLS handshake and never log in. */
   transportOnly?: boolean;
+  /** The server's temporary data dir (`--data-dir`), if it keeps history there. */
+  dataDir?: string;
   /** Stops the server if the bench started it; waits for it to exit. */
   stop(): Promise<void>;
 }
@@ -143,6 +145,10 @@ interface SpawnOptions {
   port: number;
   caCert: string;
   password: string;
+  /** Runs once the process has exited (e.g. removes its temporary data dir). */
+  cleanup?: () => Promise<void>;
+  /** See {@link ServerHandle.dataDir}. */
+  dataDir?: string;
 }
 
 /** Starts a server process and waits until its port accepts TCP connections. */
@@ -179,6 +185,7 @@ async function spawnServer(options: SpawnOptions): Promise<ServerHandle> {
       if (!exited) child.kill("SIGKILL");
       await status;
       await collecting;
+      await options.cleanup?.();
       running.delete(handle);
     })();
     return stopping;
@@ -195,6 +202,7 @@ async function spawnServer(options: SpawnOptions): Promise<ServerHandle> {
     stop,
     [Symbol.asyncDispose]: stop,
   };
+  if (options.dataDir !== undefined) handle.dataDir = options.dataDir;
   running.add(handle);
   const deadline = Date.now() + START_TIMEOUT_MS;
   while (!exited && Date.now() < deadline) {
@@ -225,11 +233,22 @@ export interface StartOptions {
   password: string;
 }
 
+/** The `deno run` flags of a start task, and which of its directories were replaced. */
+export interface TaskFlags {
+  flags: string[];
+  /** The directory names of the task's `--allow-read=`/`--allow-write=` lists that were mapped. */
+  mapped: Set<string>;
+}
+
 /**
- * The `deno run` flags of `deno task start` in `configPath` (a deno.json), with its cert dir
- * `certs` replaced by `certDir`: the bench runs the server exactly as that task does.
+ * The `deno run` flags of `deno task start` in `configPath` (a deno.json), with the directories
+ * of its permission lists replaced as `dirs` says (e.g. `certs` by the bench's cert dir, `data`
+ * by a fresh data dir): the bench runs the server exactly as that task does.
  */
-export async function startTaskFlags(configPath: string, certDir: string): Promise<string[]> {
+export async function startTaskFlags(
+  configPath: string,
+  dirs: Record<string, string>,
+): Promise<TaskFlags> {
   const config = JSON.parse(await Deno.readTextFile(configPath));
   const task: string = config.tasks?.start ?? "";
   const words = task.split(/\s+/);
@@ -238,29 +257,48 @@ export async function startTaskFlags(configPath: string, certDir: string): Promi
   if (words[0] !== "deno" || run !== 1 || main < run) {
     throw new Error(`Cannot read the start task of ${configPath}: ${JSON.stringify(task)}`);
   }
-  return words.slice(run + 1, main).map((flag) =>
+  const mapped = new Set<string>();
+  const flags = words.slice(run + 1, main).map((flag) =>
     flag.replace(
       /=(.*)$/,
       (_, list: string) =>
-        "=" + list.split(",").map((item) => item === "certs" ? certDir : item).join(","),
+        "=" + list.split(",").map((item) => {
+          if (!Object.hasOwn(dirs, item)) return item;
+          mapped.add(item);
+          return dirs[item];
+        }).join(","),
     )
   );
+  return { flags, mapped };
 }
 
 /**
  * Starts the project's server with the limits the bench needs relaxed (`--rate 0
  * --max-per-ip 0 --max-clients 20000`) and everything else at its default, with exactly the
- * flags of `deno task start` (its cert dir being the bench's). With `checkout`, starts that
- * checkout of the project instead (an earlier version, for before/after figures), as its own
- * `deno task start` runs it.
+ * flags of `deno task start` (its cert dir being the bench's). Where that task grants the data
+ * dir `data` (history on, in SQLite, as by default), each start gets a fresh temporary data dir
+ * (granted in its place and passed as `--data-dir`), removed once the server has stopped. With
+ * `checkout`, starts that checkout of the project instead (an earlier version, for before/after
+ * figures), as its own `deno task start` runs it (a version whose task has no `data` gets no
+ * data dir).
  */
 export async function startOurs(
   options: StartOptions & { maxClients: number; checkout?: string; name?: string },
 ): Promise<ServerHandle> {
   const port = freePort();
-  const root = options.checkout ?? REPO_ROOT;
-  const config = `${root.replace(/\/$/, "")}/deno.json`;
-  const flags = await startTaskFlags(config, options.certDir);
+  const root = (options.checkout ?? REPO_ROOT).replace(/\/$/, "");
+  const config = `${root}/deno.json`;
+  const dataDir = await Deno.makeTempDir({ prefix: "chat-bench-data-" });
+  const removeData = () => Deno.remove(dataDir, { recursive: true }).catch(() => {});
+  let task: TaskFlags;
+  try {
+    task = await startTaskFlags(config, { certs: options.certDir, data: dataDir });
+  } catch (error) {
+    await removeData();
+    throw error;
+  }
+  const history = task.mapped.has("data") ? ["--data-dir", dataDir] : [];
+  if (history.length === 0) await removeData();
   return spawnServer({
     name: options.name ?? "ours",
     command: Deno.execPath(),
@@ -268,12 +306,13 @@ export async function startOurs(
       "run",
       "--config",
       config,
-      ...flags,
-      `${root.replace(/\/$/, "")}/main.ts`,
+      ...task.flags,
+      `${root}/main.ts`,
       "--port",
       String(port),
       "--cert-dir",
       options.certDir,
+      ...history,
       "--rate",
       "0",
       "--max-per-ip",
@@ -286,6 +325,8 @@ export async function startOurs(
     port,
     caCert: options.caCert,
     password: options.password,
+    cleanup: history.length > 0 ? removeData : undefined,
+    dataDir: history.length > 0 ? dataDir : undefined,
   });
 }
 
@@ -317,7 +358,7 @@ export async function startFloor(
 ): Promise<ServerHandle> {
   const port = freePort();
   // The same runtime as ours: the V8 flags of `deno task start` (its GC sizing) apply here too.
-  const v8 = (await startTaskFlags(`${REPO_ROOT}deno.json`, options.certDir))
+  const v8 = (await startTaskFlags(`${REPO_ROOT}deno.json`, { certs: options.certDir })).flags
     .filter((flag) => flag.startsWith("--v8-flags="));
   const handle = await spawnServer({
     name: FLOOR_NAMES[options.transport],

@@ -69,9 +69,31 @@ function assertSane(report: BenchJson, server: string, measured: boolean): void 
   );
 }
 
+/**
+ * Checks the version 2 scenarios (7: stored acks, 8: history join), which only our server runs:
+ * with history on (a `chat.db` in the bench's data dir), every message acked and delivered, every
+ * joining client's replay complete.
+ */
+function assertSaneV2(report: BenchJson): void {
+  const acks = scenario(report, 7);
+  assert.deepEqual(Object.keys(acks), ["ours"], "scenario 7 runs on our server only");
+  assert.equal(acks.ours.unacked, 0);
+  assert.equal(acks.ours.lost, 0);
+  assert.ok(acks.ours.acked_per_s > 0);
+  assert.ok(acks.ours.deliveries_per_s > 0);
+  assert.ok(acks.ours.p50_ms >= 0 && acks.ours.p99_ms >= acks.ours.p50_ms);
+  assert.ok(acks.ours.db_mib > 0, "the server keeps its history in SQLite (chat.db)");
+  const join = scenario(report, 8);
+  assert.deepEqual(Object.keys(join), ["ours"], "scenario 8 runs on our server only");
+  assert.equal(join.ours.incomplete, 0);
+  assert.ok(join.ours.done_s > 0 && join.ours.done_max_s >= join.ours.done_s);
+  assert.ok(join.ours.logins_s > 0 && join.ours.client_p50_s <= join.ours.done_s);
+}
+
 Deno.test("bench --quick measures our server (and the reference, if present) in every scenario", async () => {
   const report = await runBench([]);
   assertSane(report, "ours", true);
+  assertSaneV2(report);
   for (const floor of ["node:tls floor", "Deno.listenTls floor"]) {
     assert.ok(Number.isFinite(scenario(report, 4)[floor]?.kib_per_client), `${floor} measured`);
   }
