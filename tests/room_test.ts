@@ -486,3 +486,30 @@ Deno.test("a second store on the same data dir is refused at open, naming the lo
   again.close();
   await Deno.remove(dir, { recursive: true });
 });
+
+Deno.test("600 messages in one chunk: stored in bounded batches, every one acked and delivered in order", async () => {
+  await using server = await startServer({ limits: { rate: 0 } });
+  const { client: writer } = await v2(server.port, { features: ["ids"] });
+  await using _writer = writer;
+  const { client: reader } = await v2(server.port, { features: ["ids"] });
+  await using _reader = reader;
+  await writer.sendRaw(concatBytes(
+    Array.from(
+      { length: 600 },
+      (_, i) => encodeFrame({ type: "message", content: `burst ${i}`, ref: `burst-${i}` }),
+    ),
+  ));
+  const acks: number[] = [];
+  while (acks.length < 600) {
+    const frame = await writer.recv();
+    assert.equal(frame.type, "ack");
+    assert.equal(frame.ref, `burst-${acks.length}`);
+    acks.push(frame.id as number);
+  }
+  for (let i = 0; i < 600; i++) {
+    const frame = await reader.recv();
+    assert.equal(frame.content, `burst ${i}`);
+    assert.equal(frame.id, acks[i]);
+    if (i > 0) assert.ok(acks[i] > acks[i - 1]);
+  }
+});

@@ -2,6 +2,7 @@ import assert from "node:assert/strict";
 import { DatabaseSync } from "node:sqlite";
 import {
   type HistoryStore,
+  maxRefs,
   memoryStore,
   openStore,
   sqliteStore,
@@ -609,3 +610,36 @@ Deno.test({
       }
     }),
 });
+
+Deno.test("refs are bounded: past keep + maxRefs' margin the oldest is forgotten, in memory and on disk", () =>
+  withTempDir((dir) => {
+    let now = 0;
+    const path = `${dir}/chat.db`;
+    const keep = 10;
+    const extra = maxRefs(keep) - keep;
+    const store = sqliteStore(path, keep, { refTtlMs: 3_600_000, now: () => now });
+    const other = new DatabaseSync(path);
+    try {
+      const total = maxRefs(keep) + 500;
+      for (let id = 1; id <= total; id += 1000) {
+        const batch = [];
+        for (let i = id; i < Math.min(id + 1000, total + 1); i++) {
+          batch.push(message(i, { ts: now, ref: `r${i}` }));
+        }
+        store.append(batch);
+      }
+      assert.equal(store.findRef("r1"), undefined, "the oldest ref was forgotten for room");
+      assert.equal(store.findRef("r500"), undefined);
+      assert.deepEqual(store.findRef(`r${total}`), { id: total, ts: 0 });
+      assert.ok(store.findRef(`r${total - keep - extra + 1}`), "the newest maxRefs are kept");
+      now += 10_000; // a sweep is due: the log forgets them too
+      store.append([message(total + 1, { ts: now })]);
+      const rows = Number(
+        (other.prepare("SELECT COUNT(*) AS n FROM refs").get() as { n: number }).n,
+      );
+      assert.ok(rows <= maxRefs(keep), `${rows} ref rows on disk`);
+    } finally {
+      other.close();
+      store.close();
+    }
+  }));

@@ -53,12 +53,18 @@ export function encodeError(code: ErrorCode, message: string, ref?: string): Uin
  * message; the same bytes are queued to every recipient.
  */
 export function encodeBroadcast(message: ChatMessage, senderIp: string): Uint8Array {
-  return encodeFrame({
-    content: message.content,
-    sender: message.sender,
-    sender_ip: senderIp,
-    type: "message",
-  });
+  return encodeJsonFrame(broadcastJson(message, senderIp));
+}
+
+/**
+ * The JSON text of a seed broadcast: byte for byte what `JSON.stringify` gives for the object
+ * with these keys in this order, written directly (one string, no object) because it is built
+ * for every message.
+ */
+export function broadcastJson(message: ChatMessage, senderIp: string): string {
+  return `{"content":${JSON.stringify(message.content)},"sender":${
+    JSON.stringify(message.sender)
+  },"sender_ip":${JSON.stringify(senderIp)},"type":"message"}`;
 }
 
 /**
@@ -352,20 +358,38 @@ export type LeaveReason = "quit" | "dropped" | "shutdown" | "node_lost";
  * (ISO-8601 UTC with milliseconds), and `replay: true` when it comes from history.
  */
 export function encodeMessage(message: RoomMessage, replay = false): Uint8Array {
-  return encodeFrame({
-    content: message.content,
-    id: message.id,
-    ...(replay ? { replay: true } : {}),
-    sender: message.sender,
-    sender_ip: message.senderIp,
-    ts: new Date(message.ts).toISOString(),
-    type: "message",
-  });
+  return encodeJsonFrame(messageJson(message, replay));
+}
+
+/** The JSON text of {@link encodeMessage}'s frame (written directly, as {@link broadcastJson}). */
+export function messageJson(message: RoomMessage, replay = false): string {
+  return `{"content":${JSON.stringify(message.content)},"id":${message.id},${
+    replay ? '"replay":true,' : ""
+  }"sender":${JSON.stringify(message.sender)},"sender_ip":${
+    JSON.stringify(message.senderIp)
+  },"ts":"${isoTime(message.ts)}","type":"message"}`;
 }
 
 /** Encodes the `ack` of an accepted (and stored) message to its sender. */
 export function encodeAck(ref: string, id: number, ts: number): Uint8Array {
-  return encodeFrame({ type: "ack", ref, id, ts: new Date(ts).toISOString() });
+  return encodeJsonFrame(
+    `{"type":"ack","ref":${JSON.stringify(ref)},"id":${id},"ts":"${isoTime(ts)}"}`,
+  );
+}
+
+let lastTime = NaN;
+let lastIso = "";
+
+/**
+ * `ts` as ISO-8601 UTC with milliseconds. The messages of one batch share their time, so the
+ * last one is remembered: formatting a date costs more than the rest of a small frame.
+ */
+export function isoTime(ts: number): string {
+  if (ts !== lastTime) {
+    lastIso = new Date(ts).toISOString();
+    lastTime = ts;
+  }
+  return lastIso;
 }
 
 /** The JSON form of a member in presence frames. */

@@ -24,21 +24,24 @@
 import { setImmediate } from "node:timers";
 import type { Logger } from "@logtape/logtape";
 import {
+  broadcastJson,
   encodeAck,
-  encodeBroadcast,
   encodeFrame,
   encodeHistoryEnd,
   encodeJoined,
+  encodeJsonFrame,
   encodeLeft,
   encodeMessage,
   encodeWho,
   type ErrorCode,
   featureNames,
+  HEADER_SIZE,
   type JsonObject,
   type LeaveReason,
   MAX_REPLAY,
   type MemberInfo,
   memberJson,
+  messageJson,
   type RoomMessage,
   WANTS_HISTORY,
   WANTS_IDS,
@@ -145,6 +148,8 @@ export interface LocalRoomOptions {
   clock?: () => number;
 }
 
+/** Most messages stored in one transaction; more posted in one turn are flushed in several. */
+const MAX_BATCH = 256;
 /** First chunk of rows read for a replay or page; later chunks double. */
 const READ_CHUNK = 16;
 
@@ -254,6 +259,11 @@ export class LocalRoom implements Room {
     const pending: Pending = { member, post };
     this.#pending.push(pending);
     if (ref !== undefined) this.#pendingRefs.set(ref, pending);
+    // A bounded batch: one transaction, and one turn of the event loop, stays short.
+    if (this.#pending.length >= MAX_BATCH) {
+      this.#flush();
+      return;
+    }
     if (!this.#scheduled) {
       this.#scheduled = true;
       setImmediate(LocalRoom.#flushRoom, this);
@@ -359,12 +369,12 @@ export class LocalRoom implements Room {
     let seedFrame: Uint8Array | undefined;
     let idsFrame: Uint8Array | undefined;
     if (this.#seedMembers > present - senderIds) {
-      seedFrame = encodeBroadcast(pending.post, record.senderIp);
-      if (share) seedFrame = this.#share(seedFrame);
+      const json = broadcastJson(pending.post, record.senderIp);
+      seedFrame = share ? this.#shared(json) : encodeJsonFrame(json);
     }
     if (this.#idsMembers > senderIds) {
-      idsFrame = encodeMessage(message);
-      if (share) idsFrame = this.#share(idsFrame);
+      const json = messageJson(message);
+      idsFrame = share ? this.#shared(json) : encodeJsonFrame(json);
     }
     let delivered = 0;
     for (const member of this.#members.values()) {
@@ -507,19 +517,28 @@ export class LocalRoom implements Room {
     });
   }
 
-  /** A copy of a small frame placed right after the previous one in the arena. */
-  #share(frame: Uint8Array): Uint8Array {
-    const length = frame.byteLength;
-    if (length > ARENA_MAX_FRAME) return frame;
-    if (this.#used + length > this.#arena.byteLength) {
+  /**
+   * Encodes `json` as a frame straight into the arena, right after the previous one (no frame
+   * of its own to allocate and copy). A frame that does not fit in what is left of the chunk
+   * goes into a new chunk; a large one gets a buffer of its own.
+   */
+  #shared(json: string): Uint8Array {
+    if (json.length > ARENA_MAX_FRAME) return encodeJsonFrame(json);
+    for (let fresh = false;; fresh = true) {
+      const start = this.#used;
+      const room = this.#arena.subarray(start + HEADER_SIZE);
+      const { read, written } = ENCODER.encodeInto(json, room);
+      if (read === json.length && written <= ARENA_MAX_FRAME) {
+        new DataView(this.#arena.buffer, start).setUint32(0, written);
+        this.#used = start + HEADER_SIZE + written;
+        return this.#arena.subarray(start, this.#used);
+      }
+      if (fresh) return encodeJsonFrame(json); // more than ARENA_MAX_FRAME once encoded
       this.#arena = new Uint8Array(ARENA_SIZE);
       this.#used = 0;
     }
-    const start = this.#used;
-    this.#arena.set(frame, start);
-    this.#used += length;
-    return this.#arena.subarray(start, this.#used);
   }
 }
 
 const UNAVAILABLE = "Cannot store the message now; resend it later";
+const ENCODER = new TextEncoder();

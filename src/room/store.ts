@@ -124,6 +124,8 @@ export interface OpenedStore {
   warning?: string;
 }
 
+/** Refs remembered beyond those of kept messages (for the TTL), at most. */
+const EXTRA_REFS = 100_000;
 /** Why refs are remembered for at least this long: a client resending after a reconnect. */
 const DEFAULT_REF_TTL_MS = 10 * 60_000;
 /** Expired refs are deleted at most this often: a scan per append would cost for nothing. */
@@ -171,7 +173,7 @@ export function memoryStore(
   keep: number,
   options: { refTtlMs?: number; now?: () => number; startId?: number } = {},
 ): HistoryStore {
-  return new MemoryStore(checkKeep(keep), refIndex(options), options.startId ?? 0);
+  return new MemoryStore(checkKeep(keep), refIndex(keep, options), options.startId ?? 0);
 }
 
 /**
@@ -193,7 +195,7 @@ export function sqliteStore(
   keep: number,
   options: { refTtlMs?: number; now?: () => number } = {},
 ): HistoryStore {
-  return SqliteStore.open(path, checkKeep(keep), refIndex(options));
+  return SqliteStore.open(path, checkKeep(keep), refIndex(keep, options));
 }
 
 /**
@@ -207,17 +209,30 @@ class RefIndex {
   readonly #refs = new Map<string, RefRecord>();
   readonly #ttl: number;
   readonly #now: () => number;
+  readonly #max: number;
   #nextSweep: number;
+  /** The highest id forgotten for room (over `#max`) since the last sweep. */
+  #evicted = 0;
 
-  constructor(ttl: number, now: () => number) {
+  constructor(ttl: number, now: () => number, max: number) {
     this.#ttl = ttl;
     this.#now = now;
+    this.#max = max;
     this.#nextSweep = now() + REF_PRUNE_INTERVAL_MS;
   }
 
+  /**
+   * Remembers a ref. Past `max` refs the oldest is forgotten, TTL or not: the refs a client can
+   * make the server keep are bounded however fast the room talks (see {@link maxRefs}).
+   */
   add(ref: string, record: RefRecord): void {
     this.#refs.delete(ref);
     this.#refs.set(ref, record);
+    if (this.#refs.size > this.#max) {
+      const [oldest, { id }] = this.#refs.entries().next().value!;
+      this.#refs.delete(oldest);
+      this.#evicted = Math.max(this.#evicted, id);
+    }
   }
 
   /** The ref's record if its message is still kept (id >= `oldestKept`) or its TTL runs. */
@@ -244,12 +259,17 @@ class RefIndex {
    */
   sweep(cutoff: number, oldestKept: number): number {
     this.#nextSweep = this.#now() + REF_PRUNE_INTERVAL_MS;
-    return this.#expired(cutoff, oldestKept, true);
+    const bound = Math.max(this.#expired(cutoff, oldestKept, true), this.#evicted);
+    this.#evicted = 0;
+    return bound;
   }
 
-  /** The highest id {@linkcode RefIndex.sweep} would forget now, forgetting nothing. */
+  /**
+   * The highest id {@linkcode RefIndex.sweep} would forget now (or has forgotten for room),
+   * forgetting nothing.
+   */
   sweepBound(cutoff: number, oldestKept: number): number {
-    return this.#expired(cutoff, oldestKept, false);
+    return Math.max(this.#expired(cutoff, oldestKept, false), this.#evicted);
   }
 
   #expired(cutoff: number, oldestKept: number, forget: boolean): number {
@@ -267,10 +287,19 @@ class RefIndex {
   }
 }
 
-function refIndex(options: { refTtlMs?: number; now?: () => number }): RefIndex {
+/**
+ * Most refs remembered: every kept message's, plus {@link EXTRA_REFS} more for the 10 minutes
+ * after their messages are pruned. Without a bound, a room at 50,000 messages a second would
+ * keep 30 million refs (gigabytes) for those 10 minutes.
+ */
+export function maxRefs(keep: number): number {
+  return keep + EXTRA_REFS;
+}
+
+function refIndex(keep: number, options: { refTtlMs?: number; now?: () => number }): RefIndex {
   const ttl = options.refTtlMs ?? DEFAULT_REF_TTL_MS;
   if (!(ttl >= 0)) throw new Error(`The ref TTL must be >= 0 ms, not ${ttl}`);
-  return new RefIndex(ttl, options.now ?? Date.now);
+  return new RefIndex(ttl, options.now ?? Date.now, maxRefs(keep));
 }
 
 class MemoryStore implements HistoryStore {
