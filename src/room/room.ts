@@ -146,6 +146,8 @@ export interface LocalRoomOptions {
   logger: Logger;
   /** Wall clock for message times (ms since the epoch). */
   clock?: () => number;
+  /** Called after a batch is delivered (to write the queued frames out now). */
+  delivered?: () => void;
 }
 
 /** Most messages stored in one transaction; more posted in one turn are flushed in several. */
@@ -177,6 +179,7 @@ export class LocalRoom implements Room {
   #hold: (mailbox: Mailbox) => void;
   #logger: Logger;
   #clock: () => number;
+  #delivered: () => void;
   #pending: Pending[] = [];
   #pendingRefs = new Map<string, Pending>();
   #scheduled = false;
@@ -192,6 +195,7 @@ export class LocalRoom implements Room {
     this.#hold = options.hold;
     this.#logger = options.logger;
     this.#clock = options.clock ?? Date.now;
+    this.#delivered = options.delivered ?? (() => {});
   }
 
   get size(): number {
@@ -308,6 +312,7 @@ export class LocalRoom implements Room {
     this.#pendingRefs.clear();
     try {
       this.#commit(batch);
+      this.#delivered();
     } catch (error) {
       // A bug, not the store (its failures are handled in #commit): the batch is refused, the
       // server goes on.

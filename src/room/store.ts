@@ -205,8 +205,16 @@ export function sqliteStore(
  * The price is memory, about 150 bytes a ref (15 MB when 100000 kept messages all carry one).
  */
 class RefIndex {
-  /** In acceptance order (a re-accepted ref moves to the end), so a sweep stops early. */
+  /** Ref to its record. */
   readonly #refs = new Map<string, RefRecord>();
+  /**
+   * The refs in acceptance order (a ref accepted again is queued again; its older entry is
+   * stale), consumed from `#head`. A queue rather than the Map's own order: V8 leaves deleted
+   * entries at the front of a Map until it is rehashed, so finding its oldest entry after many
+   * deletions costs as many steps as there were deletions.
+   */
+  #queue: { ref: string; record: RefRecord }[] = [];
+  #head = 0;
   readonly #ttl: number;
   readonly #now: () => number;
   readonly #max: number;
@@ -226,12 +234,11 @@ class RefIndex {
    * make the server keep are bounded however fast the room talks (see {@link maxRefs}).
    */
   add(ref: string, record: RefRecord): void {
-    this.#refs.delete(ref);
     this.#refs.set(ref, record);
-    if (this.#refs.size > this.#max) {
-      const [oldest, { id }] = this.#refs.entries().next().value!;
-      this.#refs.delete(oldest);
-      this.#evicted = Math.max(this.#evicted, id);
+    this.#queue.push({ ref, record });
+    while (this.#refs.size > this.#max) {
+      const id = this.#forgetOldest();
+      if (id > this.#evicted) this.#evicted = id;
     }
   }
 
@@ -255,35 +262,47 @@ class RefIndex {
 
   /**
    * Forgets refs accepted before `cutoff` whose message is gone (ids below `oldestKept`).
-   * Returns the highest id forgotten (0 if none): the SQLite log deletes up to it by its key.
+   * Returns the highest id forgotten (0 if none), including those forgotten for room since the
+   * last sweep: the SQLite log deletes up to it by its key.
    */
   sweep(cutoff: number, oldestKept: number): number {
     this.#nextSweep = this.#now() + REF_PRUNE_INTERVAL_MS;
-    const bound = Math.max(this.#expired(cutoff, oldestKept, true), this.#evicted);
+    let highest = this.#evicted;
     this.#evicted = 0;
-    return bound;
-  }
-
-  /**
-   * The highest id {@linkcode RefIndex.sweep} would forget now (or has forgotten for room),
-   * forgetting nothing.
-   */
-  sweepBound(cutoff: number, oldestKept: number): number {
-    return Math.max(this.#expired(cutoff, oldestKept, false), this.#evicted);
-  }
-
-  #expired(cutoff: number, oldestKept: number, forget: boolean): number {
-    let highest = 0;
-    for (const [ref, record] of this.#refs) {
+    while (this.#head < this.#queue.length) {
+      const { record } = this.#queue[this.#head];
       if (record.id >= oldestKept || record.ts >= cutoff) break;
-      if (forget) this.#refs.delete(ref);
+      highest = Math.max(highest, this.#forgetOldest());
+    }
+    return highest;
+  }
+
+  /** The highest id {@linkcode RefIndex.sweep} would return now, forgetting nothing. */
+  sweepBound(cutoff: number, oldestKept: number): number {
+    let highest = this.#evicted;
+    for (let i = this.#head; i < this.#queue.length; i++) {
+      const { record } = this.#queue[i];
+      if (record.id >= oldestKept || record.ts >= cutoff) break;
       highest = Math.max(highest, record.id);
     }
     return highest;
   }
 
+  /** Takes the oldest queue entry; forgets its ref unless it was accepted again since. */
+  #forgetOldest(): number {
+    const { ref, record } = this.#queue[this.#head++];
+    if (this.#refs.get(ref) === record) this.#refs.delete(ref);
+    if (this.#head >= 1024 && this.#head * 2 >= this.#queue.length) {
+      this.#queue = this.#queue.slice(this.#head);
+      this.#head = 0;
+    }
+    return record.id;
+  }
+
   clear(): void {
     this.#refs.clear();
+    this.#queue = [];
+    this.#head = 0;
   }
 }
 

@@ -17,7 +17,7 @@ import { getLogger, type Logger } from "@logtape/logtape";
 import { hasTcpBackpressure } from "./backpressure.ts";
 import { DEFAULT_LIMITS, type Limits } from "./config.ts";
 import { FlowControl } from "./flow.ts";
-import type { Outbox } from "./outbox.ts";
+import { flushOutboxes, type Outbox } from "./outbox.ts";
 import { Gatekeeper } from "./auth.ts";
 import { AuthLockout } from "./limits.ts";
 import { PasswordVerifier } from "./password.ts";
@@ -165,6 +165,7 @@ export class ChatServer implements AsyncDisposable {
       store,
       replayBytes: this.#limits.maxSendQueue,
       hold: (mailbox: Mailbox) => flow.hold(mailbox as Outbox),
+      delivered: flushOutboxes,
       logger: this.#logger,
     });
     this.#lockout = new AuthLockout({
