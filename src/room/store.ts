@@ -421,8 +421,10 @@ type MessageRow = [
 ];
 
 /**
- * `refs` is a log of accepted refs in id order (appending to it is cheap), read back into the
- * {@linkcode RefIndex} at open; `meta.last_id` keeps the counter when no message is kept.
+ * A kept message holds its own `ref`; `refs` logs, in id order, the refs that outlive their
+ * message (within the TTL: copied there when the message is pruned, or written there at once when
+ * the message is not kept at all). Both are read back into the {@linkcode RefIndex} at open.
+ * `meta.last_id` keeps the counter when no message is kept.
  */
 const SCHEMA = `
   CREATE TABLE IF NOT EXISTS messages (
@@ -535,11 +537,13 @@ class SqliteStore implements HistoryStore {
       for (const { id, ts, sender, senderIp, content, ref } of kept) {
         sql.insert.run(id, ts, sender, senderIp, content, ref ?? null);
       }
-      for (const { id, ts, ref } of batch) {
+      // A kept message holds its own ref; only those of messages not kept go to the log.
+      for (let i = 0; i < batch.length - kept.length; i++) {
+        const { id, ts, ref } = batch[i];
         if (ref !== undefined) sql.logRef.run(id, ref, ts);
       }
       sql.putLastId.run(lastId);
-      const pruned = this.#prune(kept.length, lastId);
+      const pruned = this.#prune(kept.length, lastId, cutoff);
       const bound = sweep ? this.#refs.sweepBound(cutoff, pruned.oldestKept) : 0;
       if (bound > 0) sql.sweepRefs.run(bound);
       return pruned;
@@ -593,20 +597,28 @@ class SqliteStore implements HistoryStore {
     this.#count = Number((sql.count.get() as { n: number }).n);
     ({ count: this.#count, oldestKept: this.#oldestKept } = this.#transaction(() => {
       sql.putLastId.run(this.#lastId);
-      return this.#prune(0, this.#lastId);
+      return this.#prune(0, this.#lastId, this.#refs.cutoff());
     }));
-    const refs = sql.retainedRefs.all(this.#oldestKept, this.#refs.cutoff()) as unknown[];
-    for (const [id, ref, ts] of refs as [number, string, number][]) this.#refs.add(ref, { id, ts });
+    // The log's refs (of pruned messages) are older than every kept message's: in id order.
+    const logged = sql.retainedRefs.all(this.#oldestKept, this.#refs.cutoff()) as unknown[];
+    const kept = sql.keptRefs.all() as unknown[];
+    for (const [id, ref, ts] of [...logged, ...kept] as [number, string, number][]) {
+      this.#refs.add(ref, { id, ts });
+    }
   }
 
   /**
    * Deletes the oldest messages beyond `keep` once `added` rows are in (by count, not by id
    * arithmetic: ids may skip values). Returns the new count and the oldest kept id.
    */
-  #prune(added: number, lastId: number): { count: number; oldestKept: number } {
+  #prune(added: number, lastId: number, cutoff: number): { count: number; oldestKept: number } {
     let count = this.#count + added;
     if (count > this.#keep) {
-      count -= Number(this.#sql.pruneMessages.run(count - this.#keep - 1).changes);
+      const sql = this.#sql;
+      const { id: bound } = sql.pruneBound.get(count - this.#keep - 1) as { id: number };
+      // Refs still within their TTL outlive their message: copied to the log, inside SQLite.
+      sql.logPrunedRefs.run(bound, cutoff);
+      count -= Number(sql.pruneMessages.run(bound).changes);
     }
     const oldest = this.#sql.oldestId.get() as { id: number | null };
     return { count, oldestKept: oldest.id ?? lastId + 1 };
@@ -661,9 +673,13 @@ function prepareAll(db: DatabaseSync) {
     newestId: prepare("SELECT MAX(id) AS id FROM messages"),
     oldestId: prepare("SELECT MIN(id) AS id FROM messages"),
     count: prepare("SELECT COUNT(*) AS n FROM messages"),
-    pruneMessages: prepare(
-      "DELETE FROM messages WHERE id <= (SELECT id FROM messages ORDER BY id LIMIT 1 OFFSET ?)",
+    pruneBound: prepare("SELECT id FROM messages ORDER BY id LIMIT 1 OFFSET ?"),
+    logPrunedRefs: prepare(
+      "INSERT OR IGNORE INTO refs (id, ref, ts) " +
+        "SELECT id, ref, ts FROM messages WHERE id <= ? AND ref IS NOT NULL AND ts >= ?",
     ),
+    pruneMessages: prepare("DELETE FROM messages WHERE id <= ?"),
+    keptRefs: rows("SELECT id, ref, ts FROM messages WHERE ref IS NOT NULL ORDER BY id"),
     // Up to the highest ref RefIndex.sweep forgot (past the TTL, and its message gone).
     sweepRefs: prepare("DELETE FROM refs WHERE id <= ?"),
     retainedRefs: rows("SELECT id, ref, ts FROM refs WHERE id >= ? OR ts >= ? ORDER BY id"),
