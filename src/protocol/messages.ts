@@ -320,9 +320,14 @@ function isCount(value: unknown): value is number {
   return typeof value === "number" && Number.isSafeInteger(value) && value >= 0;
 }
 
-/** Counts code points of `text`, stopping early once `stop` is reached. */
+/**
+ * Counts code points of `text`, stopping at `stop`: the result is `>= stop` exactly when `text` has
+ * at least `stop` code points (below that it may be its UTF-16 length instead).
+ */
 function countChars(text: string, stop: number): number {
-  if (text.length < stop) return [...text].length;
+  // A code point is one or two UTF-16 units: a string of fewer units than `stop` has fewer code
+  // points than `stop` too, and that is all the callers ask. (The usual case: no counting.)
+  if (text.length < stop) return text.length;
   let count = 0;
   for (const _ of text) {
     if (++count >= stop) break;

@@ -628,9 +628,9 @@ class SqliteStore implements HistoryStore {
   #transaction<T>(work: () => T): T {
     const db = this.#db;
     try {
-      db.exec("BEGIN IMMEDIATE");
+      this.#sql.begin.run(); // prepared once: exec() would parse the text on every batch
       const result = work();
-      db.exec("COMMIT");
+      this.#sql.commit.run();
       return result;
     } catch (error) {
       if (db.isOpen && db.isTransaction) {
@@ -663,6 +663,8 @@ function prepareAll(db: DatabaseSync) {
     return statement;
   };
   return {
+    begin: prepare("BEGIN IMMEDIATE"),
+    commit: prepare("COMMIT"),
     insert: prepare(`INSERT INTO messages (${COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)`),
     logRef: prepare("INSERT INTO refs (id, ref, ts) VALUES (?, ?, ?)"),
     putLastId: prepare(
