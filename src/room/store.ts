@@ -716,6 +716,7 @@ function ownerLock(path: string): DatabaseSync {
   try {
     lock.exec("PRAGMA busy_timeout = 0");
     lock.exec("PRAGMA locking_mode = EXCLUSIVE");
+    lock.exec("PRAGMA journal_mode = OFF"); // nothing to roll back: no -journal file left beside it
     lock.exec("BEGIN EXCLUSIVE");
     lock.exec("COMMIT");
     return lock;
