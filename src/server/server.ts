@@ -28,6 +28,7 @@ import { SERVER_SOFTWARE } from "./version.ts";
 import { CLOSE_GRACE_MS, normalizeIp } from "./socket.ts";
 import type { ServerStats } from "./stats.ts";
 import { Session, type SessionContext } from "./session.ts";
+import { StreamTransport } from "./transport.ts";
 
 /** Refusals (handshake, then an error frame) in progress at once; past this, closed at once. */
 const MAX_REFUSING = 256;
@@ -475,7 +476,7 @@ export class ChatServer implements AsyncDisposable {
     // A client that half-closes still gets its replies: the session ends its side itself, once
     // its last frames are flushed.
     socket.allowHalfOpen = true;
-    const session = new Session(socket, this.#context!, {
+    const session = new Session(new StreamTransport(socket, this.#limits), this.#context!, {
       id: ++this.#nextId,
       ip: connection.ip,
       acceptedAt: connection.acceptedAt,
