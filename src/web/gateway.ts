@@ -13,8 +13,11 @@ import { acceptKey, isValidKey } from "./websocket.ts";
 
 /** One static file, ready to send. */
 export interface Asset {
+  /** The file's bytes. */
   body: Uint8Array;
+  /** Its `Content-Type`. */
   type: string;
+  /** Its `ETag` (a quoted digest of the body). */
   etag: string;
 }
 
