@@ -298,3 +298,48 @@ Deno.test("main.ts: --web-port 0 logs the web client's address, off turns it off
     /Invalid --web-port "http": expected 0 to 65535, or off/,
   );
 });
+
+Deno.test("web port refuses a message in too many (empty) fragments", async () => {
+  await using srv = await startWeb();
+  await using ws = await WsClient.login(srv.webPort, { password: PASSWORD });
+  assert.equal((await ws.recv()).success, true);
+  const empty = clientFrame(0x1, "", { fin: false });
+  const more = clientFrame(0x0, "", { fin: false });
+  const flood = new Uint8Array(empty.length + 2000 * more.length);
+  flood.set(empty);
+  for (let i = 0; i < 2000; i++) flood.set(more, empty.length + i * more.length);
+  await ws.write(flood);
+  const error = await ws.recv();
+  assert.equal(error.code, "frame_too_large");
+  assert.match(error.error as string, /1024 fragments/);
+  assert.equal(await ws.closed(), 1000);
+});
+
+Deno.test("web port answers one plain request per connection, so pipelined requests cannot pile up", async () => {
+  await using srv = await startWeb();
+  await using http = await WsClient.connect(srv.webPort);
+  const one = "GET / HTTP/1.1\r\nHost: x\r\n\r\n";
+  await http.write(new TextEncoder().encode(one.repeat(200)));
+  const answer = await http.readHttp();
+  assert.equal(answer.status, 200);
+  assert.equal(answer.headers.get("connection"), "close");
+  // Nothing else: the rest of the pipeline is never read, and the connection is closed.
+  assert.equal(await http.closed(), -1);
+  // An upgrade after a plain request on the same connection is not served either.
+  await using twice = await WsClient.connect(srv.webPort);
+  await twice.write(new TextEncoder().encode(one));
+  const upgrade = await twice.upgrade();
+  assert.equal(upgrade.status, 200); // the answer to the GET; the upgrade is never read
+  assert.equal(await twice.closed(), -1);
+});
+
+Deno.test("web port holds a connection over a cap no longer than the close grace", async () => {
+  await using srv = await startWeb({ limits: { maxPerIp: 1, authTimeoutMs: 10_000 } });
+  await using held = await WsClient.login(srv.webPort, { password: PASSWORD });
+  assert.equal((await held.recv()).success, true);
+  await using silent = await WsClient.connect(srv.webPort); // over the cap, asks nothing
+  const started = Date.now();
+  assert.equal(await silent.closed(5000), -1);
+  assert.ok(Date.now() - started < 3500, `held ${Date.now() - started} ms`);
+  assert.equal(srv.server.stats().refusing, 0);
+});

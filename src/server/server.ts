@@ -571,7 +571,11 @@ export class ChatServer implements AsyncDisposable {
       return;
     }
     (socket as WebSocketSocket)[CONNECTION] = connection;
-    const wait = connection.acceptedAt + this.#limits.authTimeoutMs - this.#now();
+    // A connection over a cap gets its answer (503, or the error frame after an upgrade) only
+    // if it asks at once: it holds one of the few refusal slots.
+    const wait = connection.refusal
+      ? CLOSE_GRACE_MS
+      : connection.acceptedAt + this.#limits.authTimeoutMs - this.#now();
     connection.deadline = setTimeout(() => socket.destroy(), Math.max(0, wait));
     socket.on("error", () => {}); // a reset while in HTTP: the close releases it
     this.#gateway!.connection(socket);

@@ -9,6 +9,7 @@
 import http from "node:http";
 import type { TLSSocket } from "node:tls";
 import type { Logger } from "@logtape/logtape";
+import { stopReading } from "../server/backpressure.ts";
 import { acceptKey, isValidKey } from "./websocket.ts";
 
 /** One static file, ready to send. */
@@ -87,6 +88,9 @@ export interface WebGatewayOptions {
   refused: (socket: TLSSocket) => boolean;
 }
 
+/** Sockets that have had their one plain request. */
+const SERVED = new WeakSet<TLSSocket>();
+
 /** Largest request head accepted (bytes). */
 const MAX_HEADER_SIZE = 8192;
 
@@ -101,7 +105,11 @@ export class WebGateway {
       { maxHeaderSize: MAX_HEADER_SIZE },
       (request, response) => this.#serve(request, response),
     );
-    this.#http.keepAliveTimeout = 5000;
+    // Our own deadline (the server's `--auth-timeout` from accept) bounds a connection until it
+    // upgrades; node:http's timers must not outlive the upgrade.
+    this.#http.keepAliveTimeout = 0;
+    this.#http.headersTimeout = 0;
+    this.#http.requestTimeout = 0;
     this.#http.on("upgrade", (request, socket, head) => {
       this.#upgrade(request, socket as TLSSocket, head);
     });
@@ -119,11 +127,20 @@ export class WebGateway {
     this.#http.emit("connection", socket);
   }
 
+  /**
+   * Answers one plain request, then closes the connection: one request per connection. A
+   * client that pipelines requests and reads no answer must not make the server buffer them
+   * (Deno's node:http pauses a socket only above the TCP level, like `pause()` in
+   * `backpressure.ts`), so the socket stops being read at the TCP level before the answer. A page
+   * costs a few more TLS handshakes; `/ws` must be a connection's first request.
+   */
   #serve(request: http.IncomingMessage, response: http.ServerResponse): void {
-    for (const [name, value] of Object.entries(SECURITY_HEADERS)) response.setHeader(name, value);
     const socket = request.socket as TLSSocket;
+    stopReading(socket);
+    SERVED.add(socket);
+    response.shouldKeepAlive = false;
+    for (const [name, value] of Object.entries(SECURITY_HEADERS)) response.setHeader(name, value);
     if (this.#options.refused(socket)) {
-      response.shouldKeepAlive = false;
       this.#plain(response, 503, "The server is full; try again later.\n");
       return;
     }
@@ -171,6 +188,12 @@ export class WebGateway {
    * 101 and hands the socket to the server, or answers with an error status and closes.
    */
   #upgrade(request: http.IncomingMessage, socket: TLSSocket, head: Uint8Array): void {
+    if (SERVED.has(socket)) {
+      // Pipelined behind a plain request, which closes the connection: not an upgrade to start.
+      // end(), not destroy(): the plain request's answer may still be on its way out.
+      socket.end();
+      return;
+    }
     const path = (request.url ?? "/").split("?")[0];
     const { headers } = request;
     const reject = (status: number, reason: string, extra = "") => {

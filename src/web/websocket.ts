@@ -44,6 +44,9 @@ const enum Op {
 /** Close codes (RFC 6455 section 7.4.1). */
 const NORMAL_CLOSURE = 1000;
 
+const EMPTY = new Uint8Array(0);
+/** Most fragments one message may come in (RFC 6455 sets no limit; empty ones cost nothing to send). */
+const MAX_FRAGMENTS = 1024;
 /** The largest receive buffer an idle connection keeps. */
 const KEEP_BUFFER = 4096;
 /** Pongs are skipped while this much is waiting to be written (a ping flood that never reads). */
@@ -131,12 +134,13 @@ export class WebSocketTransport implements Transport {
   #maxFrame: number;
   #handler: TransportHandler | null = null;
   /** Received bytes not yet parsed, at `#start` up to `#end`. */
-  #buf: Uint8Array = new Uint8Array(0);
+  #buf: Uint8Array = EMPTY;
   #start = 0;
   #end = 0;
-  /** Parts of a fragmented text message. */
-  #parts: Uint8Array[] = [];
-  #partsSize = 0;
+  /** A fragmented text message so far: its bytes, and how many fragments brought them. */
+  #message: Uint8Array = EMPTY;
+  #messageSize = 0;
+  #fragments = 0;
   #fragmented = false;
   #error: ProtocolError | undefined;
   #closeReceived = false;
@@ -192,9 +196,9 @@ export class WebSocketTransport implements Transport {
       return this.#parse();
     } catch (error) {
       this.#error = error as ProtocolError;
-      this.#buf = new Uint8Array(0);
+      this.#buf = EMPTY;
       this.#start = this.#end = 0;
-      this.#parts = [];
+      this.#message = EMPTY;
       throw error;
     }
   }
@@ -279,17 +283,27 @@ export class WebSocketTransport implements Transport {
           buf[at + 5]) >>> 0;
         const low = ((buf[at + 6] << 24) | (buf[at + 7] << 16) | (buf[at + 8] << 8) |
           buf[at + 9]) >>> 0;
+        if (high >= 0x80000000) throw violation("64-bit length with the top bit set");
         length = high * 2 ** 32 + low;
         offset = 10;
       }
       if (op >= Op.Close) {
         if (op > Op.Pong) throw violation(`unknown opcode ${op}`);
-        if (!fin || length > 125) throw violation("bad control frame");
+        if (!fin || length > 125 || (op === Op.Close && length === 1)) {
+          throw violation("bad control frame");
+        }
       } else if (op === Op.Binary) {
         throw new ProtocolError("invalid_json", "Cannot accept a binary message: send text");
       } else if (op === Op.Text || op === Op.Continuation) {
         if ((op === Op.Text) === this.#fragmented) throw violation("bad fragmentation");
-        const total = this.#partsSize + length;
+        // Counted in fragments too: empty fragments would otherwise cost memory for nothing.
+        if (this.#fragments >= MAX_FRAGMENTS) {
+          throw new ProtocolError(
+            "frame_too_large",
+            `Cannot accept a message in more than ${MAX_FRAGMENTS} fragments`,
+          );
+        }
+        const total = this.#messageSize + length;
         if (total > this.#maxFrame) {
           throw new ProtocolError(
             "frame_too_large",
@@ -308,7 +322,7 @@ export class WebSocketTransport implements Transport {
       if (this.#start === this.#end) {
         this.#start = this.#end = 0;
         // An idle connection keeps a small buffer, not the largest message it ever sent.
-        if (this.#buf.length > KEEP_BUFFER) this.#buf = new Uint8Array(0);
+        if (this.#buf.length > KEEP_BUFFER) this.#buf = EMPTY;
       }
       switch (op) {
         case Op.Ping:
@@ -327,30 +341,33 @@ export class WebSocketTransport implements Transport {
           queueMicrotask(() => this.#handler?.onEnded());
           return null;
       }
-      // Copied: the buffer is reused for later frames while the session still holds the body.
-      const part = payload.slice();
-      if (!fin) {
+      if (!fin || this.#fragmented) {
+        // A fragment: collected in one buffer, grown by doubling up to the limit.
         this.#fragmented = true;
-        this.#parts.push(part);
-        this.#partsSize += length;
-        continue;
-      }
-      if (!this.#fragmented) {
-        if (length === 0) {
-          throw new ProtocolError("empty_frame", "Cannot accept frame: length is 0");
+        this.#fragments++;
+        const size = this.#messageSize + length;
+        if (size > this.#message.length) {
+          const grown = new Uint8Array(
+            Math.min(this.#maxFrame, Math.max(size, 2 * this.#message.length, 256)),
+          );
+          grown.set(this.#message.subarray(0, this.#messageSize));
+          this.#message = grown;
         }
-        return part;
+        this.#message.set(payload, this.#messageSize);
+        this.#messageSize = size;
+        if (!fin) continue;
       }
-      this.#parts.push(part);
-      const body = new Uint8Array(this.#partsSize + length);
-      let to = 0;
-      for (const piece of this.#parts) {
-        body.set(piece, to);
-        to += piece.length;
+      let body: Uint8Array;
+      if (this.#fragmented) {
+        body = this.#message.subarray(0, this.#messageSize);
+        this.#message = EMPTY;
+        this.#messageSize = 0;
+        this.#fragments = 0;
+        this.#fragmented = false;
+      } else {
+        // Copied: the buffer is reused for later frames while the session still holds the body.
+        body = payload.slice();
       }
-      this.#parts = [];
-      this.#partsSize = 0;
-      this.#fragmented = false;
       if (body.length === 0) {
         throw new ProtocolError("empty_frame", "Cannot accept frame: length is 0");
       }
