@@ -474,7 +474,7 @@ function sendTyped() {
   const content = ui.box.value;
   if (content.trim() === "" || !state.link) return;
   try {
-    state.link.send(content);
+    drawPending(state.link.send(content));
   } catch (error) {
     showError(error.message);
     return;
