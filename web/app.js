@@ -102,6 +102,8 @@ const state = {
   /** Whether the first replay has been drawn (then the view starts at the bottom). */
   loaded: false,
   errorTimer: 0,
+  /** Whether the view was at the bottom when last scrolled (it then stays there). */
+  stick: true,
 };
 
 // ---- login -------------------------------------------------------------------------------
@@ -447,8 +449,11 @@ function loadOlder() {
 
 ui.older.addEventListener("click", loadOlder);
 ui.scroller.addEventListener("scroll", () => {
+  state.stick = atBottom();
   if (ui.scroller.scrollTop < 80) loadOlder();
 }, { passive: true });
+// When the view shrinks (the message box grows, a banner shows), keep the newest in sight.
+new ResizeObserver(() => state.stick && scrollToBottom()).observe(ui.scroller);
 
 function announce(text) {
   const line = text.length > 300 ? `${text.slice(0, 300)}…` : text;
