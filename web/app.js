@@ -188,11 +188,13 @@ function onState(link, what, detail, password) {
     session.set("chat.name", state.name);
     local.set("chat.name", state.name);
     ui.status.textContent = `Signed in as ${state.name}`;
+    ui.chatView.classList.remove("offline");
     setBanner(undefined);
     if (ui.chatView.hidden) showChat();
   } else if (what === "reconnecting") {
     const seconds = Math.max(1, Math.round(detail.delayMs / 1000));
     ui.status.textContent = "Offline";
+    ui.chatView.classList.add("offline");
     setBanner(`Reconnecting… (${detail.reason}; next try in ${seconds} s)`, true);
   } else if (what === "connecting" && !ui.chatView.hidden && !link.online) {
     if (link.everLoggedIn || !ui.banner.hidden) setBanner("Reconnecting…", false);
@@ -229,7 +231,7 @@ function onFrame(frame) {
     case "joined":
       return onJoined(frame.member);
     case "left":
-      return onLeft(frame.member, frame.reason);
+      return onLeft(frame.member);
     case "who":
       return setMembers(frame.members);
     case "error":

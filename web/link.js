@@ -106,6 +106,8 @@ export class ChatLink {
     this.maxFrame = DEFAULT_MAX_FRAME;
     this.pacer = new Pacer(undefined);
     this.delay = BACKOFF_INITIAL_MS;
+    /** `rate_limited` answers since the last ack, for the resend backoff. */
+    this.rateAttempts = 0;
     this.timers = { reconnect: 0, login: 0, pump: 0, rate: 0 };
   }
 
@@ -292,6 +294,7 @@ export class ChatLink {
     if (!item || id === undefined) return;
     clearTimeout(item.timer);
     this.pending.delete(item.ref);
+    this.rateAttempts = 0;
     item.state = "acked";
     this.events.onAck?.(item, id, typeof frame.ts === "string" ? frame.ts : undefined);
   }
@@ -319,13 +322,16 @@ export class ChatLink {
   /** `rate_limited` does not say which frame was dropped: resend every unacked one shortly. */
   #resendSentSoon() {
     if (this.timers.rate) return;
+    // Backs off while the server keeps refusing; an ack shows it takes messages again.
+    const delayMs = Math.min(RESEND_INITIAL_MS * 2 ** this.rateAttempts, RESEND_MAX_MS);
+    this.rateAttempts++;
     this.timers.rate = setTimeout(() => {
       this.timers.rate = 0;
       for (const item of this.pending.values()) {
         if (item.state === "sent") this.#setState(item, "queued");
       }
       this.#pump();
-    }, RESEND_INITIAL_MS);
+    }, delayMs);
   }
 
   #setState(item, state) {
