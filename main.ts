@@ -36,7 +36,8 @@ import { ConfigError, parseConfig, type ServerConfig, USAGE } from "./src/server
 import { setupLogging } from "./src/server/log.ts";
 import { PasswordError, PasswordVerifier, readPassword } from "./src/server/password.ts";
 import { hasPermission, PermissionError, requirePermission } from "./src/common/permissions.ts";
-import { ChatServer } from "./src/server/server.ts";
+import { ChatServer, type ChatServerOptions } from "./src/server/server.ts";
+import { type Asset, loadAssets, WEB_DIR } from "./src/web/gateway.ts";
 import { type HistoryStore, openStore, StoreOpenError } from "./src/room/store.ts";
 
 /** Errors whose message is meant for the person at the terminal. */
@@ -106,10 +107,17 @@ export async function main(args: string[]): Promise<number> {
         path: store.path ?? config.dataDir,
         keep: config.limits.historyKeep,
       });}
+    let web: ChatServerOptions["web"];
+    if (config.webPort !== null) {
+      const webAddress = hostPort(config.host, config.webPort);
+      requirePermission({ name: "net", host: webAddress }, `serve the web client on ${webAddress}`);
+      web = { port: config.webPort, assets: await loadWebClient() };
+    }
     server = new ChatServer({
       history: store,
       hostname: config.host,
       port: config.port,
+      web,
       cert: pair.certPem,
       key: pair.keyPem,
       verifier,
@@ -125,7 +133,10 @@ export async function main(args: string[]): Promise<number> {
     await server.listen();
   } catch (error) {
     store.close();
-    printError(`Cannot listen on ${hostPort(config.host, config.port)}: ${listenError(error)}`);
+    const web = (error as { listener?: string } | null)?.listener === "web";
+    const address = hostPort(config.host, web ? config.webPort! : config.port);
+    const what = web ? " (the web client; pick another with --web-port, or --web-port off)" : "";
+    printError(`Cannot listen on ${address}${what}: ${listenError(error)}`);
     return 1;
   }
   // From here on, a stray rejection in one connection must not stop the server.
@@ -151,6 +162,22 @@ export async function main(args: string[]): Promise<number> {
   Deno.removeSignalListener("SIGINT", onSignal);
   Deno.removeSignalListener("SIGTERM", onSignal);
   return 0;
+}
+
+/** Reads the web client's files, or says which permission is missing. */
+async function loadWebClient(): Promise<Map<string, Asset>> {
+  try {
+    return await loadAssets(WEB_DIR);
+  } catch (error) {
+    if (error instanceof Deno.errors.NotCapable || error instanceof Deno.errors.PermissionDenied) {
+      throw new PermissionError(
+        "Cannot read the web client's files in web/: run with --allow-read=web (as " +
+          "`deno task start` does), or turn the web client off with --web-port off",
+        "--allow-read=web",
+      );
+    }
+    throw error;
+  }
 }
 
 /** `host:port`, with an IPv6 host in brackets (`[::1]:4000`), as `--allow-net` spells it. */
