@@ -924,6 +924,13 @@ const webAndTls: Scenario = {
       unit: "µs",
       digits: 2,
     },
+    ratioMetric("cpu_mixed_vs_tls_only", "server CPU/delivery mixed/TLS-only"),
+    {
+      key: "ws_cpu_us_per_delivery",
+      label: "server CPU/WS delivery (est.)",
+      unit: "µs",
+      digits: 2,
+    },
     {
       key: "gen_cpu_us_per_delivery",
       label: "load generator CPU/delivery mixed",
@@ -974,6 +981,12 @@ const webAndTls: Scenario = {
     const wsRate = ws.received / (mixed.groupElapsedMs[1] / 1000);
     const tlsRate = tls.received / (mixed.groupElapsedMs[0] / 1000);
     const mixedRate = mixed.tracker.received / (mixed.elapsedMs / 1000);
+    const cpuMixed = mixed.cpu * 1e6 / mixed.tracker.received;
+    const cpuOnly = only.cpu * 1e6 / only.tracker.received;
+    // If a TLS delivery costs in the mixed room what it costs in the TLS-only one, the rest of
+    // the mixed room's CPU is the WebSocket deliveries'.
+    const wsShare = ws.received / mixed.tracker.received;
+    const wsCpu = (cpuMixed - (1 - wsShare) * cpuOnly) / wsShare;
     const onlyRate = only.tracker.received / (only.elapsedMs / 1000);
     const notes = [
       ...mixed.notes.map((note) => `mixed: ${note}`),
@@ -998,8 +1011,10 @@ const webAndTls: Scenario = {
         p99_ms: percentile(mixedLatencies, 0.99),
         tls_only_p50_ms: percentile(onlyLatencies, 0.5),
         tls_only_p99_ms: percentile(onlyLatencies, 0.99),
-        cpu_us_per_delivery: mixed.cpu * 1e6 / mixed.tracker.received,
-        tls_only_cpu_us_per_delivery: only.cpu * 1e6 / only.tracker.received,
+        cpu_us_per_delivery: cpuMixed,
+        tls_only_cpu_us_per_delivery: cpuOnly,
+        cpu_mixed_vs_tls_only: cpuMixed / cpuOnly,
+        ws_cpu_us_per_delivery: wsCpu,
         gen_cpu_us_per_delivery: mixed.genCpu * 1e6 / mixed.tracker.received,
         tls_only_gen_cpu_us_per_delivery: only.genCpu * 1e6 / only.tracker.received,
         gen_cpu_pct: mixed.genCpu * 100 / (mixed.wallMs / 1000),
