@@ -67,6 +67,7 @@ const USAGE = `Usage: deno task bench [options]
   --target HOST:PORT   measure a server that is already running instead of starting ours
   --ca FILE            certificate the clients trust for --target (default certs/cert.pem)
   --pid PID            process id of the --target server, for its CPU and memory figures
+  --target-web-port P  the --target server's web port (its /ws WebSocket), for scenario 9
   --reference FILE     the Node.js reference server (default ../shared/reference/ref-node-server.mjs)
   --no-reference       do not run the reference server
   --baseline DIR       also run DIR/main.ts, a checkout of an earlier version of this project,
@@ -80,8 +81,8 @@ scenario 6 tells when the server dropped the stalled reader only for a server on
 Scenarios 7 (stored acks) and 8 (history join) need version 2 of the protocol: they run on our
 server (or the --target) only, not on the reference or the --baseline. Scenario 9 (500 WebSocket
 and 500 TLS clients in one room, against 1000 TLS clients in the same run) needs the web port of
-the server the bench starts: it runs on ours only (not on --target, the reference or the
---baseline).`;
+the server the bench starts, or --target-web-port: it runs on ours (or such a --target) only, not
+on the reference or the --baseline.`;
 
 /** How long closed clients may take to give their sockets back before the next run. */
 const RELEASE_TIMEOUT_MS = 15_000;
@@ -100,7 +101,7 @@ interface BenchOptions {
   runs?: number;
   quick: boolean;
   sizes: Sizes;
-  target?: { hostname: string; port: number; ca: string; pid?: number };
+  target?: { hostname: string; port: number; ca: string; pid?: number; webPort?: number };
   reference: string | null;
   /** A checkout of an earlier version, run beside ours as "before". */
   baseline?: string;
@@ -128,6 +129,7 @@ function parseOptions(args: string[]): BenchOptions | null {
       target: { type: "string" },
       ca: { type: "string" },
       pid: { type: "string" },
+      "target-web-port": { type: "string" },
       reference: { type: "string" },
       "no-reference": { type: "boolean", default: false },
       baseline: { type: "string" },
@@ -162,6 +164,9 @@ function parseOptions(args: string[]): BenchOptions | null {
       port: Number(match[2]),
       ca: values.ca ?? "certs/cert.pem",
       pid: values.pid ? positiveInt("pid", values.pid) : undefined,
+      webPort: values["target-web-port"]
+        ? positiveInt("target-web-port", values["target-web-port"])
+        : undefined,
     };
   }
   return {
@@ -328,17 +333,18 @@ export async function main(args: string[]): Promise<number> {
       }
       const caCert = await Deno.readTextFile(target.ca);
       const server = externalServer(
-        { hostname: target.hostname, port: target.port, caCert, password },
+        { hostname: target.hostname, port: target.port, caCert, password, webPort: target.webPort },
         target.pid,
       );
       primary = server.name;
-      kinds.push({ name: server.name, v2: true, web: false, start: () => Promise.resolve(server) });
+      const web = target.webPort !== undefined;
+      kinds.push({ name: server.name, v2: true, web, start: () => Promise.resolve(server) });
       if (target.pid === undefined) notes.push("no --pid: CPU and memory figures are n/a");
       if (options.scenarios.some((s) => s.floors)) {
         notes.push("--target: the transport floors are not measured");
       }
-      if (options.scenarios.some((s) => s.web)) {
-        notes.push("--target: scenario 9 needs the web port of a server the bench starts: not run");
+      if (!web && options.scenarios.some((s) => s.web)) {
+        notes.push("--target without --target-web-port: scenario 9 is not run");
       }
     } else {
       certDir = await Deno.makeTempDir({ prefix: "chat-bench-" });
