@@ -6,10 +6,11 @@
  * run, the Node.js reference server from `../shared/reference/`. The memory scenario also
  * measures two transport floors (`floor_server.ts`: idle TLS connections on `node:tls` and on
  * `Deno.listenTls`, in Deno). Scenarios 7 (stored acks) and 8 (history join) use version 2 of
- * the protocol: only our server runs them.
+ * the protocol, and scenario 9 (WebSocket and TLS clients in one room) our server's web port:
+ * only our server runs them.
  *
  * ```sh
- * deno task bench                          # all eight scenarios, 3 or 5 runs each, ours vs reference
+ * deno task bench                          # all nine scenarios, 3 or 5 runs each, ours vs reference
  * deno task bench --scenarios 1,3 --runs 5
  * deno task bench --quick --json           # seconds-long smoke run, JSON on stdout
  * CHAT_SERVER_PASSWORD=... deno task bench --target 127.0.0.1:4000 --ca certs/cert.pem --pid 1234
@@ -59,13 +60,14 @@ import {
 
 const USAGE = `Usage: deno task bench [options]
 
-  --scenarios LIST     scenarios to run, e.g. 1,2,5 (default 1,2,3,4,5,6,7,8)
+  --scenarios LIST     scenarios to run, e.g. 1,2,5 (default 1,2,3,4,5,6,7,8,9)
   --runs N             measured runs per scenario and server; the report shows medians
-                       (default 5 for the short scenarios 1, 5 and 8, 3 for the others)
+                       (default 5 for the short scenarios 1, 5, 8 and 9, 3 for the others)
   --quick              seconds-long sizes and 1 run, no warm-up (the smoke test)
   --target HOST:PORT   measure a server that is already running instead of starting ours
   --ca FILE            certificate the clients trust for --target (default certs/cert.pem)
   --pid PID            process id of the --target server, for its CPU and memory figures
+  --target-web-port P  the --target server's web port (its /ws WebSocket), for scenario 9
   --reference FILE     the Node.js reference server (default ../shared/reference/ref-node-server.mjs)
   --no-reference       do not run the reference server
   --baseline DIR       also run DIR/main.ts, a checkout of an earlier version of this project,
@@ -77,7 +79,10 @@ const USAGE = `Usage: deno task bench [options]
 --target takes the password from CHAT_SERVER_PASSWORD; it measures no transport floors, and
 scenario 6 tells when the server dropped the stalled reader only for a server on this host.
 Scenarios 7 (stored acks) and 8 (history join) need version 2 of the protocol: they run on our
-server (or the --target) only, not on the reference or the --baseline.`;
+server (or the --target) only, not on the reference or the --baseline. Scenario 9 (500 WebSocket
+and 500 TLS clients in one room, against 1000 TLS clients in the same run) needs the web port of
+the server the bench starts, or --target-web-port: it runs on ours (or such a --target) only, not
+on the reference or the --baseline.`;
 
 /** How long closed clients may take to give their sockets back before the next run. */
 const RELEASE_TIMEOUT_MS = 15_000;
@@ -96,7 +101,7 @@ interface BenchOptions {
   runs?: number;
   quick: boolean;
   sizes: Sizes;
-  target?: { hostname: string; port: number; ca: string; pid?: number };
+  target?: { hostname: string; port: number; ca: string; pid?: number; webPort?: number };
   reference: string | null;
   /** A checkout of an earlier version, run beside ours as "before". */
   baseline?: string;
@@ -124,6 +129,7 @@ function parseOptions(args: string[]): BenchOptions | null {
       target: { type: "string" },
       ca: { type: "string" },
       pid: { type: "string" },
+      "target-web-port": { type: "string" },
       reference: { type: "string" },
       "no-reference": { type: "boolean", default: false },
       baseline: { type: "string" },
@@ -158,6 +164,9 @@ function parseOptions(args: string[]): BenchOptions | null {
       port: Number(match[2]),
       ca: values.ca ?? "certs/cert.pem",
       pid: values.pid ? positiveInt("pid", values.pid) : undefined,
+      webPort: values["target-web-port"]
+        ? positiveInt("target-web-port", values["target-web-port"])
+        : undefined,
     };
   }
   return {
@@ -181,7 +190,10 @@ interface ServerKind {
   name: string;
   /** Whether it speaks version 2 of the protocol (ids and acks, history). */
   v2: boolean;
-  start(): Promise<ServerHandle>;
+  /** Whether it can serve the web client's WebSocket (`--web-port`) for {@link Scenario.web}. */
+  web: boolean;
+  /** Starts it; with `web`, with its web port on (in `endpoint.webPort`). */
+  start(options?: { web?: boolean }): Promise<ServerHandle>;
 }
 
 /** Lowers the client counts to what `ulimit -n` allows; returns the notes to print. */
@@ -236,7 +248,10 @@ async function runScenario(
   options: BenchOptions,
 ): Promise<ScenarioReport> {
   const { sizes } = options;
-  const able = scenario.v2Only ? all.kinds.filter((kind) => kind.v2) : all.kinds;
+  const able = all.kinds.filter((kind) =>
+    (!scenario.v2Only || kind.v2) && (!scenario.web || kind.web)
+  );
+  const start = (kind: ServerKind) => kind.start({ web: scenario.web ?? false });
   const kinds = scenario.floors ? [...able, ...all.floors] : able;
   const count = options.runs ?? scenario.runs;
   const runs: Record<string, RunResult[]> = Object.fromEntries(kinds.map((k) => [k.name, []]));
@@ -253,7 +268,7 @@ async function runScenario(
   if (scenario.freshServerPerRun) {
     for (let run = 1; run <= count; run++) {
       for (const kind of order(run)) {
-        await using server = await kind.start();
+        await using server = await start(kind);
         await record(kind.name, run, await scenario.run(server, sizes));
       }
     }
@@ -261,7 +276,7 @@ async function runScenario(
   }
   const servers: ServerHandle[] = [];
   try {
-    for (const kind of kinds) servers.push(await kind.start());
+    for (const kind of kinds) servers.push(await start(kind));
     const byName = new Map(servers.map((server) => [server.name, server]));
     if (scenario.warmup && !options.quick) {
       for (const server of servers) {
@@ -318,14 +333,18 @@ export async function main(args: string[]): Promise<number> {
       }
       const caCert = await Deno.readTextFile(target.ca);
       const server = externalServer(
-        { hostname: target.hostname, port: target.port, caCert, password },
+        { hostname: target.hostname, port: target.port, caCert, password, webPort: target.webPort },
         target.pid,
       );
       primary = server.name;
-      kinds.push({ name: server.name, v2: true, start: () => Promise.resolve(server) });
+      const web = target.webPort !== undefined;
+      kinds.push({ name: server.name, v2: true, web, start: () => Promise.resolve(server) });
       if (target.pid === undefined) notes.push("no --pid: CPU and memory figures are n/a");
       if (options.scenarios.some((s) => s.floors)) {
         notes.push("--target: the transport floors are not measured");
+      }
+      if (!web && options.scenarios.some((s) => s.web)) {
+        notes.push("--target without --target-web-port: scenario 9 is not run");
       }
     } else {
       certDir = await Deno.makeTempDir({ prefix: "chat-bench-" });
@@ -334,7 +353,8 @@ export async function main(args: string[]): Promise<number> {
       kinds.push({
         name: "ours",
         v2: true,
-        start: () => startOurs({ ...common, maxClients: MAX_CLIENTS }),
+        web: true,
+        start: (opts) => startOurs({ ...common, maxClients: MAX_CLIENTS, web: opts?.web }),
       });
       if (options.baseline) {
         const checkout = options.baseline;
@@ -345,6 +365,7 @@ export async function main(args: string[]): Promise<number> {
         kinds.push({
           name: "before",
           v2: false,
+          web: false,
           start: () => startOurs({ ...common, maxClients: MAX_CLIENTS, checkout, name: "before" }),
         });
         notes.push(`before: ${checkout}/main.ts, started as its own deno task start runs it`);
@@ -353,6 +374,7 @@ export async function main(args: string[]): Promise<number> {
         floors.push({
           name: FLOOR_NAMES[transport],
           v2: false,
+          web: false,
           start: () => startFloor({ ...common, transport }),
         });
       }
@@ -363,6 +385,7 @@ export async function main(args: string[]): Promise<number> {
         kinds.push({
           name: referenceName,
           v2: false,
+          web: false,
           start: () => startReference({ ...common, script }),
         });
         notes.push(`reference: ${script} on node ${node}`);

@@ -9,6 +9,20 @@
  * @module
  */
 import { encodeFrame, encodeJsonFrame, type JsonObject } from "../src/protocol/mod.ts";
+import {
+  checkUpgrade,
+  headEnd,
+  maskedFrame,
+  maskedHeaderSize,
+  maskInto,
+  OP_CLOSE,
+  OP_PING,
+  OP_PONG,
+  OP_TEXT,
+  serverFrameHeader,
+  upgradeRequest,
+  writeMaskedHeader,
+} from "./ws.ts";
 
 /** Where and how to log in. */
 export interface Endpoint {
@@ -17,6 +31,8 @@ export interface Endpoint {
   /** PEM of the CA (here: the self-signed server certificate) the clients trust. */
   caCert: string;
   password: string;
+  /** The web port (`GET /ws` WebSocket) on `hostname`, if the server has one. */
+  webPort?: number;
 }
 
 /** First byte of a stamp, and its last: `~SSSSQQQQQQQQTTTTTTTTTTTTTT~`. */
@@ -54,18 +70,29 @@ function readDigits(buf: Uint8Array, at: number, width: number): number {
  * One sender's message frame, encoded once; {@link MessageTemplate.stamp} patches it in place.
  * With `ref`, the frame also carries `"ref"`: a copy of the stamp, unique in the room (the
  * sender, the sequence number and the send time in microseconds), which the server's `ack`
- * echoes, so an ack is timed and matched like a delivery.
+ * echoes, so an ack is timed and matched like a delivery. With `web`, the frame is a masked
+ * WebSocket text frame (for a client of the web port) instead of a length-prefixed one: the
+ * stamp is patched into a plain copy of the body, which is then masked into the frame with a
+ * fresh key.
  */
 export class MessageTemplate {
   /** The sender number written into every stamp. */
   readonly sender: number;
   #frame: Uint8Array;
+  /** Where the stamp is patched: the frame itself, or for `web` the unmasked body. */
+  #plain: Uint8Array;
+  /** Where the body starts in the frame, for `web`; -1 otherwise. */
+  #payloadAt = -1;
   #at: number;
   /** Where the ref's copy of the stamp starts, or -1 without a ref. */
   #refAt = -1;
 
   /** A frame whose `content` is `contentBytes` ASCII bytes long (at least {@link STAMP_LENGTH}). */
-  constructor(sender: number, contentBytes: number, options: { ref?: boolean } = {}) {
+  constructor(
+    sender: number,
+    contentBytes: number,
+    options: { ref?: boolean; web?: boolean } = {},
+  ) {
     if (contentBytes < STAMP_LENGTH) {
       throw new RangeError(`Message content must be at least ${STAMP_LENGTH} bytes`);
     }
@@ -74,13 +101,22 @@ export class MessageTemplate {
     const content = stamp + "x".repeat(contentBytes - STAMP_LENGTH);
     const message: Record<string, string> = { type: "message", content, sender: `bench${sender}` };
     if (options.ref) message.ref = stamp;
-    this.#frame = encodeJsonFrame(JSON.stringify(message)).slice();
-    this.#at = this.#frame.indexOf(MARK);
-    writeDigits(this.#frame, this.#at + 1, SENDER_DIGITS, sender);
-    if (options.ref) {
-      this.#refAt = this.#frame.indexOf(MARK, this.#at + STAMP_LENGTH);
-      this.#frame.copyWithin(this.#refAt, this.#at, this.#at + STAMP_LENGTH);
+    const framed = encodeJsonFrame(JSON.stringify(message)).slice();
+    if (options.web) {
+      this.#plain = framed.subarray(4);
+      this.#frame = new Uint8Array(maskedHeaderSize(this.#plain.length) + this.#plain.length);
+      this.#payloadAt = writeMaskedHeader(this.#frame, OP_TEXT, this.#plain.length);
+    } else {
+      this.#frame = this.#plain = framed;
     }
+    const plain = this.#plain;
+    this.#at = plain.indexOf(MARK);
+    writeDigits(plain, this.#at + 1, SENDER_DIGITS, sender);
+    if (options.ref) {
+      this.#refAt = plain.indexOf(MARK, this.#at + STAMP_LENGTH);
+      plain.copyWithin(this.#refAt, this.#at, this.#at + STAMP_LENGTH);
+    }
+    if (this.#payloadAt >= 0) maskInto(this.#frame, this.#payloadAt, plain);
   }
 
   /** Frame size in bytes, prefix included. */
@@ -93,11 +129,13 @@ export class MessageTemplate {
    * returned every time: send it before stamping again.
    */
   stamp(seq: number): Uint8Array {
-    writeDigits(this.#frame, this.#at + 1 + SENDER_DIGITS, SEQ_DIGITS, seq);
-    writeDigits(this.#frame, this.#at + 1 + SENDER_DIGITS + SEQ_DIGITS, TIME_DIGITS, nowUs());
+    const plain = this.#plain;
+    writeDigits(plain, this.#at + 1 + SENDER_DIGITS, SEQ_DIGITS, seq);
+    writeDigits(plain, this.#at + 1 + SENDER_DIGITS + SEQ_DIGITS, TIME_DIGITS, nowUs());
     if (this.#refAt >= 0) {
-      this.#frame.copyWithin(this.#refAt, this.#at, this.#at + STAMP_LENGTH);
+      plain.copyWithin(this.#refAt, this.#at, this.#at + STAMP_LENGTH);
     }
+    if (this.#payloadAt >= 0) maskInto(this.#frame, this.#payloadAt, plain);
     return this.#frame;
   }
 }
@@ -110,6 +148,25 @@ export interface TrackerOptions {
   senders: number;
   /** Messages per sender. */
   messages: number;
+  /**
+   * Splits the receivers into groups 0 and 1 (e.g. TLS and WebSocket clients) whose deliveries
+   * are also counted and timed apart: see {@link Tracker.group}.
+   */
+  group?: (receiver: number) => 0 | 1;
+}
+
+/** The deliveries of one group of receivers (see {@link TrackerOptions.group}). */
+export interface GroupFigures {
+  /** Receivers in the group. */
+  receivers: number;
+  /** Deliveries the group's receivers should get. */
+  expected: number;
+  /** Deliveries they got. */
+  received: number;
+  /** `performance.now()` (ms) of the group's latest delivery. */
+  lastDelivery: number;
+  /** The group's latencies in milliseconds, sorted ascending. */
+  latencies(): Float64Array;
 }
 
 /**
@@ -151,6 +208,13 @@ export class Tracker {
   #released = false;
   #goal = Infinity;
   #reached: (() => void) | null = null;
+  /** Each receiver's group, or null without groups. */
+  #groupOf: Uint8Array | null = null;
+  #groupReceivers = new Uint32Array(2);
+  #groupExpected = new Float64Array(2);
+  #groupReceived = new Float64Array(2);
+  #groupLast = new Float64Array(2);
+  #groupLatencies: Float64Array[] = [];
 
   constructor(options: TrackerOptions) {
     this.#senders = options.senders;
@@ -163,6 +227,19 @@ export class Tracker {
     this.#counts = new Uint32Array(options.receivers);
     this.#acks = new Uint32Array(options.senders * options.messages);
     this.#completed = new Int32Array(options.senders);
+    if (options.group) {
+      this.#groupOf = new Uint8Array(options.receivers);
+      for (let receiver = 0; receiver < options.receivers; receiver++) {
+        const group = options.group(receiver);
+        this.#groupOf[receiver] = group;
+        this.#groupReceivers[group]++;
+        const own = receiver < options.senders ? options.messages : 0;
+        this.#groupExpected[group] += options.senders * options.messages - own;
+      }
+      this.#groupLatencies = [0, 1].map((group) =>
+        new Float64Array(Math.max(1, this.#groupExpected[group]))
+      );
+    }
   }
 
   /** Records one stamped frame that `receiver` got at `nowMs`. */
@@ -177,10 +254,16 @@ export class Tracker {
     const slot = receiver * this.#senders + sender;
     if (seq !== this.#last[slot] + 1) this.outOfOrder++;
     if (seq > this.#last[slot]) this.#last[slot] = seq;
-    if (this.received < this.#latencies.length) {
-      this.#latencies[this.received] = nowMs - sent / 1000;
-    }
+    const latency = nowMs - sent / 1000;
+    if (this.received < this.#latencies.length) this.#latencies[this.received] = latency;
     this.received++;
+    if (this.#groupOf !== null) {
+      const group = this.#groupOf[receiver];
+      const n = this.#groupReceived[group]++;
+      const latencies = this.#groupLatencies[group];
+      if (n < latencies.length) latencies[n] = latency;
+      this.#groupLast[group] = nowMs;
+    }
     this.bytes += frameBytes;
     this.lastDelivery = nowMs;
     const previous = this.#lastAt[receiver];
@@ -267,6 +350,24 @@ export class Tracker {
     return this.#latencies.slice(0, Math.min(this.received, this.#latencies.length)).sort();
   }
 
+  /**
+   * The figures of group `group` (0 or 1) of {@link TrackerOptions.group}.
+   *
+   * @throws {Error} if the tracker has no groups
+   */
+  group(group: 0 | 1): GroupFigures {
+    if (this.#groupOf === null) throw new Error("This tracker has no groups");
+    const latencies = this.#groupLatencies[group];
+    const received = this.#groupReceived[group];
+    return {
+      receivers: this.#groupReceivers[group],
+      expected: this.#groupExpected[group],
+      received,
+      lastDelivery: this.#groupLast[group],
+      latencies: () => latencies.slice(0, Math.min(received, latencies.length)).sort(),
+    };
+  }
+
   #wake(): void {
     const waiting = [];
     for (const waiter of this.#waiters) {
@@ -311,6 +412,11 @@ export interface ClientOptions {
    * in the kernel buffers (a stalled reader).
    */
   stallAfterLogin?: boolean;
+  /**
+   * Connect to the web port (`endpoint.webPort`) and speak the protocol over a WebSocket
+   * (`GET /ws`): masked text frames out, one frame body per text message in.
+   */
+  web?: boolean;
 }
 
 /** How long one client may take to connect, complete TLS and log in. */
@@ -338,14 +444,31 @@ export class BenchClient {
   #replied = false;
   #closing = false;
   #stall: boolean;
+  /** Whether the client speaks WebSocket (see {@link ClientOptions.web}). */
+  readonly web: boolean;
+  /** For `web`: the upgrade request's key, until its answer is in. */
+  #upgradeKey: string | null = null;
+  /** For `web`: resolves with null once upgraded, or with why not. */
+  #upgraded = Promise.withResolvers<string | null>();
+  /** For `web`: a server frame's header (see `serverFrameHeader`). */
+  #header = new Float64Array(3);
+  /** For `web`: bytes the frame at the start of the buffer needs, if it is incomplete. */
+  #need = 0;
   #loop: Promise<void>;
 
-  private constructor(conn: Deno.TlsConn, index: number, options: ClientOptions) {
+  private constructor(
+    conn: Deno.TlsConn,
+    index: number,
+    options: ClientOptions,
+    upgradeKey: string | null,
+  ) {
     this.conn = conn;
     this.index = index;
     this.#tracker = options.tracker ?? null;
     this.#onFrame = options.onFrame ?? null;
     this.#stall = options.stallAfterLogin ?? false;
+    this.web = upgradeKey !== null;
+    this.#upgradeKey = upgradeKey;
     this.#loop = this.#run();
   }
 
@@ -366,9 +489,12 @@ export class BenchClient {
       closeQuietly(conn);
     }, CONNECT_TIMEOUT_MS);
     try {
+      const web = options.web ?? false;
+      const port = web ? endpoint.webPort : endpoint.port;
+      if (port === undefined) throw new Error("The server has no web port");
       // TCP first, so the client can turn Nagle's algorithm off (`Deno.connectTls` cannot):
       // otherwise a sender's small writes wait for delayed ACKs and the bench measures that.
-      const tcp = await Deno.connect({ hostname: endpoint.hostname, port: endpoint.port });
+      const tcp = await Deno.connect({ hostname: endpoint.hostname, port });
       conn = tcp;
       if (timedOut) closeQuietly(tcp);
       let tls: Deno.TlsConn;
@@ -381,12 +507,20 @@ export class BenchClient {
         closeQuietly(conn);
         throw error;
       }
-      const client = new BenchClient(tls, index, options);
+      const upgrade = web ? upgradeRequest(endpoint.hostname, port) : null;
+      const client = new BenchClient(tls, index, options, upgrade?.key ?? null);
       if (options.login === false) return client;
       try {
-        await client.send(
-          encodeFrame({ type: "auth", password: endpoint.password, ...options.auth }),
-        );
+        const auth = encodeFrame({ type: "auth", password: endpoint.password, ...options.auth });
+        if (upgrade) {
+          // As a browser does: the first message only once the upgrade is answered.
+          await client.send(upgrade.bytes);
+          const refused = await client.#upgraded.promise;
+          if (refused !== null) throw new Error(`WebSocket of client ${index}: ${refused}`);
+          await client.send(maskedFrame(OP_TEXT, auth.subarray(4)));
+        } else {
+          await client.send(auth);
+        }
         const reply = await client.#reply.promise;
         if (reply?.type !== "auth_result" || reply.success !== true) {
           throw new Error(
@@ -436,26 +570,50 @@ export class BenchClient {
       while (true) {
         const n = await this.conn.read(end === 0 ? buf : buf.subarray(end));
         if (n === null) {
-          this.endReason = "eof";
+          this.endReason ??= "eof";
           break;
         }
         end += n;
         const now = performance.now();
         let offset = 0;
         let need = 0;
-        while (end - offset >= 4) {
-          const length = ((buf[offset] << 24) | (buf[offset + 1] << 16) |
-            (buf[offset + 2] << 8) | buf[offset + 3]) >>> 0;
-          if (length > MAX_FRAME) throw new RangeError(`Frame of ${length} bytes is too large`);
-          const stop = offset + 4 + length;
-          if (stop > end) {
-            need = 4 + length;
-            break;
+        if (this.web) {
+          if (this.#upgradeKey !== null) {
+            // The answer to the upgrade request comes first.
+            const blank = headEnd(buf, end);
+            if (blank >= 0) {
+              const refused = checkUpgrade(
+                new TextDecoder().decode(buf.subarray(0, blank)),
+                this.#upgradeKey,
+              );
+              this.#upgradeKey = null;
+              this.#upgraded.resolve(refused);
+              if (refused !== null) {
+                this.endReason = refused;
+                break;
+              }
+              offset = blank + 4;
+            }
           }
-          this.#frame(buf, offset + 4, stop, now);
-          offset = stop;
+          if (this.#upgradeKey === null) {
+            offset = this.#webFrames(buf, offset, end, now);
+            need = this.#need;
+          }
+        } else {
+          while (end - offset >= 4) {
+            const length = ((buf[offset] << 24) | (buf[offset + 1] << 16) |
+              (buf[offset + 2] << 8) | buf[offset + 3]) >>> 0;
+            if (length > MAX_FRAME) throw new RangeError(`Frame of ${length} bytes is too large`);
+            const stop = offset + 4 + length;
+            if (stop > end) {
+              need = 4 + length;
+              break;
+            }
+            this.#frame(buf, offset + 4, stop, now);
+            offset = stop;
+          }
         }
-        if (this.#stall && offset > 0) {
+        if (this.#stall && this.#replied) {
           // The login reply is in: read nothing more, ever.
           stalled = true;
           return;
@@ -475,7 +633,42 @@ export class BenchClient {
     } finally {
       if (!stalled) this.endReason ??= "closed";
       this.#reply.resolve(null);
+      this.#upgraded.resolve("connection ended before the upgrade's answer");
     }
+  }
+
+  /**
+   * Handles the complete WebSocket frames in `buf[offset..end)` (text messages go where a TLS
+   * client's frames go; a close frame ends the client; a ping gets its pong) and returns where
+   * the first incomplete one starts; sets {@link BenchClient.#need} to its size, if known.
+   */
+  #webFrames(buf: Uint8Array, offset: number, end: number, now: number): number {
+    const header = this.#header;
+    this.#need = 0;
+    while (serverFrameHeader(buf, offset, end, header)) {
+      const op = header[0];
+      const start = header[1];
+      const length = header[2];
+      if (length > MAX_FRAME) throw new RangeError(`Frame of ${length} bytes is too large`);
+      const stop = start + length;
+      if (stop > end) {
+        this.#need = stop - offset;
+        break;
+      }
+      if (op === (OP_TEXT | 0x10)) {
+        this.#frame(buf, start, stop, now);
+      } else if ((op & 0x0f) === OP_CLOSE) {
+        const code = length >= 2 ? (buf[start] << 8) | buf[start + 1] : 1005;
+        this.endReason ??= `websocket close ${code}`;
+      } else if ((op & 0x0f) === OP_PING) {
+        this.send(maskedFrame(OP_PONG, buf.slice(start, stop))).catch(() => {});
+      } else if ((op & 0x0f) !== OP_PONG) {
+        // The server sends whole text messages only: anything else is unexpected.
+        this.#tracker?.recordOther(buf.subarray(offset, Math.min(stop, offset + 200)));
+      }
+      offset = stop;
+    }
+    return offset;
   }
 
   #frame(buf: Uint8Array, start: number, stop: number, now: number): void {
@@ -552,6 +745,8 @@ export interface ConnectOptions {
   auth?: JsonObject;
   /** Sees every client's frames after its login reply first. */
   onFrame?: FrameHandler | null;
+  /** Which clients speak WebSocket on the web port (see {@link ClientOptions.web}); none if unset. */
+  web?: (index: number) => boolean;
 }
 
 /**
@@ -575,6 +770,7 @@ export async function connectMany(
           login: options.login,
           auth: options.auth,
           onFrame: options.onFrame,
+          web: options.web?.(index) ?? false,
         });
       } catch (error) {
         failure ??= error;

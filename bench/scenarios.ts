@@ -1,5 +1,5 @@
 /**
- * The eight benchmark scenarios. Each run measures one server once and returns named figures;
+ * The nine benchmark scenarios. Each run measures one server once and returns named figures;
  * the bench takes the median of each figure over the runs (or, for a figure that says so, the
  * largest).
  *
@@ -56,6 +56,18 @@ export interface Sizes {
   acks: { senders: number; messages: number; bytes: number; window: number };
   /** `prefill` messages stored, then `clients` log in at once asking for `replay` of them. */
   join: { prefill: number; clients: number; replay: number; bytes: number };
+  /**
+   * `ws` WebSocket and `tls` TLS clients in one room (interleaved), then as many TLS clients
+   * only; both times `senders` x `messages` per burst, `rounds` bursts per run.
+   */
+  web: {
+    ws: number;
+    tls: number;
+    senders: number;
+    messages: number;
+    bytes: number;
+    rounds: number;
+  };
   /** Logins in flight at once. */
   concurrency: number;
   /** Deliveries missing after this long without progress count as lost. */
@@ -77,6 +89,8 @@ export const FULL_SIZES: Sizes = {
   stalled: { readers: 20, senders: 5, messages: 200, bytes: 16 * 1024 },
   acks: { senders: 10, messages: 20_000, bytes: 64, window: 200 },
   join: { prefill: 1000, clients: 100, replay: 1000, bytes: 64 },
+  // 10 x 100 messages to 999 recipients: about 1 M deliveries per burst, 2 M per phase.
+  web: { ws: 500, tls: 500, senders: 10, messages: 100, bytes: 64, rounds: 2 },
   concurrency: 100,
   stallMs: 3000,
   waitIdle: true,
@@ -93,6 +107,7 @@ export const QUICK_SIZES: Sizes = {
   stalled: { readers: 4, senders: 2, messages: 256, bytes: 16 * 1024 },
   acks: { senders: 10, messages: 300, bytes: 64, window: 200 },
   join: { prefill: 200, clients: 10, replay: 200, bytes: 64 },
+  web: { ws: 5, tls: 5, senders: 2, messages: 20, bytes: 64, rounds: 1 },
   concurrency: 20,
   stallMs: 2000,
   waitIdle: false,
@@ -116,6 +131,11 @@ export interface Scenario {
    * server (or `--target`) runs it, not the reference or a `--baseline` without it.
    */
   v2Only?: boolean;
+  /**
+   * Whether the scenario needs the server's web port (WebSocket clients): then only our server,
+   * started by the bench with `--web-port`, runs it.
+   */
+  web?: boolean;
   /** Measured runs per server unless `--runs` says otherwise (the short, noisy ones get more). */
   runs: number;
   /** Clients the scenario holds open at once. */
@@ -196,6 +216,11 @@ interface FanOut {
   rate?: number;
   /** Bursts of `messages` per sender, each once the last is delivered (default 1). */
   rounds?: number;
+  /**
+   * Which clients are WebSocket clients of the web port (the rest are TLS clients); the
+   * tracker then counts and times them apart as group 1, the TLS clients as group 0.
+   */
+  web?: (index: number) => boolean;
 }
 
 interface FanOutResult {
@@ -206,29 +231,38 @@ interface FanOutResult {
   elapsedMs: number;
   /** Server CPU over the run, s. */
   cpu: number;
+  /** With `web`: like `elapsedMs`, to the last delivery of group 0 (TLS) and 1 (WebSocket). */
+  groupElapsedMs: [number, number];
+  /** From the first send to the end of the CPU measurement, ms. */
+  wallMs: number;
   notes: string[];
 }
 
 /** Logs in the clients, lets the senders send, and waits until every delivery arrived or stalled. */
 async function fanOut(server: ServerHandle, spec: FanOut, sizes: Sizes): Promise<FanOutResult> {
   const rounds = spec.rounds ?? 1;
+  const web = spec.web;
   const tracker = new Tracker({
     receivers: spec.clients,
     senders: spec.senders,
     messages: spec.messages * rounds,
+    group: web ? (receiver) => web(receiver) ? 1 : 0 : undefined,
   });
   const clients = await connectMany(server.endpoint, spec.clients, {
     concurrency: sizes.concurrency,
     tracker,
+    web,
   });
   try {
     const templates = clients.slice(0, spec.senders).map((client) =>
-      new MessageTemplate(client.index, spec.bytes)
+      new MessageTemplate(client.index, spec.bytes, { web: client.web })
     );
     await quiesce(server, sizes);
     const cpu0 = await cpuOf(server);
     const gen0 = await cpuSeconds(Deno.pid);
+    const first = performance.now();
     let elapsedMs = 0;
+    const groupElapsedMs: [number, number] = [0, 0];
     for (let round = 0; round < rounds; round++) {
       const start = performance.now();
       // Paced senders start a little apart so their messages do not all leave at once.
@@ -254,11 +288,25 @@ async function fanOut(server: ServerHandle, spec: FanOut, sizes: Sizes): Promise
       await sending;
       if (tracker.received < until) await tracker.settle(sizes.stallMs, until);
       elapsedMs += tracker.lastDelivery - start;
+      if (web) {
+        for (const group of [0, 1] as const) {
+          groupElapsedMs[group] += tracker.group(group).lastDelivery - start;
+        }
+      }
       if (tracker.received < until) break;
     }
     const cpu = await cpuOf(server) - cpu0;
     const genCpu = await cpuSeconds(Deno.pid) - gen0;
-    return { tracker, elapsedMs, cpu, genCpu, notes: problems(tracker, clients) };
+    const wallMs = performance.now() - first;
+    return {
+      tracker,
+      elapsedMs,
+      groupElapsedMs,
+      wallMs,
+      cpu,
+      genCpu,
+      notes: problems(tracker, clients),
+    };
   } finally {
     await closeAll(clients);
   }
@@ -826,6 +874,161 @@ const historyJoin: Scenario = {
   },
 };
 
+/**
+ * Whether client `index` of `clients` is one of the `ws` WebSocket clients: they are spread
+ * evenly among the TLS clients (every other one for 500 of 1000), so that the senders (the first
+ * clients) are of both kinds and the room's member order, in which the server writes a
+ * broadcast, favours neither kind.
+ */
+export function isWebClient(index: number, clients: number, ws: number): boolean {
+  return Math.floor((index + 1) * ws / clients) > Math.floor(index * ws / clients);
+}
+
+/** A figure that is a ratio, shown as `label 0.97x`. */
+function ratioMetric(key: string, label: string): MetricSpec {
+  return {
+    key,
+    label,
+    unit: "x",
+    digits: 2,
+    format: (value) => `${label} ${Number.isFinite(value) ? value.toFixed(2) : "n/a"}x`,
+  };
+}
+
+/** Which phase of scenario 9 goes first in its next run (they alternate, as servers do). */
+let webMixedFirst = true;
+
+const webAndTls: Scenario = {
+  id: 9,
+  title: "WebSocket and TLS clients in one room",
+  describe: ({ web: s }) =>
+    `${s.ws} WebSocket clients (web port, /ws) among ${s.tls} TLS clients, ${s.senders} ` +
+    `senders of both kinds x ${s.messages} messages of ${s.bytes} B (${s.rounds} bursts per ` +
+    `run), then the same with ${s.ws + s.tls} TLS clients only, in the same run (alternating ` +
+    `which goes first); ours only (the reference has no web port)`,
+  metrics: [
+    { key: "ws_deliveries_per_s", label: "WS deliveries/s", unit: "", digits: 0 },
+    { key: "tls_deliveries_per_s", label: "TLS (next to WS) deliveries/s", unit: "", digits: 0 },
+    ratioMetric("ws_vs_tls", "WS/TLS"),
+    { key: "ws_p99_ms", label: "WS p99", unit: "ms", digits: 2 },
+    { key: "tls_p99_ms", label: "TLS (next to WS) p99", unit: "ms", digits: 2 },
+    { key: "deliveries_per_s", label: "mixed room deliveries/s", unit: "", digits: 0 },
+    { key: "tls_only_deliveries_per_s", label: "TLS-only room deliveries/s", unit: "", digits: 0 },
+    ratioMetric("mixed_vs_tls_only", "mixed/TLS-only"),
+    { key: "p99_ms", label: "mixed p99", unit: "ms", digits: 2 },
+    { key: "tls_only_p99_ms", label: "TLS-only p99", unit: "ms", digits: 2 },
+    { key: "cpu_us_per_delivery", label: "server CPU/delivery mixed", unit: "µs", digits: 2 },
+    {
+      key: "tls_only_cpu_us_per_delivery",
+      label: "server CPU/delivery TLS-only",
+      unit: "µs",
+      digits: 2,
+    },
+    ratioMetric("cpu_mixed_vs_tls_only", "server CPU/delivery mixed/TLS-only"),
+    {
+      key: "ws_cpu_us_per_delivery",
+      label: "server CPU/WS delivery (est.)",
+      unit: "µs",
+      digits: 2,
+    },
+    {
+      key: "gen_cpu_us_per_delivery",
+      label: "load generator CPU/delivery mixed",
+      unit: "µs",
+      digits: 2,
+    },
+    {
+      key: "tls_only_gen_cpu_us_per_delivery",
+      label: "load generator CPU/delivery TLS-only",
+      unit: "µs",
+      digits: 2,
+    },
+    { key: "cpu_pct", label: "server CPU mixed", unit: "%", digits: 0 },
+    { key: "tls_only_cpu_pct", label: "server CPU TLS-only", unit: "%", digits: 0 },
+    { key: "gen_cpu_pct", label: "load generator CPU mixed", unit: "%", digits: 0 },
+    { key: "tls_only_gen_cpu_pct", label: "load generator CPU TLS-only", unit: "%", digits: 0 },
+    LOST,
+  ],
+  freshServerPerRun: false,
+  warmup: true,
+  web: true,
+  runs: 5,
+  clients: (sizes) => sizes.web.ws + sizes.web.tls,
+  async run(server, sizes) {
+    const s = sizes.web;
+    const clients = s.ws + s.tls;
+    const spec = { clients, senders: s.senders, messages: s.messages, bytes: s.bytes };
+    const phases = [
+      { name: "mixed", web: (index: number) => isWebClient(index, clients, s.ws) },
+      { name: "TLS-only", web: undefined },
+    ];
+    if (!webMixedFirst) phases.reverse();
+    webMixedFirst = !webMixedFirst;
+    const results: Record<string, FanOutResult> = {};
+    for (const phase of phases) {
+      results[phase.name] = await fanOut(
+        server,
+        { ...spec, rounds: s.rounds, web: phase.web },
+        sizes,
+      );
+    }
+    const mixed = results["mixed"];
+    const only = results["TLS-only"];
+    const tls = mixed.tracker.group(0);
+    const ws = mixed.tracker.group(1);
+    const [wsLatencies, tlsLatencies] = [ws.latencies(), tls.latencies()];
+    const [mixedLatencies, onlyLatencies] = [mixed.tracker.latencies(), only.tracker.latencies()];
+    const wsRate = ws.received / (mixed.groupElapsedMs[1] / 1000);
+    const tlsRate = tls.received / (mixed.groupElapsedMs[0] / 1000);
+    const mixedRate = mixed.tracker.received / (mixed.elapsedMs / 1000);
+    const cpuMixed = mixed.cpu * 1e6 / mixed.tracker.received;
+    const cpuOnly = only.cpu * 1e6 / only.tracker.received;
+    // If a TLS delivery costs in the mixed room what it costs in the TLS-only one, the rest of
+    // the mixed room's CPU is the WebSocket deliveries'.
+    const wsShare = ws.received / mixed.tracker.received;
+    const wsCpu = (cpuMixed - (1 - wsShare) * cpuOnly) / wsShare;
+    const onlyRate = only.tracker.received / (only.elapsedMs / 1000);
+    const notes = [
+      ...mixed.notes.map((note) => `mixed: ${note}`),
+      ...only.notes.map((note) => `TLS-only: ${note}`),
+    ];
+    if (ws.received < ws.expected) {
+      notes.push(`mixed: ${ws.expected - ws.received} deliveries to WebSocket clients lost`);
+    }
+    return {
+      metrics: {
+        ws_deliveries_per_s: wsRate,
+        tls_deliveries_per_s: tlsRate,
+        ws_vs_tls: wsRate / tlsRate,
+        ws_p50_ms: percentile(wsLatencies, 0.5),
+        ws_p99_ms: percentile(wsLatencies, 0.99),
+        tls_p50_ms: percentile(tlsLatencies, 0.5),
+        tls_p99_ms: percentile(tlsLatencies, 0.99),
+        deliveries_per_s: mixedRate,
+        tls_only_deliveries_per_s: onlyRate,
+        mixed_vs_tls_only: mixedRate / onlyRate,
+        p50_ms: percentile(mixedLatencies, 0.5),
+        p99_ms: percentile(mixedLatencies, 0.99),
+        tls_only_p50_ms: percentile(onlyLatencies, 0.5),
+        tls_only_p99_ms: percentile(onlyLatencies, 0.99),
+        cpu_us_per_delivery: cpuMixed,
+        tls_only_cpu_us_per_delivery: cpuOnly,
+        cpu_mixed_vs_tls_only: cpuMixed / cpuOnly,
+        ws_cpu_us_per_delivery: wsCpu,
+        gen_cpu_us_per_delivery: mixed.genCpu * 1e6 / mixed.tracker.received,
+        tls_only_gen_cpu_us_per_delivery: only.genCpu * 1e6 / only.tracker.received,
+        gen_cpu_pct: mixed.genCpu * 100 / (mixed.wallMs / 1000),
+        tls_only_gen_cpu_pct: only.genCpu * 100 / (only.wallMs / 1000),
+        cpu_pct: mixed.cpu * 100 / (mixed.wallMs / 1000),
+        tls_only_cpu_pct: only.cpu * 100 / (only.wallMs / 1000),
+        lost: mixed.tracker.expected - mixed.tracker.received +
+          only.tracker.expected - only.tracker.received,
+      },
+      notes,
+    };
+  },
+};
+
 /** Every scenario, by id. */
 export const SCENARIOS: readonly Scenario[] = [
   burst,
@@ -836,4 +1039,5 @@ export const SCENARIOS: readonly Scenario[] = [
   stalledReader,
   storedAcks,
   historyJoin,
+  webAndTls,
 ];

@@ -143,6 +143,8 @@ interface SpawnOptions {
   command: string;
   args: string[];
   port: number;
+  /** The web port, if the server serves one: waited for too, and put in the endpoint. */
+  webPort?: number;
   caCert: string;
   password: string;
   /** Runs once the process has exited (e.g. removes its temporary data dir). */
@@ -203,10 +205,14 @@ async function spawnServer(options: SpawnOptions): Promise<ServerHandle> {
     [Symbol.asyncDispose]: stop,
   };
   if (options.dataDir !== undefined) handle.dataDir = options.dataDir;
+  if (options.webPort !== undefined) handle.endpoint.webPort = options.webPort;
   running.add(handle);
   const deadline = Date.now() + START_TIMEOUT_MS;
   while (!exited && Date.now() < deadline) {
-    if (await accepts(options.port)) return handle;
+    if (
+      await accepts(options.port) &&
+      (options.webPort === undefined || await accepts(options.webPort))
+    ) return handle;
     await new Promise((resolve) => setTimeout(resolve, 50));
   }
   await stop();
@@ -272,10 +278,24 @@ export async function startTaskFlags(
   return { flags, mapped };
 }
 
+/** Whether the `main.ts` of the checkout at `root` knows `--web-port` (the web client's port). */
+async function knowsWebPort(root: string): Promise<boolean> {
+  try {
+    return (await Deno.readTextFile(`${root}/src/server/config.ts`)).includes(`"web-port"`);
+  } catch {
+    return false;
+  }
+}
+
 /**
  * Starts the project's server with the limits the bench needs relaxed (`--rate 0
  * --max-per-ip 0 --max-clients 20000`) and everything else at its default, with exactly the
- * flags of `deno task start` (its cert dir being the bench's). Where that task grants the data
+ * flags of `deno task start` (its cert dir being the bench's). The web client's port is off
+ * (`--web-port off`, so that no two servers reach for the default 4443), unless `web` asks for
+ * it: then it is a free port (`--web-port P`, in `endpoint.webPort`), found as `--port` is.
+ * (Not `--web-port 0`: its port is told only by an info line of the log, and the bench runs the
+ * server at `--log-level warning`, since info logs every connection and login.) A checkout from
+ * before the web port gets neither flag. Where that task grants the data
  * dir `data` (history on, in SQLite, as by default), each start gets a fresh temporary data dir
  * (granted in its place and passed as `--data-dir`), removed once the server has stopped. With
  * `checkout`, starts that checkout of the project instead (an earlier version, for before/after
@@ -283,10 +303,17 @@ export async function startTaskFlags(
  * data dir).
  */
 export async function startOurs(
-  options: StartOptions & { maxClients: number; checkout?: string; name?: string },
+  options: StartOptions & { maxClients: number; checkout?: string; name?: string; web?: boolean },
 ): Promise<ServerHandle> {
   const port = freePort();
   const root = (options.checkout ?? REPO_ROOT).replace(/\/$/, "");
+  const hasWeb = await knowsWebPort(root);
+  if (options.web && !hasWeb) throw new Error(`${root}/main.ts has no --web-port`);
+  let webPort: number | undefined;
+  if (options.web) {
+    do webPort = freePort(); while (webPort === port);
+  }
+  const web = !hasWeb ? [] : ["--web-port", webPort === undefined ? "off" : String(webPort)];
   const config = `${root}/deno.json`;
   const dataDir = await Deno.makeTempDir({ prefix: "chat-bench-data-" });
   const removeData = () => Deno.remove(dataDir, { recursive: true }).catch(() => {});
@@ -321,8 +348,10 @@ export async function startOurs(
       String(options.maxClients),
       "--log-level",
       "warning",
+      ...web,
     ],
     port,
+    webPort,
     caCert: options.caCert,
     password: options.password,
     cleanup: history.length > 0 ? removeData : undefined,

@@ -90,10 +90,29 @@ function assertSaneV2(report: BenchJson): void {
   assert.ok(join.ours.logins_s > 0 && join.ours.client_p50_s <= join.ours.done_s);
 }
 
+/**
+ * Checks scenario 9 (WebSocket and TLS clients in one room), which only our server runs (on its
+ * web port): every delivery to both kinds of client, and the TLS-only comparison in the same run.
+ */
+function assertSaneWeb(report: BenchJson): void {
+  const web = scenario(report, 9);
+  assert.deepEqual(Object.keys(web), ["ours"], "scenario 9 runs on our server only");
+  const ours = web.ours;
+  assert.equal(ours.lost, 0);
+  assert.ok(ours.ws_deliveries_per_s > 0, "WebSocket clients got deliveries");
+  assert.ok(ours.tls_deliveries_per_s > 0, "TLS clients next to them got deliveries");
+  assert.ok(ours.tls_only_deliveries_per_s > 0, "the TLS-only room got deliveries");
+  assert.ok(ours.ws_p50_ms >= 0 && ours.ws_p99_ms >= ours.ws_p50_ms);
+  assert.ok(ours.tls_p50_ms >= 0 && ours.tls_p99_ms >= ours.tls_p50_ms);
+  assert.ok(ours.tls_only_p99_ms >= ours.tls_only_p50_ms);
+  assert.ok(Number.isFinite(ours.cpu_us_per_delivery));
+}
+
 Deno.test("bench --quick measures our server (and the reference, if present) in every scenario", async () => {
   const report = await runBench([]);
   assertSane(report, "ours", true);
   assertSaneV2(report);
+  assertSaneWeb(report);
   for (const floor of ["node:tls floor", "Deno.listenTls floor"]) {
     assert.ok(Number.isFinite(scenario(report, 4)[floor]?.kib_per_client), `${floor} measured`);
   }
