@@ -123,6 +123,28 @@ export function toWebSocketFrames(data: Uint8Array): Uint8Array {
   return out;
 }
 
+/** The last conversion: the input view, and its WebSocket frames. */
+let lastIn: Uint8Array | null = null;
+let lastOut: Uint8Array | null = null;
+
+/**
+ * {@link toWebSocketFrames}, converted once for every recipient of the same bytes: outboxes write
+ * a broadcast's run of the room's arena as the same view for each client, and queued frames are
+ * never changed, so the converted frames can be shared too (socket writes do not change them).
+ */
+function convert(data: Uint8Array): Uint8Array {
+  const last = lastIn;
+  if (
+    last !== null && last.buffer === data.buffer && last.byteOffset === data.byteOffset &&
+    last.byteLength === data.byteLength
+  ) {
+    return lastOut!;
+  }
+  lastOut = toWebSocketFrames(data);
+  lastIn = data;
+  return lastOut;
+}
+
 /**
  * The session's transport over a WebSocket. Incoming text messages are frame bodies; a message
  * over `maxFrame` (counted from its frame headers, before any of it is buffered) is refused with
@@ -208,7 +230,7 @@ export class WebSocketTransport implements Transport {
       queueMicrotask(() => done(null));
       return;
     }
-    this.#socket.write(toWebSocketFrames(data), done);
+    this.#socket.write(convert(data), done);
   }
 
   pause(): void {
