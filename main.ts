@@ -39,11 +39,19 @@ import { hasPermission, PermissionError, requirePermission } from "./src/common/
 import { ChatServer } from "./src/server/server.ts";
 import { type HistoryStore, openStore, StoreOpenError } from "./src/room/store.ts";
 
+/**
+ * Signals within this many milliseconds of the first are the same request to stop: Ctrl-C reaches
+ * both `deno task` (which forwards it) and the server, and `timeout` and systemd signal the whole
+ * process group. Only a later, separate signal (once the graceful stop, which flushes for up to
+ * 2 s, has had its chance) forces an exit.
+ */
+const SAME_STOP_MS = 2_000;
+
 /** Errors whose message is meant for the person at the terminal. */
 function isUserError(error: unknown): error is Error {
   return error instanceof ConfigError || error instanceof CertError ||
     error instanceof PasswordError || error instanceof PermissionError ||
-    error instanceof StoreOpenError;
+    error instanceof StoreOpenError || error instanceof ListenError;
 }
 
 function printError(message: string): void {
@@ -90,15 +98,22 @@ export async function main(args: string[]): Promise<number> {
       await loadCertificates(config);
       return 0;
     }
-    const password = await readPassword({
-      env: config.passwordFile === undefined ? readEnv("CHAT_SERVER_PASSWORD") : undefined,
-      file: config.passwordFile,
-    });
-    const verifier = await PasswordVerifier.create(password);
-    const pair = await loadCertificates(config);
-    console.log("Server password set successfully...");
+    // Everything that can fail without asking anything comes first: the port, then a password
+    // given by file or variable; then the certificate and its banner; then the prompt, if any.
     const address = hostPort(config.host, config.port);
     requirePermission({ name: "net", host: address }, `listen on ${address}`);
+    checkListen(config.host, config.port);
+    const sources = {
+      env: config.passwordFile === undefined ? readEnv("CHAT_SERVER_PASSWORD") : undefined,
+      file: config.passwordFile,
+    };
+    const prompting = sources.file === undefined && sources.env === undefined &&
+      Deno.stdin.isTerminal();
+    let password = prompting ? undefined : await readPassword(sources);
+    const pair = await loadCertificates(config);
+    password ??= await readPassword(sources);
+    const verifier = await PasswordVerifier.create(password);
+    console.log("Server password set successfully...");
     const opened = openStore({ dataDir: config.dataDir, keep: config.limits.historyKeep });
     store = opened.store;
     if (opened.warning) logger.warn(opened.warning);
@@ -125,7 +140,7 @@ export async function main(args: string[]): Promise<number> {
     await server.listen();
   } catch (error) {
     store.close();
-    printError(`Cannot listen on ${hostPort(config.host, config.port)}: ${listenError(error)}`);
+    printError(new ListenError(config.host, config.port, error).message);
     return 1;
   }
   // From here on, a stray rejection in one connection must not stop the server.
@@ -135,13 +150,17 @@ export async function main(args: string[]): Promise<number> {
   });
 
   const stopped = Promise.withResolvers<void>();
-  let signals = 0;
+  let stopAt: number | undefined;
   const onSignal = () => {
-    if (++signals > 1) {
+    const now = performance.now();
+    if (stopAt === undefined) {
+      stopAt = now;
+      stopped.resolve();
+    } else if (now - stopAt >= SAME_STOP_MS) {
       logger.error("Second signal: exiting without waiting for clients");
       Deno.exit(1);
     }
-    stopped.resolve();
+    // Else the same request to stop, delivered twice (see SAME_STOP_MS).
   };
   Deno.addSignalListener("SIGINT", onSignal);
   Deno.addSignalListener("SIGTERM", onSignal);
@@ -158,11 +177,35 @@ function hostPort(host: string, port: number): string {
   return `${host.includes(":") ? `[${host}]` : host}:${port}`;
 }
 
+/** The listener cannot be bound; the message says why in words a person can act on. */
+class ListenError extends Error {
+  constructor(host: string, port: number, cause: unknown) {
+    super(`Cannot listen on ${hostPort(host, port)}: ${listenReason(cause)}`, { cause });
+    this.name = "ListenError";
+  }
+}
+
+/**
+ * Binds and releases `host:port` before anything is printed or asked, so a port in use is
+ * reported first, not after the banner and the password prompt.
+ *
+ * @throws {ListenError} if it cannot be bound.
+ */
+function checkListen(host: string, port: number): void {
+  try {
+    Deno.listen({ hostname: host, port }).close();
+  } catch (error) {
+    throw new ListenError(host, port, error);
+  }
+}
+
 /** Why the listener could not be bound, in words a person can act on. */
-function listenError(error: unknown): string {
+function listenReason(error: unknown): string {
   const { code, syscall } = (error ?? {}) as { code?: unknown; syscall?: unknown };
   const message = error instanceof Error ? error.message : String(error);
-  if (syscall === "getaddrinfo") return `cannot resolve the host name (${message}); check --host`;
+  if (syscall === "getaddrinfo" || /lookup address/.test(message)) {
+    return `cannot resolve the host name (${message}); check --host`;
+  }
   switch (code) {
     case "EADDRINUSE":
       return "the port is already in use (pick another with --port)";

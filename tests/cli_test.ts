@@ -3,9 +3,11 @@ import { fingerprintBanner } from "../src/server/certs.ts";
 import {
   commandAvailable,
   PASSWORD,
+  projectCopy,
   spawnServer,
   testCerts,
   TestClient,
+  waitFor,
   withDataDir,
 } from "./_helpers.ts";
 
@@ -119,6 +121,53 @@ Deno.test("main.ts stops on SIGTERM with exit 0 after telling clients shutting_d
   }
 });
 
+Deno.test("deno task start: SIGINT or SIGTERM to its whole process group stops gracefully, 10 of 10", async () => {
+  // `deno task` forwards a signal to the server, which also gets the group's own copy: the two
+  // are one request to stop, not "a second signal: force exit". Ten at once, as a terminal's
+  // Ctrl-C, `timeout` and systemd deliver them.
+  await using project = await projectCopy();
+  const runs = Array.from({ length: 10 }, async (_, i) => {
+    const signal: Deno.Signal = i % 2 === 0 ? "SIGINT" : "SIGTERM";
+    // setsid makes the task the leader of a new process group, as a shell job is.
+    const child = new Deno.Command("setsid", {
+      args: [Deno.execPath(), "task", "start", "--port", "0", "--data-dir", `data/${i}`],
+      cwd: project.dir,
+      env: { CHAT_SERVER_PASSWORD: PASSWORD, NO_COLOR: "1" },
+      stdin: "null",
+      stdout: "piped",
+      stderr: "piped",
+    }).spawn();
+    let output = "";
+    const decoder = new TextDecoder();
+    const collecting = Promise.all([child.stdout, child.stderr].map(async (stream) => {
+      for await (const chunk of stream) output += decoder.decode(chunk, { stream: true });
+    }));
+    try {
+      const started = /server started on port -> (\d+)/;
+      assert.ok(await waitFor(() => started.test(output), 30_000), output);
+      const { client, reply } = await TestClient.login(Number(started.exec(output)![1]));
+      await using _ = client;
+      assert.equal(reply.success, true);
+      Deno.kill(-child.pid, signal);
+      const notice = await client.recv();
+      assert.equal(notice.code, "shutting_down", `${signal} #${i}: ${JSON.stringify(notice)}`);
+      const { code } = await child.status;
+      await collecting;
+      assert.equal(code, 0, `${signal} #${i}: exit ${code}\n${output}`);
+      assert.ok(!output.includes("Second signal"), output);
+    } finally {
+      try {
+        Deno.kill(-child.pid, "SIGKILL");
+      } catch {
+        // Already gone.
+      }
+      await child.status;
+      await collecting;
+    }
+  });
+  await Promise.all(runs);
+});
+
 Deno.test("main.ts exits 0 within 3 s of SIGTERM while refused connections stay silent", async () => {
   const dir = await certDirCopy();
   try {
@@ -165,12 +214,18 @@ Deno.test("main.ts exits 1 with a clear message when it cannot listen", async (t
     await t.step("a port already in use", async () => {
       using taken = Deno.listen({ hostname: "127.0.0.1", port: 0 });
       const port = (taken.addr as Deno.NetAddr).port;
-      const { code, stderr } = await runMain(["--cert-dir", dir, "--port", String(port)], { env });
+      const { code, stdout, stderr } = await runMain(
+        ["--cert-dir", dir, "--port", String(port)],
+        { env },
+      );
       assert.equal(code, 1, stderr);
       assert.match(
         stderr,
         new RegExp(`Cannot listen on 127\\.0\\.0\\.1:${port}: the port is already in use`),
       );
+      // Checked first: no banner and no "password set" before the error.
+      assert.equal(stdout, "", "printed before the port was checked");
+      assert.ok(!stderr.includes("Server password"), stderr);
     });
     await t.step("an address this machine does not have", async () => {
       const { code, stderr } = await runMain(
@@ -368,6 +423,8 @@ Deno.test({
         assert.match(output, pattern);
       };
       await until(/Enter server password: /);
+      const banner = output.indexOf("SERVER CERTIFICATE FINGERPRINT");
+      assert.ok(banner >= 0 && banner < output.indexOf("Enter server password"), output);
       await writer.write(new TextEncoder().encode(`${PASSWORD}\r`));
       const started = /server started on port -> (\d+)/;
       await until(started);
