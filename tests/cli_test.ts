@@ -358,6 +358,24 @@ Deno.test("main.ts names the missing permission instead of prompting", async (t)
   }
 });
 
+Deno.test("deno task start without openssl says to install it, not to grant --allow-run", async () => {
+  // Deno drops --allow-run=openssl when there is no openssl to run; the error must not ask for it.
+  await using project = await projectCopy({ certs: false });
+  const bin = `${project.dir}/bin`;
+  await Deno.mkdir(bin);
+  await Deno.symlink(Deno.execPath(), `${bin}/deno`);
+  const out = await new Deno.Command(Deno.execPath(), {
+    args: ["task", "start", "--port", "0"],
+    cwd: project.dir,
+    env: { PATH: bin, CHAT_SERVER_PASSWORD: PASSWORD, NO_COLOR: "1" },
+    stdin: "null",
+  }).output();
+  const stderr = new TextDecoder().decode(out.stderr);
+  assert.equal(out.code, 1, stderr);
+  assert.match(stderr, /error: Cannot generate certificates: openssl is not installed; install it/);
+  assert.ok(!/run with --allow-run/.test(stderr), stderr);
+});
+
 Deno.test("main.ts --certs-only generates the pair, prints the fingerprint and exits", async () => {
   const dir = await Deno.makeTempDir({ prefix: "chat-cli-" });
   try {
