@@ -876,12 +876,12 @@ Deno.test("parseWelcome and messageId read version 2 frames defensively", () => 
   assert.equal(messageId({ type: "ack", id: 12 }), undefined);
 });
 
-Deno.test("Pacer keeps within half the server's burst, then the server's rate", () => {
+Deno.test("Pacer keeps within half the server's burst, then 90% of the server's rate", () => {
   let now = 0;
   const pacer = new Pacer({ rate: 20, burst: 50 }, () => now);
   for (let i = 0; i < 25; i++) assert.equal(pacer.take(), 0);
-  assert.equal(pacer.take(), 50, "the 26th waits one token period (1/20 s)");
-  now += 50;
+  assert.equal(pacer.take(), 56, "the 26th waits one token period (1/18 s)");
+  now += 56;
   assert.equal(pacer.take(), 0);
   assert.ok(pacer.take() > 0);
   const unlimited = new Pacer({ rate: 0, burst: 0 }, () => now);
@@ -1435,4 +1435,34 @@ Deno.test({
     await term.waitFor(/client exit \d+/);
     assert.match(term.stdout, /client exit 0/, term.describe());
   },
+});
+
+Deno.test("scripted client: 500 piped lines all arrive, in order, paced to the server's limits; exit 0", async (t) => {
+  for (
+    const [label, limits, count] of [
+      ["default limits (rate 20, burst 50)", {}, 500],
+      ["a strict server (rate 10, burst 1)", { rate: 10, burst: 1 }, 30],
+    ] as const
+  ) {
+    await t.step(label, async () => {
+      await using srv = await startServer({ limits });
+      const { client: reader } = await TestClient.login(srv.port);
+      await using _ = reader;
+      const lines = Array.from({ length: count }, (_, i) => `line ${i + 1}`);
+      await using client = ClientProcess.client(
+        ["--port", String(srv.port), "--name", "ci", "--history", "0", "--ack-timeout", "60"],
+        await pinnedEnv(),
+      );
+      await client.write(lines.join("\n") + "\n");
+      const run = await client.exited(60_000);
+      assert.equal(run.code, EXIT_OK, run.stderr);
+      const got: string[] = [];
+      while (got.length < count) {
+        const frame = await reader.recv(5000);
+        if (frame.type === "message") got.push(String(frame.content));
+      }
+      assert.deepEqual(got, lines);
+      assert.ok(!/too fast|rate/i.test(run.stderr), run.stderr);
+    });
+  }
 });
