@@ -134,6 +134,8 @@ export async function main(args: string[]): Promise<number> {
     store?.close();
     if (!isUserError(error)) throw error; // a bug: main's caller prints it and exits 1
     printError(error.message);
+    // "run with --allow-..." cannot be given to `deno task start`: print a command that works.
+    if (/run with --allow-/.test(error.message)) printWorkingCommand(config, Deno.args);
     return 1;
   }
   try {
@@ -170,6 +172,41 @@ export async function main(args: string[]): Promise<number> {
   Deno.removeSignalListener("SIGINT", onSignal);
   Deno.removeSignalListener("SIGTERM", onSignal);
   return 0;
+}
+
+/**
+ * Prints a `deno run` command line with every permission this configuration needs (the flags of
+ * `deno task start` plus the files and folders the flags name) and the same arguments.
+ */
+function printWorkingCommand(config: ServerConfig, args: string[]): void {
+  const unique = (paths: (string | undefined)[]) =>
+    [...new Set(paths.filter((path) => path !== undefined))].join(",");
+  const writes = unique(["certs", "data", config.certDir, config.dataDir]);
+  const reads = unique([
+    "certs",
+    "data",
+    config.certDir,
+    config.dataDir,
+    config.certFile,
+    config.keyFile,
+    config.passwordFile,
+  ]);
+  const quote = (word: string) =>
+    /^[\w@%+=:,./-]+$/.test(word) ? word : `'${word.replaceAll("'", `'\\''`)}'`;
+  const main = new URL(import.meta.url).pathname;
+  const cwd = Deno.cwd();
+  const script = main.startsWith(`${cwd}/`) ? main.slice(cwd.length + 1) : main;
+  const command = [
+    "deno run --no-prompt --v8-flags=--max-semi-space-size=4 --allow-net",
+    `--allow-read=${reads}`,
+    `--allow-write=${writes}`,
+    "--allow-run=openssl --allow-env=CHAT_SERVER_PASSWORD,HOST,PORT",
+    script,
+    ...args,
+  ].map((part, i) => i < 4 ? part : quote(part)).join(" ");
+  console.error(
+    `(\`deno task start\` grants less; this grants what these flags need:)\n  ${command}`,
+  );
 }
 
 /** `host:port`, with an IPv6 host in brackets (`[::1]:4000`), as `--allow-net` spells it. */

@@ -376,6 +376,47 @@ Deno.test("deno task start without openssl says to install it, not to grant --al
   assert.ok(!/run with --allow-run/.test(stderr), stderr);
 });
 
+Deno.test("deno task start with a file outside certs/ prints a command line that works", async () => {
+  await using project = await projectCopy();
+  const outside = await Deno.makeTempDir({ prefix: "chat-outside-" });
+  try {
+    await Deno.writeTextFile(`${outside}/password`, `${PASSWORD}\n`);
+    const out = await new Deno.Command(Deno.execPath(), {
+      args: ["task", "start", "--port", "0", "--password-file", `${outside}/password`],
+      cwd: project.dir,
+      env: { NO_COLOR: "1" },
+      stdin: "null",
+    }).output();
+    const stderr = new TextDecoder().decode(out.stderr);
+    assert.equal(out.code, 1, stderr);
+    const command = stderr.split("\n").find((line) => line.startsWith("  deno run "));
+    assert.ok(command, stderr);
+    assert.ok(command.includes(`--allow-read=certs,data,${outside}/password`), command);
+    // Run it as printed, from the project dir, as a shell would.
+    const child = new Deno.Command("sh", {
+      args: ["-c", `exec ${command.trim().replace(/^deno /, `'${Deno.execPath()}' `)}`],
+      cwd: project.dir,
+      env: { NO_COLOR: "1" },
+      stdin: "null",
+      stdout: "piped",
+      stderr: "piped",
+    }).spawn();
+    let output = "";
+    const decoder = new TextDecoder();
+    const collecting = Promise.all([child.stdout, child.stderr].map(async (stream) => {
+      for await (const chunk of stream) output += decoder.decode(chunk, { stream: true });
+    }));
+    const started = await waitFor(() => /server started on port/.test(output), 20_000);
+    child.kill("SIGTERM");
+    const { code } = await child.status;
+    await collecting;
+    assert.ok(started, output);
+    assert.equal(code, 0, output);
+  } finally {
+    await Deno.remove(outside, { recursive: true });
+  }
+});
+
 Deno.test("main.ts --certs-only generates the pair, prints the fingerprint and exits", async () => {
   const dir = await Deno.makeTempDir({ prefix: "chat-cli-" });
   try {
