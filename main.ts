@@ -36,7 +36,8 @@ import { ConfigError, parseConfig, type ServerConfig, USAGE } from "./src/server
 import { setupLogging } from "./src/server/log.ts";
 import { PasswordError, PasswordVerifier, readPassword } from "./src/server/password.ts";
 import { hasPermission, PermissionError, requirePermission } from "./src/common/permissions.ts";
-import { ChatServer } from "./src/server/server.ts";
+import { ChatServer, type ChatServerOptions } from "./src/server/server.ts";
+import { type Asset, loadAssets, WEB_DIR } from "./src/web/gateway.ts";
 import { type HistoryStore, openStore, StoreOpenError } from "./src/room/store.ts";
 
 /**
@@ -103,6 +104,13 @@ export async function main(args: string[]): Promise<number> {
     const address = hostPort(config.host, config.port);
     requirePermission({ name: "net", host: address }, `listen on ${address}`);
     checkListen(config.host, config.port);
+    let web: ChatServerOptions["web"];
+    if (config.webPort !== null) {
+      const webAddress = hostPort(config.host, config.webPort);
+      requirePermission({ name: "net", host: webAddress }, `serve the web client on ${webAddress}`);
+      checkListen(config.host, config.webPort, true);
+      web = { port: config.webPort, assets: await loadWebClient() };
+    }
     const sources = {
       env: config.passwordFile === undefined ? readEnv("CHAT_SERVER_PASSWORD") : undefined,
       file: config.passwordFile,
@@ -125,6 +133,7 @@ export async function main(args: string[]): Promise<number> {
       history: store,
       hostname: config.host,
       port: config.port,
+      web,
       cert: pair.certPem,
       key: pair.keyPem,
       verifier,
@@ -138,19 +147,8 @@ export async function main(args: string[]): Promise<number> {
     if (/run with --allow-/.test(error.message)) printWorkingCommand(config, Deno.args);
     return 1;
   }
-  try {
-    await server.listen();
-  } catch (error) {
-    store.close();
-    printError(new ListenError(config.host, config.port, error).message);
-    return 1;
-  }
-  // From here on, a stray rejection in one connection must not stop the server.
-  globalThis.addEventListener("unhandledrejection", (event) => {
-    event.preventDefault();
-    logger.error("Unhandled rejection: {reason}", { reason: String(event.reason) });
-  });
-
+  // The signal handlers come first: a signal while the listeners start (the started line is
+  // logged before the web port is up) stops the server gracefully once they are up.
   const stopped = Promise.withResolvers<void>();
   let stopAt: number | undefined;
   const onSignal = () => {
@@ -166,6 +164,24 @@ export async function main(args: string[]): Promise<number> {
   };
   Deno.addSignalListener("SIGINT", onSignal);
   Deno.addSignalListener("SIGTERM", onSignal);
+  try {
+    await server.listen();
+  } catch (error) {
+    Deno.removeSignalListener("SIGINT", onSignal);
+    Deno.removeSignalListener("SIGTERM", onSignal);
+    store.close();
+    const web = (error as { listener?: string } | null)?.listener === "web";
+    printError(
+      new ListenError(config.host, web ? config.webPort! : config.port, error, web).message,
+    );
+    return 1;
+  }
+  // From here on, a stray rejection in one connection must not stop the server.
+  globalThis.addEventListener("unhandledrejection", (event) => {
+    event.preventDefault();
+    logger.error("Unhandled rejection: {reason}", { reason: String(event.reason) });
+  });
+
   await stopped.promise;
   await server.close();
   store.close();
@@ -181,10 +197,17 @@ export async function main(args: string[]): Promise<number> {
 function printWorkingCommand(config: ServerConfig, args: string[]): void {
   const unique = (paths: (string | undefined)[]) =>
     [...new Set(paths.filter((path) => path !== undefined))].join(",");
+  // Paths as seen from the current directory, where Deno resolves --allow-read and --allow-write.
+  const cwd = Deno.cwd();
+  const relative = (url: URL) => {
+    const path = decodeURIComponent(url.pathname).replace(/(.)\/$/, "$1");
+    return path.startsWith(`${cwd}/`) ? path.slice(cwd.length + 1) : path;
+  };
   const writes = unique(["certs", "data", config.certDir, config.dataDir]);
   const reads = unique([
     "certs",
     "data",
+    config.webPort === null ? undefined : relative(WEB_DIR),
     config.certDir,
     config.dataDir,
     config.certFile,
@@ -193,20 +216,33 @@ function printWorkingCommand(config: ServerConfig, args: string[]): void {
   ]);
   const quote = (word: string) =>
     /^[\w@%+=:,./-]+$/.test(word) ? word : `'${word.replaceAll("'", `'\\''`)}'`;
-  const main = new URL(import.meta.url).pathname;
-  const cwd = Deno.cwd();
-  const script = main.startsWith(`${cwd}/`) ? main.slice(cwd.length + 1) : main;
   const command = [
     "deno run --no-prompt --v8-flags=--max-semi-space-size=4 --allow-net",
     `--allow-read=${reads}`,
     `--allow-write=${writes}`,
     "--allow-run=openssl --allow-env=CHAT_SERVER_PASSWORD,HOST,PORT",
-    script,
+    relative(new URL(import.meta.url)),
     ...args,
-  ].map((part, i) => i < 4 ? part : quote(part)).join(" ");
+  ].map((part, i) => i === 0 || i === 3 ? part : quote(part)).join(" ");
   console.error(
     `(\`deno task start\` grants less; this grants what these flags need:)\n  ${command}`,
   );
+}
+
+/** Reads the web client's files, or says which permission is missing. */
+async function loadWebClient(): Promise<Map<string, Asset>> {
+  try {
+    return await loadAssets(WEB_DIR);
+  } catch (error) {
+    if (error instanceof Deno.errors.NotCapable || error instanceof Deno.errors.PermissionDenied) {
+      throw new PermissionError(
+        "Cannot read the web client's files in web/: run with --allow-read=web (as " +
+          "`deno task start` does), or turn the web client off with --web-port off",
+        "--allow-read=web",
+      );
+    }
+    throw error;
+  }
 }
 
 /** `host:port`, with an IPv6 host in brackets (`[::1]:4000`), as `--allow-net` spells it. */
@@ -216,8 +252,11 @@ function hostPort(host: string, port: number): string {
 
 /** The listener cannot be bound; the message says why in words a person can act on. */
 class ListenError extends Error {
-  constructor(host: string, port: number, cause: unknown) {
-    super(`Cannot listen on ${hostPort(host, port)}: ${listenReason(cause)}`, { cause });
+  constructor(host: string, port: number, cause: unknown, web = false) {
+    const what = web ? " (the web client; pick another with --web-port, or --web-port off)" : "";
+    super(`Cannot listen on ${hostPort(host, port)}${what}: ${listenReason(cause, web)}`, {
+      cause,
+    });
     this.name = "ListenError";
   }
 }
@@ -228,16 +267,16 @@ class ListenError extends Error {
  *
  * @throws {ListenError} if it cannot be bound.
  */
-function checkListen(host: string, port: number): void {
+function checkListen(host: string, port: number, web = false): void {
   try {
     Deno.listen({ hostname: host, port }).close();
   } catch (error) {
-    throw new ListenError(host, port, error);
+    throw new ListenError(host, port, error, web);
   }
 }
 
 /** Why the listener could not be bound, in words a person can act on. */
-function listenReason(error: unknown): string {
+function listenReason(error: unknown, web = false): string {
   const { code, syscall } = (error ?? {}) as { code?: unknown; syscall?: unknown };
   const message = error instanceof Error ? error.message : String(error);
   if (syscall === "getaddrinfo" || /lookup address/.test(message)) {
@@ -245,7 +284,9 @@ function listenReason(error: unknown): string {
   }
   switch (code) {
     case "EADDRINUSE":
-      return "the port is already in use (pick another with --port)";
+      return web
+        ? "the port is already in use"
+        : "the port is already in use (pick another with --port)";
     case "EACCES":
     case "EPERM":
       return `not allowed (${message}); ports below 1024 need root or CAP_NET_BIND_SERVICE`;

@@ -56,6 +56,7 @@
  */
 export { ChatServer, type ChatServerOptions, type ServerSnapshot } from "./src/server/server.ts";
 export type { ServerStats } from "./src/server/stats.ts";
+export { type Asset, loadAssets, WEB_DIR } from "./src/web/gateway.ts";
 export {
   type HistoryStore,
   memoryStore,

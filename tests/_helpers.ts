@@ -232,6 +232,8 @@ export interface SpawnedServer extends AsyncDisposable {
   child: Deno.ChildProcess;
   /** The port from the "server started" line. */
   port: number;
+  /** The web port from the "web client at" line (0 when the web client is off). */
+  webPort: number;
   /** Everything printed so far on stdout and stderr. */
   output(): string;
   /** Waits for the process to exit; returns its status and full output. */
@@ -257,6 +259,15 @@ export function withDataDir(args: string[]): string[] {
 }
 
 /**
+ * `args` with `--web-port off` unless they set a web port: spawned servers would otherwise all
+ * want the default port 4443.
+ */
+export function withWebPort(args: string[]): string[] {
+  if (args.some((arg) => arg === "--web-port" || arg.startsWith("--web-port="))) return args;
+  return [...args, "--web-port", "off"];
+}
+
+/**
  * Spawns `deno run main.ts ARGS` and waits for its "server started" line.
  *
  * @param args arguments after `main.ts`
@@ -267,7 +278,13 @@ export async function spawnServer(
   options: { env?: Record<string, string>; permissions?: string[]; timeoutMs?: number } = {},
 ): Promise<SpawnedServer> {
   const child = new Deno.Command(Deno.execPath(), {
-    args: ["run", "--no-prompt", ...(options.permissions ?? ["-A"]), MAIN, ...withDataDir(args)],
+    args: [
+      "run",
+      "--no-prompt",
+      ...(options.permissions ?? ["-A"]),
+      MAIN,
+      ...withDataDir(withWebPort(args)),
+    ],
     env: options.env,
     stdin: "null",
     stdout: "piped",
@@ -286,14 +303,20 @@ export async function spawnServer(
     return { code, output: text };
   };
   const started = /server started on port -> (\d+) and ip -> /;
+  const web = /web client at https:\/\/\S+:(\d+)\//;
+  const webOff = withWebPort(args).some((arg, i, all) =>
+    arg === "off" && all[i - 1] === "--web-port"
+  );
+  const ready = () => started.test(text) && (webOff || web.test(text));
   const deadline = Date.now() + (options.timeoutMs ?? 15_000);
   let done = false;
   status.then(() => done = true);
-  while (!started.test(text) && !done && Date.now() < deadline) await delay(20);
-  const match = started.exec(text);
+  while (!ready() && !done && Date.now() < deadline) await delay(20);
+  const match = ready() ? started.exec(text) : null;
   const spawned: SpawnedServer = {
     child,
     port: match ? Number(match[1]) : 0,
+    webPort: Number(web.exec(text)?.[1] ?? 0),
     output: () => text,
     exited,
     async [Symbol.asyncDispose]() {
@@ -361,7 +384,7 @@ const ROOT = new URL("../", import.meta.url).pathname;
 
 /**
  * Copies what `deno task start` and `deno task client` run (`deno.json`, `deno.lock`, `main.ts`,
- * `mod.ts`, `src/`) into a temp dir, with the test certificate pair in its `certs/` (so nothing
+ * `mod.ts`, `src/`, `web/`) into a temp dir, with the test certificate pair in its `certs/` (so nothing
  * runs openssl), so tests can run the README's commands as written without writing into the
  * checkout.
  */
@@ -378,6 +401,7 @@ export async function projectCopy(options: { certs?: boolean } = {}): Promise<Pr
     await Deno.copyFile(`${ROOT}${file}`, `${dir}/${file}`);
   }
   await copyTree(`${ROOT}src`, `${dir}/src`);
+  await copyTree(`${ROOT}web`, `${dir}/web`);
   if (options.certs ?? true) {
     const pair = await testCerts();
     await Deno.mkdir(`${dir}/certs`);

@@ -9,6 +9,7 @@ import {
   TestClient,
   waitFor,
   withDataDir,
+  withWebPort,
 } from "./_helpers.ts";
 
 const MAIN = new URL("../main.ts", import.meta.url).pathname;
@@ -19,7 +20,13 @@ async function runMain(
   options: { env?: Record<string, string>; permissions?: string[] } = {},
 ): Promise<{ code: number; stdout: string; stderr: string }> {
   const { code, stdout, stderr } = await new Deno.Command(Deno.execPath(), {
-    args: ["run", "--no-prompt", ...(options.permissions ?? ["-A"]), MAIN, ...withDataDir(args)],
+    args: [
+      "run",
+      "--no-prompt",
+      ...(options.permissions ?? ["-A"]),
+      MAIN,
+      ...withDataDir(withWebPort(args)),
+    ],
     env: options.env,
     stdin: "null",
   }).output();
@@ -130,7 +137,17 @@ Deno.test("deno task start: SIGINT or SIGTERM to its whole process group stops g
     const signal: Deno.Signal = i % 2 === 0 ? "SIGINT" : "SIGTERM";
     // setsid makes the task the leader of a new process group, as a shell job is.
     const child = new Deno.Command("setsid", {
-      args: [Deno.execPath(), "task", "start", "--port", "0", "--data-dir", `data/${i}`],
+      args: [
+        Deno.execPath(),
+        "task",
+        "start",
+        "--port",
+        "0",
+        "--web-port",
+        "0",
+        "--data-dir",
+        `data/${i}`,
+      ],
       cwd: project.dir,
       env: { CHAT_SERVER_PASSWORD: PASSWORD, NO_COLOR: "1" },
       stdin: "null",
@@ -245,7 +262,7 @@ Deno.test("main.ts exits 1 with a clear message when it cannot listen", async (t
       ignore: asRoot && !setpriv,
       fn: async () => {
         const command = [Deno.execPath(), "run", "--no-prompt", "-A", MAIN, "--cert-dir", dir]
-          .concat("--data-dir", `${dir}/data`);
+          .concat("--data-dir", `${dir}/data`, "--web-port", "off");
         const argv = asRoot
           ? ["setpriv", "--bounding-set=-net_bind_service", ...command, "--port", "80"]
           : [...command, "--port", "80"];
@@ -365,7 +382,7 @@ Deno.test("deno task start without openssl says to install it, not to grant --al
   await Deno.mkdir(bin);
   await Deno.symlink(Deno.execPath(), `${bin}/deno`);
   const out = await new Deno.Command(Deno.execPath(), {
-    args: ["task", "start", "--port", "0"],
+    args: ["task", "start", "--port", "0", "--web-port", "off"],
     cwd: project.dir,
     env: { PATH: bin, CHAT_SERVER_PASSWORD: PASSWORD, NO_COLOR: "1" },
     stdin: "null",
@@ -382,7 +399,16 @@ Deno.test("deno task start with a file outside certs/ prints a command line that
   try {
     await Deno.writeTextFile(`${outside}/password`, `${PASSWORD}\n`);
     const out = await new Deno.Command(Deno.execPath(), {
-      args: ["task", "start", "--port", "0", "--password-file", `${outside}/password`],
+      args: [
+        "task",
+        "start",
+        "--port",
+        "0",
+        "--web-port",
+        "0",
+        "--password-file",
+        `${outside}/password`,
+      ],
       cwd: project.dir,
       env: { NO_COLOR: "1" },
       stdin: "null",
@@ -391,7 +417,7 @@ Deno.test("deno task start with a file outside certs/ prints a command line that
     assert.equal(out.code, 1, stderr);
     const command = stderr.split("\n").find((line) => line.startsWith("  deno run "));
     assert.ok(command, stderr);
-    assert.ok(command.includes(`--allow-read=certs,data,${outside}/password`), command);
+    assert.ok(command.includes(`--allow-read=certs,data,web,${outside}/password`), command);
     // Run it as printed, from the project dir, as a shell would.
     const child = new Deno.Command("sh", {
       args: ["-c", `exec ${command.trim().replace(/^deno /, `'${Deno.execPath()}' `)}`],
@@ -459,7 +485,7 @@ Deno.test({
     const dir = await certDirCopy();
     try {
       const command = [Deno.execPath(), "run", "-A", MAIN, "--port", "0", "--cert-dir", dir]
-        .concat("--data-dir", `${dir}/data`)
+        .concat("--data-dir", `${dir}/data`, "--web-port", "off")
         .map((arg) => `'${arg}'`).join(" ");
       const child = new Deno.Command("script", {
         args: ["-qefc", command, "/dev/null"],

@@ -211,7 +211,7 @@ Deno.test({
     try {
       const trigger = `${data}/erase`;
       const server = [Deno.execPath(), "run", "-A", MAIN, "--port", "0", "--cert-dir", dir]
-        .concat("--data-dir", data).map(shellQuote).join(" ");
+        .concat("--data-dir", data, "--web-port", "off").map(shellQuote).join(" ");
       // Once the test says so, erase the line as Deno's npm progress bar does when it finishes.
       const eraser = `(while [ ! -e ${shellQuote(trigger)} ]; do sleep 0.05; done; ` +
         `printf '\\r\\033[2K'; : > ${shellQuote(`${trigger}d`)})`;

@@ -67,6 +67,8 @@ export const LOG_FORMATS = ["text", "json"] as const;
 export interface ServerConfig {
   host: string;
   port: number;
+  /** The web client's HTTPS port on `host`; `null` when it is off. */
+  webPort: number | null;
   certDir: string;
   certFile?: string;
   keyFile?: string;
@@ -95,6 +97,8 @@ export const USAGE = `Usage: deno task start [options]
 Options (flags win over environment variables, which win over defaults):
   --host HOST               address to listen on (env HOST; default 127.0.0.1)
   --port PORT               port, 0 picks a free one (env PORT; default 4000)
+  --web-port PORT|off       the web client's HTTPS port on --host, 0 picks a free one, off
+                            turns it off (default 4443)
   --password-file FILE      read the password from FILE (wins over CHAT_SERVER_PASSWORD)
   --cert-dir DIR            where cert.pem, key.pem and server_fingerprint.txt live (default certs)
   --cert FILE --key FILE    use an existing certificate and key instead of generating them
@@ -153,6 +157,7 @@ export function parseConfig(
   const stringFlags = [
     "host",
     "port",
+    "web-port",
     "password-file",
     "cert-dir",
     "data-dir",
@@ -206,11 +211,21 @@ export function parseConfig(
 
   let host: string;
   let port: number;
+  let webPort: number | null;
   try {
     host = parseHost(flag("host") ?? env("HOST") ?? "127.0.0.1");
     port = parsePort(flag("port") ?? env("PORT") ?? "4000", 0);
   } catch (error) {
     throw new ConfigError((error as Error).message);
+  }
+  const web = flag("web-port") ?? "4443";
+  try {
+    webPort = web.trim() === "off" ? null : parsePort(web, 0);
+  } catch {
+    throw new ConfigError(`Invalid --web-port ${JSON.stringify(web)}: expected 0 to 65535, or off`);
+  }
+  if (webPort !== null && webPort !== 0 && webPort === port) {
+    throw new ConfigError(`--web-port ${webPort} is the chat port too: pick another one, or off`);
   }
 
   const certFile = flag("cert");
@@ -231,6 +246,7 @@ export function parseConfig(
   return {
     host,
     port,
+    webPort,
     certDir: flag("cert-dir") ?? "certs",
     certFile,
     keyFile,

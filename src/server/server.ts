@@ -28,6 +28,9 @@ import { SERVER_SOFTWARE } from "./version.ts";
 import { CLOSE_GRACE_MS, normalizeIp } from "./socket.ts";
 import type { ServerStats } from "./stats.ts";
 import { Session, type SessionContext } from "./session.ts";
+import { StreamTransport } from "./transport.ts";
+import { type Asset, loadAssets, WebGateway } from "../web/gateway.ts";
+import { toWebSocketFrames, WebSocketTransport } from "../web/websocket.ts";
 
 /** Refusals (handshake, then an error frame) in progress at once; past this, closed at once. */
 const MAX_REFUSING = 256;
@@ -65,6 +68,12 @@ export interface ChatServerOptions {
   history?: HistoryStore;
   /** Monotonic clock in milliseconds, for tests (default `performance.now`). */
   now?: () => number;
+  /**
+   * The web client's port (HTTPS and the `/ws` WebSocket) on `hostname`, with the same
+   * certificate, limits and room; off when unset. `assets`: the page's files (default: read
+   * from the project's `web/` directory at {@link ChatServer.listen}).
+   */
+  web?: { port: number; assets?: Map<string, Asset> };
 }
 
 /** A snapshot of the server's counters. */
@@ -100,7 +109,15 @@ interface Connection {
   session: Session | undefined;
   /** Told `shutting_down` instead of getting a session (its handshake completed during the stop). */
   notified: boolean;
+  /** Accepted on the web port. */
+  web: boolean;
+  /** A web connection's deadline to upgrade to a WebSocket. */
+  deadline: ReturnType<typeof setTimeout> | undefined;
 }
+
+/** Where a web port's TLS socket keeps its connection record. */
+const CONNECTION = Symbol("connection");
+type WebSocketSocket = tls.TLSSocket & { [CONNECTION]?: Connection };
 
 /** The chat server. `await listen()`, then `close()` (or `await using`). */
 export class ChatServer implements AsyncDisposable {
@@ -111,6 +128,8 @@ export class ChatServer implements AsyncDisposable {
   #tick = 0;
   #logger: Logger = getLogger(["chat-server"]);
   #server: tls.Server | null = null;
+  #webServer: tls.Server | null = null;
+  #gateway: WebGateway | null = null;
   #flow = new FlowControl();
   #room: Room;
   #ownStore: HistoryStore | null = null;
@@ -191,6 +210,13 @@ export class ChatServer implements AsyncDisposable {
     return { transport: "tcp", hostname: address.address, port: address.port };
   }
 
+  /** The web port's bound address, or `null` when the web client is off. */
+  get webAddr(): Deno.NetAddr | null {
+    const address = this.#webServer?.address() as AddressInfo | null | undefined;
+    if (!address) return null;
+    return { transport: "tcp", hostname: address.address, port: address.port };
+  }
+
   /** Current counters. */
   stats(): ServerSnapshot {
     return {
@@ -234,10 +260,13 @@ export class ChatServer implements AsyncDisposable {
   async #start(): Promise<Deno.NetAddr> {
     const hostname = this.#options.hostname ?? "127.0.0.1";
     const port = this.#options.port ?? 4000;
-    const host = `${hostname.includes(":") ? `[${hostname}]` : hostname}:${port}`;
+    const web = this.#options.web;
     // node:net throws a missing permission from a later tick, where nobody can catch it.
-    if (Deno.permissions.querySync({ name: "net", host }).state !== "granted") {
-      throw new Deno.errors.NotCapable(`Requires net access to "${host}"`);
+    for (const wanted of web ? [port, web.port] : [port]) {
+      const host = `${hostname.includes(":") ? `[${hostname}]` : hostname}:${wanted}`;
+      if (Deno.permissions.querySync({ name: "net", host }).state !== "granted") {
+        throw new Deno.errors.NotCapable(`Requires net access to "${host}"`);
+      }
     }
     if (!this.#context) {
       const verifier = this.#options.verifier ??
@@ -274,6 +303,52 @@ export class ChatServer implements AsyncDisposable {
         },
       };
     }
+    if (web) {
+      const assets = web.assets ?? await loadAssets();
+      this.#gateway ??= new WebGateway({
+        assets,
+        logger: this.#logger,
+        upgraded: (socket, head) => this.#upgraded(socket, head),
+        refused: (socket) => (socket as WebSocketSocket)[CONNECTION]?.refusal !== undefined,
+      });
+    }
+    const server = await this.#bind(hostname, port, false);
+    if (web) {
+      try {
+        this.#webServer = await this.#bind(hostname, web.port, true);
+      } catch (error) {
+        server.close();
+        // Says which of the two listeners failed.
+        if (error !== null && typeof error === "object") Object.assign(error, { listener: "web" });
+        throw error;
+      }
+    }
+    if (this.#closing) {
+      // close() was called while this was starting: it must not leave a listener behind.
+      server.close();
+      this.#webServer?.close();
+      this.#webServer = null;
+      throw new TypeError("ChatServer was closed while it started listening");
+    }
+    this.#server = server;
+    this.#tick = this.#now();
+    this.#watch = setInterval(() => this.#watchConnections(), WATCH_INTERVAL_MS);
+    Deno.unrefTimer(this.#watch as unknown as number);
+    const addr = this.addr;
+    this.#logger.info("server started on port -> {port} and ip -> {hostname}", {
+      port: addr.port,
+      hostname: addr.hostname,
+    });
+    const webAddr = this.webAddr;
+    if (webAddr) {
+      const host = webAddr.hostname.includes(":") ? `[${webAddr.hostname}]` : webAddr.hostname;
+      this.#logger.info("web client at https://{host}:{port}/", { host, port: webAddr.port });
+    }
+    return addr;
+  }
+
+  /** Binds one TLS listener: the chat port, or the web port (`web`). */
+  async #bind(hostname: string, port: number, web: boolean): Promise<tls.Server> {
     const server = tls.createServer({
       cert: this.#options.cert,
       key: this.#options.key,
@@ -282,9 +357,13 @@ export class ChatServer implements AsyncDisposable {
       // A peer that leaves during its handshake is closed at once (with allowHalfOpen its socket
       // would wait for the handshake timeout). Sessions switch it on: see #secured.
       allowHalfOpen: false,
+      ...(web ? { ALPNProtocols: ["http/1.1"] } : {}),
     });
-    server.on("connection", (socket: Socket) => this.#accept(socket));
-    server.on("secureConnection", (socket: tls.TLSSocket) => this.#secured(socket));
+    server.on("connection", (socket: Socket) => this.#accept(socket, web));
+    server.on("secureConnection", (socket: tls.TLSSocket) => {
+      if (web) this.#securedWeb(socket);
+      else this.#secured(socket);
+    });
     server.on("tlsClientError", (error: Error, socket: tls.TLSSocket) => {
       this.#handshakeFailed(error, socket);
     });
@@ -298,24 +377,10 @@ export class ChatServer implements AsyncDisposable {
       server.close();
       throw error;
     });
-    if (this.#closing) {
-      // close() was called while this was starting: it must not leave a listener behind.
-      server.close();
-      throw new TypeError("ChatServer was closed while it started listening");
-    }
     server.on("error", (error: Error) => {
       this.#logger.error("Listener error: {error}", { error: String(error) });
     });
-    this.#server = server;
-    this.#tick = this.#now();
-    this.#watch = setInterval(() => this.#watchConnections(), WATCH_INTERVAL_MS);
-    Deno.unrefTimer(this.#watch as unknown as number);
-    const addr = this.addr;
-    this.#logger.info("server started on port -> {port} and ip -> {hostname}", {
-      port: addr.port,
-      hostname: addr.hostname,
-    });
-    return addr;
+    return server;
   }
 
   /**
@@ -349,7 +414,12 @@ export class ChatServer implements AsyncDisposable {
     this.#logger.info("Shutting down: {connections} connections", {
       connections: this.#connections.size,
     });
-    const listenerClosed = new Promise<void>((resolve) => server.close(() => resolve()));
+    const listenerClosed = Promise.all(
+      [server, this.#webServer].map((listener) =>
+        listener && new Promise<void>((resolve) => listener.close(() => resolve()))
+      ),
+    );
+    this.#gateway?.close();
     // Messages accepted this turn are stored, broadcast and acked before the notice goes out;
     // then members leave without presence traffic (everyone is leaving).
     this.#room.flush();
@@ -382,7 +452,7 @@ export class ChatServer implements AsyncDisposable {
   }
 
   /** A TCP connection was accepted: count it, and refuse it if it is over a cap. */
-  #accept(socket: Socket): void {
+  #accept(socket: Socket, web: boolean): void {
     const stats = this.#stats;
     stats.accepted++;
     if (this.#closing) {
@@ -396,6 +466,8 @@ export class ChatServer implements AsyncDisposable {
       refusal: undefined,
       session: undefined,
       notified: false,
+      web,
+      deadline: undefined,
     };
     const limits = this.#limits;
     const fromIp = this.#perIp.get(ip) ?? 0;
@@ -434,6 +506,7 @@ export class ChatServer implements AsyncDisposable {
     const connection = this.#connections.get(socket);
     if (!connection) return;
     this.#connections.delete(socket);
+    clearTimeout(connection.deadline);
     if (connection.refusal) {
       this.#refusing--;
       decrement(this.#refusingPerIp, connection.ip);
@@ -475,7 +548,58 @@ export class ChatServer implements AsyncDisposable {
     // A client that half-closes still gets its replies: the session ends its side itself, once
     // its last frames are flushed.
     socket.allowHalfOpen = true;
-    const session = new Session(socket, this.#context!, {
+    const session = new Session(new StreamTransport(socket, this.#limits), this.#context!, {
+      id: ++this.#nextId,
+      ip: connection.ip,
+      acceptedAt: connection.acceptedAt,
+    });
+    connection.session = session;
+    this.#sessions.add(session);
+  }
+
+  /**
+   * A web port's TLS handshake completed: its requests go to the gateway (the page's files, or
+   * the WebSocket upgrade, which {@link ChatServer.#upgraded} turns into a session). It must
+   * upgrade before the auth deadline; a plain HTTP connection is closed then too.
+   */
+  #securedWeb(socket: tls.TLSSocket): void {
+    // deno-lint-ignore no-explicit-any
+    const raw = (socket as any)._parent as Socket | undefined;
+    const connection = raw ? this.#connections.get(raw) : undefined;
+    if (!connection || this.#closing) {
+      socket.destroy();
+      return;
+    }
+    (socket as WebSocketSocket)[CONNECTION] = connection;
+    const wait = connection.acceptedAt + this.#limits.authTimeoutMs - this.#now();
+    connection.deadline = setTimeout(() => socket.destroy(), Math.max(0, wait));
+    socket.on("error", () => {}); // a reset while in HTTP: the close releases it
+    this.#gateway!.connection(socket);
+  }
+
+  /** A web connection answered 101: start its session, or send its refusal as a frame. */
+  #upgraded(socket: tls.TLSSocket, head: Uint8Array): void {
+    const connection = (socket as WebSocketSocket)[CONNECTION];
+    if (!connection || connection.session || socket.destroyed) {
+      socket.destroy();
+      return;
+    }
+    clearTimeout(connection.deadline);
+    connection.deadline = undefined;
+    const refusal: Refusal | undefined = connection.refusal ??
+      (this.#closing ? { code: "shutting_down", message: "Server is shutting down" } : undefined);
+    if (refusal) {
+      connection.notified = true;
+      socket.write(toWebSocketFrames(encodeError(refusal.code, refusal.message)));
+      socket.end(new Uint8Array([0x88, 0x02, 0x03, 0xe8]), () => socket.destroy());
+      const timer = setTimeout(() => socket.destroy(), CLOSE_GRACE_MS);
+      socket.once("close", () => clearTimeout(timer));
+      this.#count(refusal.code);
+      return;
+    }
+    socket.allowHalfOpen = true;
+    const transport = new WebSocketTransport(socket, head, this.#limits);
+    const session = new Session(transport, this.#context!, {
       id: ++this.#nextId,
       ip: connection.ip,
       acceptedAt: connection.acceptedAt,

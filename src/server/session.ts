@@ -1,13 +1,12 @@
 /**
  * One client connection after its TLS handshake: authentication under a deadline, then the
- * message loop with its limits and flow control. The session is driven by its socket's events;
- * every failure ends here, in this connection only, and every path releases the socket.
+ * message loop with its limits and flow control. The session is driven by its transport's events
+ * (a TLS stream or a WebSocket, see `transport.ts`); every failure ends here, in this connection
+ * only, and every path releases the connection.
  *
  * @module
  */
-import type { TLSSocket } from "node:tls";
 import type { Logger } from "@logtape/logtape";
-import { startReading, stopReading } from "./backpressure.ts";
 import type { Limits } from "./config.ts";
 import type { FlowControl } from "./flow.ts";
 import { TokenBucket } from "./limits.ts";
@@ -20,7 +19,6 @@ import {
   DEFAULT_SENDER,
   encodeError,
   type ErrorCode,
-  FrameDecoder,
   type JsonObject,
   type LeaveReason,
   parseAuth,
@@ -31,6 +29,7 @@ import {
 import type { Room, RoomMember } from "../room/room.ts";
 import { CLOSE_GRACE_MS } from "./socket.ts";
 import type { ServerStats } from "./stats.ts";
+import type { Transport, TransportHandler } from "./transport.ts";
 
 /** The one `rate_limited` notice, encoded once. */
 const RATE_LIMITED_FRAME = encodeError("rate_limited", "Message dropped: sending too fast");
@@ -55,15 +54,9 @@ export interface SessionContext {
   coarseNow: () => number;
   /** How far `coarseNow` may lag behind `now`. */
   tickMs: number;
-  /** Called once when a session's socket has closed and the session is cleaned up. */
+  /** Called once when a session's connection has closed and the session is cleaned up. */
   closed: (session: Session) => void;
 }
-
-/** Where a socket keeps its session, for the listeners every session shares. */
-const SESSION = Symbol("session");
-
-/** A socket with its session attached. */
-type SessionSocket = TLSSocket & { [SESSION]: Session };
 
 const enum State {
   /** Waiting for the auth frame. */
@@ -78,11 +71,12 @@ const enum State {
 
 /**
  * One client connection, from its completed handshake to its close. Once logged in, the session
- * is a {@link RoomMember}. An idle connection's memory matters at ten thousand of them:
- * the socket listeners are shared by every session, and nothing else is allocated per session
- * beyond its decoder, outbox and rate bucket.
+ * is a {@link RoomMember}. It reads and writes frames through a {@link Transport}, so a TLS
+ * client and a browser's WebSocket get exactly the same limits, errors and room. An idle
+ * connection's memory matters at ten thousand of them: nothing is allocated per session beyond
+ * its transport, outbox and rate bucket.
  */
-export class Session implements RoomMember, OutboxOwner {
+export class Session implements RoomMember, OutboxOwner, TransportHandler {
   /** Connection id, unique per server. */
   readonly id: number;
   /** Peer IP as shown to other clients. */
@@ -93,10 +87,9 @@ export class Session implements RoomMember, OutboxOwner {
   since = 0;
   /** Version-2 features granted at login (`WANTS_*` bits); 0 for a seed client. */
   features = 0;
-  #socket: TLSSocket;
+  #transport: Transport;
   #ctx: SessionContext;
   #outbox: Outbox;
-  #decoder: FrameDecoder;
   #state = State.Auth;
   #paused = false;
   /** The peer finished sending (its frames are still handled). */
@@ -108,54 +101,34 @@ export class Session implements RoomMember, OutboxOwner {
   #graceTimer: ReturnType<typeof setTimeout> | undefined;
 
   /**
-   * @param socket a `node:tls` socket whose handshake has completed
+   * @param transport the connection, ready to carry frames (TLS handshake, or WebSocket upgrade,
+   * completed)
    * @param options `acceptedAt`: when the TCP connection was accepted (on `context.now`), from
    * which the auth deadline runs
    */
   constructor(
-    socket: TLSSocket,
+    transport: Transport,
     context: SessionContext,
     options: { id: number; ip: string; acceptedAt: number },
   ) {
-    this.#socket = socket;
+    this.#transport = transport;
     this.#ctx = context;
     this.id = options.id;
     this.ip = options.ip;
-    this.#decoder = new FrameDecoder({ maxFrame: context.limits.maxFrame });
-    this.#outbox = new Outbox(socket, {
+    this.#outbox = new Outbox(transport, {
       limit: context.limits.maxSendQueue,
       now: context.coarseNow,
       owner: this,
     });
     const wait = options.acceptedAt + context.limits.authTimeoutMs - context.now();
     this.#authTimer = setTimeout(Session.#authTimedOut, Math.max(0, wait), this);
-    (socket as SessionSocket)[SESSION] = this;
-    socket.on("data", Session.#onData);
-    socket.on("end", Session.#onEnd);
-    socket.on("error", Session.#onError);
-    socket.on("close", Session.#onClose);
+    transport.attach(this);
     context.logger.info("Connection {id} from {ip}", { id: this.id, ip: this.ip });
   }
 
   static #authTimedOut(session: Session): void {
     session.#authTimer = undefined;
     session.#fail(new ProtocolError("auth_timeout", "Cannot wait longer for auth"));
-  }
-
-  static #onData(this: SessionSocket, chunk: Uint8Array): void {
-    this[SESSION].#receive(chunk);
-  }
-
-  static #onEnd(this: SessionSocket): void {
-    this[SESSION].#peerEnded();
-  }
-
-  static #onError(this: SessionSocket, error: Error): void {
-    this[SESSION].#socketError(error);
-  }
-
-  static #onClose(this: SessionSocket): void {
-    this[SESSION].#cleanUp();
   }
 
   /** The client's send queue. */
@@ -214,17 +187,17 @@ export class Session implements RoomMember, OutboxOwner {
     if (!this.#paused || this.#state === State.Closing) return;
     const { flow } = this.#ctx;
     if (flow.blocked || this.#outbox.full) {
-      this.#pause(); // still held: wait (again) without touching the socket
+      this.#pause(); // still held: wait (again) without touching the transport
       return;
     }
     this.#paused = false;
-    startReading(this.#socket);
+    this.#transport.resume();
     this.#handleFrames();
   }
 
-  #receive(chunk: Uint8Array): void {
-    if (this.#state === State.Closing) return;
-    this.#decoder.feed(chunk);
+  /** Called by the transport: frames may have arrived. */
+  onReceived(): void {
+    if (this.#state === State.Closing || this.#paused) return;
     this.#handleFrames();
   }
 
@@ -240,7 +213,7 @@ export class Session implements RoomMember, OutboxOwner {
       }
       let body: Uint8Array | null;
       try {
-        body = this.#decoder.next();
+        body = this.#transport.next();
       } catch (error) {
         this.#fail(error);
         return;
@@ -252,7 +225,7 @@ export class Session implements RoomMember, OutboxOwner {
     if (this.#ended && !this.#paused) {
       const state = this.#state;
       if (state === State.Auth || state === State.Chat) {
-        this.#finish(this.#decoder.buffered > 0 ? "closed inside a frame" : "closed by peer");
+        this.#finish(this.#transport.partial ? "closed inside a frame" : "closed by peer");
       }
     }
   }
@@ -264,7 +237,7 @@ export class Session implements RoomMember, OutboxOwner {
   #pause(): void {
     if (!this.#paused) {
       this.#paused = true;
-      stopReading(this.#socket);
+      this.#transport.pause();
     }
     // A full queue of its own resumes it through outboxRelieved; a full room through the flow
     // control. Either way resume() looks again, and pauses again if the other still holds.
@@ -392,12 +365,14 @@ export class Session implements RoomMember, OutboxOwner {
     errors[code] = (errors[code] ?? 0) + 1;
   }
 
-  #peerEnded(): void {
+  /** Called by the transport: the peer finished sending. */
+  onEnded(): void {
     this.#ended = true;
     if (!this.#paused) this.#handleFrames();
   }
 
-  #socketError(error: Error): void {
+  /** Called by the transport: the connection failed (it closes next). */
+  onError(error: Error): void {
     if (this.#state === State.Closing) return;
     const code = (error as { code?: string }).code;
     this.#reason = `connection error: ${code ?? error.name}`;
@@ -407,27 +382,23 @@ export class Session implements RoomMember, OutboxOwner {
   #finish(reason: string): void {
     if (this.#state === State.Closing) return;
     this.#leave(reason);
-    const socket = this.#socket;
-    this.#graceTimer = setTimeout(() => socket.destroy(), CLOSE_GRACE_MS);
-    // Once the last frames are in the kernel, close (it sends them, then FIN): waiting for the
-    // peer to close its side would keep a socket for nothing, and let its writes go unread.
-    this.#outbox.drain().then(() => {
-      if (!socket.destroyed) socket.end(() => socket.destroy());
-    });
+    const transport = this.#transport;
+    this.#graceTimer = setTimeout(() => transport.destroy(), CLOSE_GRACE_MS);
+    this.#outbox.drain().then(() => transport.end());
   }
 
   /** Closes at once, dropping whatever is queued. */
   #drop(reason: string): void {
     if (this.#state !== State.Closing) this.#leave(reason);
     this.#outbox.close();
-    this.#socket.destroy();
+    this.#transport.destroy();
   }
 
-  /** Stops reading and handling frames and leaves the room; the socket is closed by the caller. */
+  /** Stops reading and handling frames and leaves the room; the transport is closed by the caller. */
   #leave(reason: string): void {
     this.#state = State.Closing;
     this.#reason = reason;
-    if (!this.#paused) stopReading(this.#socket);
+    if (!this.#paused) this.#transport.pause();
     clearTimeout(this.#authTimer);
     this.#authTimer = undefined;
     const { room, flow } = this.#ctx;
@@ -436,7 +407,8 @@ export class Session implements RoomMember, OutboxOwner {
     flow.release(this.#outbox);
   }
 
-  #cleanUp(): void {
+  /** Called by the transport once the connection is closed: cleans up, once. */
+  onClosed(): void {
     if (this.#state !== State.Closing) this.#leave(this.#reason);
     clearTimeout(this.#graceTimer);
     this.#outbox.close();

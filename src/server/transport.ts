@@ -1,0 +1,134 @@
+/**
+ * The seam between a session and its connection: the session takes frame bodies from a
+ * {@link Transport} and hands it encoded frames, and never knows whether they travel as
+ * length-prefixed frames on a TLS stream ({@link StreamTransport}) or as WebSocket messages
+ * (`src/web/websocket.ts`). Every limit, error code and state of a session is therefore the same
+ * for both kinds of client.
+ *
+ * @module
+ */
+import type { TLSSocket } from "node:tls";
+import { FrameDecoder } from "../protocol/mod.ts";
+import { startReading, stopReading } from "./backpressure.ts";
+import type { FrameWriter } from "./outbox.ts";
+
+/** What a transport tells the session it carries. */
+export interface TransportHandler {
+  /** Bytes arrived: frames may be ready for {@link Transport.next}. */
+  onReceived(): void;
+  /** The peer finished sending (frames already received are still handled). */
+  onEnded(): void;
+  /** The connection failed; `onClosed` follows. */
+  onError(error: Error): void;
+  /** The connection is closed and released. Called once. */
+  onClosed(): void;
+}
+
+/**
+ * One client connection as a session sees it. `write` takes frames as the outbox queues them:
+ * one or more complete length-prefixed frames back to back (see `src/protocol/frames.ts`); a
+ * transport that carries messages rather than a byte stream converts them.
+ */
+export interface Transport extends FrameWriter {
+  /**
+   * The next complete frame body received, or `null` until more arrives.
+   *
+   * @throws {ProtocolError} for a frame the protocol refuses (too large, empty, not text); the
+   * transport then keeps throwing it.
+   */
+  next(): Uint8Array | null;
+  /** Whether part of a frame has arrived and the rest has not. */
+  readonly partial: boolean;
+  /** Stops reading from the peer, so that its writes back up to it (TCP backpressure). */
+  pause(): void;
+  /** Reads from the peer again after {@link Transport.pause}. */
+  resume(): void;
+  /** Closes in good order after what was written (the caller drains its outbox first). */
+  end(): void;
+  /** Closes at once. Idempotent. */
+  destroy(): void;
+  /** Starts delivering events to `handler`. Called once, by the session. */
+  attach(handler: TransportHandler): void;
+}
+
+/** Where a socket keeps its transport, for the listeners every transport shares. */
+const TRANSPORT = Symbol("transport");
+
+/** A socket with its transport attached. */
+type TransportSocket = TLSSocket & { [TRANSPORT]: StreamTransport };
+
+/**
+ * The TLS protocol's transport: frames are a 4-byte length and a JSON body on the stream.
+ * Its socket listeners are shared by every connection (an idle connection's memory matters at
+ * ten thousand of them).
+ */
+export class StreamTransport implements Transport {
+  #socket: TLSSocket;
+  #decoder: FrameDecoder;
+  #handler: TransportHandler | null = null;
+
+  /** @param socket a `node:tls` socket whose handshake has completed */
+  constructor(socket: TLSSocket, options: { maxFrame: number }) {
+    this.#socket = socket;
+    this.#decoder = new FrameDecoder({ maxFrame: options.maxFrame });
+  }
+
+  attach(handler: TransportHandler): void {
+    this.#handler = handler;
+    const socket = this.#socket as TransportSocket;
+    socket[TRANSPORT] = this;
+    socket.on("data", StreamTransport.#onData);
+    socket.on("end", StreamTransport.#onEnd);
+    socket.on("error", StreamTransport.#onError);
+    socket.on("close", StreamTransport.#onClose);
+  }
+
+  static #onData(this: TransportSocket, chunk: Uint8Array): void {
+    const transport = this[TRANSPORT];
+    transport.#decoder.feed(chunk);
+    transport.#handler!.onReceived();
+  }
+
+  static #onEnd(this: TransportSocket): void {
+    this[TRANSPORT].#handler!.onEnded();
+  }
+
+  static #onError(this: TransportSocket, error: Error): void {
+    this[TRANSPORT].#handler!.onError(error);
+  }
+
+  static #onClose(this: TransportSocket): void {
+    this[TRANSPORT].#handler!.onClosed();
+  }
+
+  next(): Uint8Array | null {
+    return this.#decoder.next();
+  }
+
+  get partial(): boolean {
+    return this.#decoder.buffered > 0;
+  }
+
+  write(data: Uint8Array, done: (error?: Error | null) => void): void {
+    this.#socket.write(data, done);
+  }
+
+  pause(): void {
+    stopReading(this.#socket);
+  }
+
+  resume(): void {
+    startReading(this.#socket);
+  }
+
+  end(): void {
+    const socket = this.#socket;
+    // Once the last frames are in the kernel, close (it sends them, then FIN): waiting for the
+    // peer to close its side would keep a socket for nothing, and let its writes go unread.
+    if (!socket.destroyed) socket.end(() => socket.destroy());
+  }
+
+  destroy(): void {
+    this.#socket.destroy();
+  }
+}

@@ -1,0 +1,360 @@
+/**
+ * The browser's transport: RFC 6455 WebSocket framing on the server's own TLS socket, where each
+ * text message is one frame body of the TLS protocol.
+ *
+ * Why not `Deno.serve` and `Deno.upgradeWebSocket`: a `Deno.serve` HTTPS listener keeps a peer
+ * that never finishes its TLS handshake for ever (measured on Deno 2.9.6: 20 silent peers still
+ * held after 70 s; denoland/deno#3515), so the web port would reopen the hole the TLS port
+ * closed; its WebSocket cannot stop reading (no TCP backpressure for a paused sender); and it
+ * closes an oversized message with a bare 1009, where the protocol wants `frame_too_large`
+ * first. Here both ports share one hardened `node:tls` listener (handshake timeout, connection
+ * caps), `node:http` parses the requests, and this module only frames messages: the server side
+ * of RFC 6455 without extensions (masked client frames, fragmentation, ping/pong, close).
+ *
+ * @module
+ */
+import { createHash } from "node:crypto";
+import type { TLSSocket } from "node:tls";
+import { HEADER_SIZE, ProtocolError } from "../protocol/mod.ts";
+import { startReading, stopReading } from "../server/backpressure.ts";
+import type { Transport, TransportHandler } from "../server/transport.ts";
+
+/** The GUID of RFC 6455 section 1.3. */
+const GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
+
+/** The `Sec-WebSocket-Accept` value for a client's `Sec-WebSocket-Key`. */
+export function acceptKey(key: string): string {
+  return createHash("sha1").update(key + GUID).digest("base64");
+}
+
+/** Whether `key` is a valid `Sec-WebSocket-Key`: base64 of 16 bytes. */
+export function isValidKey(key: string | undefined): key is string {
+  return key !== undefined && /^[A-Za-z0-9+/]{22}==$/.test(key);
+}
+
+const enum Op {
+  Continuation = 0x0,
+  Text = 0x1,
+  Binary = 0x2,
+  Close = 0x8,
+  Ping = 0x9,
+  Pong = 0xa,
+}
+
+/** Close codes (RFC 6455 section 7.4.1). */
+const NORMAL_CLOSURE = 1000;
+
+/** The largest receive buffer an idle connection keeps. */
+const KEEP_BUFFER = 4096;
+/** Pongs are skipped while this much is waiting to be written (a ping flood that never reads). */
+const PONG_BACKLOG = 64 * 1024;
+
+/** A frame the WebSocket protocol forbids: the connection is closed with the error frame. */
+function violation(what: string): ProtocolError {
+  return new ProtocolError("invalid_json", `Cannot read WebSocket frame: ${what}`);
+}
+
+/** Where a socket keeps its transport, for the listeners every transport shares. */
+const TRANSPORT = Symbol("websocket");
+
+type TransportSocket = TLSSocket & { [TRANSPORT]: WebSocketTransport };
+
+/** A WebSocket frame header for a server frame (never masked) with a payload of `length` bytes. */
+function headerSize(length: number): number {
+  return length < 126 ? 2 : length < 65536 ? 4 : 10;
+}
+
+function writeHeader(out: Uint8Array, at: number, op: number, length: number): number {
+  out[at] = 0x80 | op;
+  if (length < 126) {
+    out[at + 1] = length;
+    return at + 2;
+  }
+  if (length < 65536) {
+    out[at + 1] = 126;
+    out[at + 2] = length >>> 8;
+    out[at + 3] = length & 0xff;
+    return at + 4;
+  }
+  out[at + 1] = 127;
+  out[at + 2] =
+    out[at + 3] =
+    out[at + 4] =
+    out[at + 5] =
+      0;
+  out[at + 6] = length >>> 24;
+  out[at + 7] = (length >>> 16) & 0xff;
+  out[at + 8] = (length >>> 8) & 0xff;
+  out[at + 9] = length & 0xff;
+  return at + 10;
+}
+
+/** Encodes one server frame (text, close, pong) on its own. */
+export function encodeWebSocketFrame(op: number, payload: Uint8Array): Uint8Array {
+  const out = new Uint8Array(headerSize(payload.length) + payload.length);
+  out.set(payload, writeHeader(out, 0, op, payload.length));
+  return out;
+}
+
+/**
+ * Converts frames of the TLS protocol (4-byte length + body, back to back, as the outbox writes
+ * them) into WebSocket text frames, in one buffer.
+ */
+export function toWebSocketFrames(data: Uint8Array): Uint8Array {
+  const view = new DataView(data.buffer, data.byteOffset, data.byteLength);
+  let size = 0;
+  for (let at = 0; at < data.length;) {
+    const length = view.getUint32(at);
+    size += headerSize(length) + length;
+    at += HEADER_SIZE + length;
+  }
+  const out = new Uint8Array(size);
+  let to = 0;
+  for (let at = 0; at < data.length;) {
+    const length = view.getUint32(at);
+    to = writeHeader(out, to, Op.Text, length);
+    out.set(data.subarray(at + HEADER_SIZE, at + HEADER_SIZE + length), to);
+    to += length;
+    at += HEADER_SIZE + length;
+  }
+  return out;
+}
+
+/**
+ * The session's transport over a WebSocket. Incoming text messages are frame bodies; a message
+ * over `maxFrame` (counted from its frame headers, before any of it is buffered) is refused with
+ * `frame_too_large`, a binary message or a frame RFC 6455 forbids with `invalid_json`, both
+ * closing, exactly as the TLS protocol refuses a bad frame.
+ */
+export class WebSocketTransport implements Transport {
+  #socket: TLSSocket;
+  #maxFrame: number;
+  #handler: TransportHandler | null = null;
+  /** Received bytes not yet parsed, at `#start` up to `#end`. */
+  #buf: Uint8Array = new Uint8Array(0);
+  #start = 0;
+  #end = 0;
+  /** Parts of a fragmented text message. */
+  #parts: Uint8Array[] = [];
+  #partsSize = 0;
+  #fragmented = false;
+  #error: ProtocolError | undefined;
+  #closeReceived = false;
+  #closeSent = false;
+
+  /**
+   * @param socket the TLS socket after a completed upgrade handshake
+   * @param head bytes that arrived after the upgrade request
+   */
+  constructor(socket: TLSSocket, head: Uint8Array, options: { maxFrame: number }) {
+    this.#socket = socket;
+    this.#maxFrame = options.maxFrame;
+    if (head.length > 0) this.#append(head);
+  }
+
+  attach(handler: TransportHandler): void {
+    this.#handler = handler;
+    const socket = this.#socket as TransportSocket;
+    socket[TRANSPORT] = this;
+    socket.on("data", WebSocketTransport.#onData);
+    socket.on("end", WebSocketTransport.#onEnd);
+    socket.on("error", WebSocketTransport.#onError);
+    socket.on("close", WebSocketTransport.#onClose);
+    if (this.#end > this.#start) queueMicrotask(() => handler.onReceived());
+  }
+
+  static #onData(this: TransportSocket, chunk: Uint8Array): void {
+    const transport = this[TRANSPORT];
+    if (transport.#closeReceived) return; // nothing may follow a close frame
+    transport.#append(chunk);
+    transport.#handler!.onReceived();
+  }
+
+  static #onEnd(this: TransportSocket): void {
+    this[TRANSPORT].#handler!.onEnded();
+  }
+
+  static #onError(this: TransportSocket, error: Error): void {
+    this[TRANSPORT].#handler!.onError(error);
+  }
+
+  static #onClose(this: TransportSocket): void {
+    this[TRANSPORT].#handler!.onClosed();
+  }
+
+  get partial(): boolean {
+    return this.#fragmented || this.#end > this.#start;
+  }
+
+  next(): Uint8Array | null {
+    if (this.#error) throw this.#error;
+    try {
+      return this.#parse();
+    } catch (error) {
+      this.#error = error as ProtocolError;
+      this.#buf = new Uint8Array(0);
+      this.#start = this.#end = 0;
+      this.#parts = [];
+      throw error;
+    }
+  }
+
+  write(data: Uint8Array, done: (error?: Error | null) => void): void {
+    if (this.#closeSent) {
+      queueMicrotask(() => done(null));
+      return;
+    }
+    this.#socket.write(toWebSocketFrames(data), done);
+  }
+
+  pause(): void {
+    stopReading(this.#socket);
+  }
+
+  resume(): void {
+    startReading(this.#socket);
+  }
+
+  end(): void {
+    const socket = this.#socket;
+    if (socket.destroyed) return;
+    this.#sendClose(NORMAL_CLOSURE);
+    socket.end(() => socket.destroy());
+  }
+
+  destroy(): void {
+    this.#socket.destroy();
+  }
+
+  #sendClose(code: number): void {
+    if (this.#closeSent) return;
+    this.#closeSent = true;
+    const payload = new Uint8Array([code >>> 8, code & 0xff]);
+    this.#socket.write(encodeWebSocketFrame(Op.Close, payload));
+  }
+
+  #append(chunk: Uint8Array): void {
+    const pending = this.#end - this.#start;
+    if (this.#end + chunk.length > this.#buf.length) {
+      // Moves what is pending to the front, growing (at least doubling) only when it must. A
+      // frame announced larger than the limit is refused from its header, so the buffer holds
+      // at most one frame's worth beyond what TCP backpressure lets in.
+      const size = pending + chunk.length;
+      if (size <= this.#buf.length) {
+        this.#buf.copyWithin(0, this.#start, this.#end);
+      } else {
+        const grown = new Uint8Array(Math.max(size, 2 * this.#buf.length, 1024));
+        grown.set(this.#buf.subarray(this.#start, this.#end));
+        this.#buf = grown;
+      }
+      this.#start = 0;
+      this.#end = pending;
+    }
+    this.#buf.set(chunk, this.#end);
+    this.#end += chunk.length;
+  }
+
+  /** Parses frames until a whole text message is complete; handles control frames on the way. */
+  #parse(): Uint8Array | null {
+    while (true) {
+      const buf = this.#buf;
+      const at = this.#start;
+      const available = this.#end - at;
+      if (available < 2) return null;
+      const b0 = buf[at];
+      const b1 = buf[at + 1];
+      const fin = (b0 & 0x80) !== 0;
+      const op = b0 & 0x0f;
+      if ((b0 & 0x70) !== 0) throw violation("reserved bits set");
+      if ((b1 & 0x80) === 0) throw violation("client frames must be masked");
+      let length = b1 & 0x7f;
+      let offset = 2;
+      if (length === 126) {
+        if (available < 4) return null;
+        length = (buf[at + 2] << 8) | buf[at + 3];
+        offset = 4;
+      } else if (length === 127) {
+        if (available < 10) return null;
+        const high = ((buf[at + 2] << 24) | (buf[at + 3] << 16) | (buf[at + 4] << 8) |
+          buf[at + 5]) >>> 0;
+        const low = ((buf[at + 6] << 24) | (buf[at + 7] << 16) | (buf[at + 8] << 8) |
+          buf[at + 9]) >>> 0;
+        length = high * 2 ** 32 + low;
+        offset = 10;
+      }
+      if (op >= Op.Close) {
+        if (op > Op.Pong) throw violation(`unknown opcode ${op}`);
+        if (!fin || length > 125) throw violation("bad control frame");
+      } else if (op === Op.Binary) {
+        throw new ProtocolError("invalid_json", "Cannot accept a binary message: send text");
+      } else if (op === Op.Text || op === Op.Continuation) {
+        if ((op === Op.Text) === this.#fragmented) throw violation("bad fragmentation");
+        const total = this.#partsSize + length;
+        if (total > this.#maxFrame) {
+          throw new ProtocolError(
+            "frame_too_large",
+            `Cannot accept frame: ${total} bytes exceeds ${this.#maxFrame}`,
+          );
+        }
+      } else {
+        throw violation(`unknown opcode ${op}`);
+      }
+      const size = offset + 4 + length;
+      if (available < size) return null;
+      const mask = at + offset;
+      const payload = buf.subarray(mask + 4, at + size);
+      for (let i = 0; i < length; i++) payload[i] ^= buf[mask + (i & 3)];
+      this.#start += size;
+      if (this.#start === this.#end) {
+        this.#start = this.#end = 0;
+        // An idle connection keeps a small buffer, not the largest message it ever sent.
+        if (this.#buf.length > KEEP_BUFFER) this.#buf = new Uint8Array(0);
+      }
+      switch (op) {
+        case Op.Ping:
+          // A pong per ping, unless the peer leaves them unread.
+          if (!this.#closeSent && this.#socket.writableLength < PONG_BACKLOG) {
+            this.#socket.write(encodeWebSocketFrame(Op.Pong, payload));
+          }
+          continue;
+        case Op.Pong:
+          continue;
+        case Op.Close:
+          // The peer is done sending: like a TLS client's FIN. The session answers with its
+          // own close once its last frames are out.
+          this.#closeReceived = true;
+          this.#start = this.#end = 0;
+          queueMicrotask(() => this.#handler?.onEnded());
+          return null;
+      }
+      // Copied: the buffer is reused for later frames while the session still holds the body.
+      const part = payload.slice();
+      if (!fin) {
+        this.#fragmented = true;
+        this.#parts.push(part);
+        this.#partsSize += length;
+        continue;
+      }
+      if (!this.#fragmented) {
+        if (length === 0) {
+          throw new ProtocolError("empty_frame", "Cannot accept frame: length is 0");
+        }
+        return part;
+      }
+      this.#parts.push(part);
+      const body = new Uint8Array(this.#partsSize + length);
+      let to = 0;
+      for (const piece of this.#parts) {
+        body.set(piece, to);
+        to += piece.length;
+      }
+      this.#parts = [];
+      this.#partsSize = 0;
+      this.#fragmented = false;
+      if (body.length === 0) {
+        throw new ProtocolError("empty_frame", "Cannot accept frame: length is 0");
+      }
+      return body;
+    }
+  }
+}
