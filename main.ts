@@ -7,8 +7,8 @@
  * ```sh
  * deno task start
  * # which runs:
- * deno run --no-prompt --v8-flags=--max-semi-space-size=4 --allow-net --allow-read=certs \
- *   --allow-write=certs --allow-run=openssl \
+ * deno run --no-prompt --v8-flags=--max-semi-space-size=4 --allow-net \
+ *   --allow-read=certs,data,web --allow-write=certs,data --allow-run=openssl \
  *   --allow-env=CHAT_SERVER_PASSWORD,HOST,PORT main.ts
  * ```
  *
