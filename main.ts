@@ -7,8 +7,8 @@
  * ```sh
  * deno task start
  * # which runs:
- * deno run --no-prompt --v8-flags=--max-semi-space-size=4 --allow-net --allow-read=certs \
- *   --allow-write=certs --allow-run=openssl \
+ * deno run --no-prompt --v8-flags=--max-semi-space-size=4 --allow-net \
+ *   --allow-read=certs,data,web --allow-write=certs,data --allow-run=openssl \
  *   --allow-env=CHAT_SERVER_PASSWORD,HOST,PORT main.ts
  * ```
  *
@@ -40,11 +40,19 @@ import { ChatServer, type ChatServerOptions } from "./src/server/server.ts";
 import { type Asset, loadAssets, WEB_DIR } from "./src/web/gateway.ts";
 import { type HistoryStore, openStore, StoreOpenError } from "./src/room/store.ts";
 
+/**
+ * Signals within this many milliseconds of the first are the same request to stop: Ctrl-C reaches
+ * both `deno task` (which forwards it) and the server, and `timeout` and systemd signal the whole
+ * process group. Only a later, separate signal (once the graceful stop, which flushes for up to
+ * 2 s, has had its chance) forces an exit.
+ */
+const SAME_STOP_MS = 2_000;
+
 /** Errors whose message is meant for the person at the terminal. */
 function isUserError(error: unknown): error is Error {
   return error instanceof ConfigError || error instanceof CertError ||
     error instanceof PasswordError || error instanceof PermissionError ||
-    error instanceof StoreOpenError;
+    error instanceof StoreOpenError || error instanceof ListenError;
 }
 
 function printError(message: string): void {
@@ -91,15 +99,29 @@ export async function main(args: string[]): Promise<number> {
       await loadCertificates(config);
       return 0;
     }
-    const password = await readPassword({
-      env: config.passwordFile === undefined ? readEnv("CHAT_SERVER_PASSWORD") : undefined,
-      file: config.passwordFile,
-    });
-    const verifier = await PasswordVerifier.create(password);
-    const pair = await loadCertificates(config);
-    console.log("Server password set successfully...");
+    // Everything that can fail without asking anything comes first: the port, then a password
+    // given by file or variable; then the certificate and its banner; then the prompt, if any.
     const address = hostPort(config.host, config.port);
     requirePermission({ name: "net", host: address }, `listen on ${address}`);
+    checkListen(config.host, config.port);
+    let web: ChatServerOptions["web"];
+    if (config.webPort !== null) {
+      const webAddress = hostPort(config.host, config.webPort);
+      requirePermission({ name: "net", host: webAddress }, `serve the web client on ${webAddress}`);
+      checkListen(config.host, config.webPort, true);
+      web = { port: config.webPort, assets: await loadWebClient() };
+    }
+    const sources = {
+      env: config.passwordFile === undefined ? readEnv("CHAT_SERVER_PASSWORD") : undefined,
+      file: config.passwordFile,
+    };
+    const prompting = sources.file === undefined && sources.env === undefined &&
+      Deno.stdin.isTerminal();
+    let password = prompting ? undefined : await readPassword(sources);
+    const pair = await loadCertificates(config);
+    password ??= await readPassword(sources);
+    const verifier = await PasswordVerifier.create(password);
+    console.log("Server password set successfully...");
     const opened = openStore({ dataDir: config.dataDir, keep: config.limits.historyKeep });
     store = opened.store;
     if (opened.warning) logger.warn(opened.warning);
@@ -107,12 +129,6 @@ export async function main(args: string[]): Promise<number> {
         path: store.path ?? config.dataDir,
         keep: config.limits.historyKeep,
       });}
-    let web: ChatServerOptions["web"];
-    if (config.webPort !== null) {
-      const webAddress = hostPort(config.host, config.webPort);
-      requirePermission({ name: "net", host: webAddress }, `serve the web client on ${webAddress}`);
-      web = { port: config.webPort, assets: await loadWebClient() };
-    }
     server = new ChatServer({
       history: store,
       hostname: config.host,
@@ -127,16 +143,37 @@ export async function main(args: string[]): Promise<number> {
     store?.close();
     if (!isUserError(error)) throw error; // a bug: main's caller prints it and exits 1
     printError(error.message);
+    // "run with --allow-..." cannot be given to `deno task start`: print a command that works.
+    if (/run with --allow-/.test(error.message)) printWorkingCommand(config, Deno.args);
     return 1;
   }
+  // The signal handlers come first: a signal while the listeners start (the started line is
+  // logged before the web port is up) stops the server gracefully once they are up.
+  const stopped = Promise.withResolvers<void>();
+  let stopAt: number | undefined;
+  const onSignal = () => {
+    const now = performance.now();
+    if (stopAt === undefined) {
+      stopAt = now;
+      stopped.resolve();
+    } else if (now - stopAt >= SAME_STOP_MS) {
+      logger.error("Second signal: exiting without waiting for clients");
+      Deno.exit(1);
+    }
+    // Else the same request to stop, delivered twice (see SAME_STOP_MS).
+  };
+  Deno.addSignalListener("SIGINT", onSignal);
+  Deno.addSignalListener("SIGTERM", onSignal);
   try {
     await server.listen();
   } catch (error) {
+    Deno.removeSignalListener("SIGINT", onSignal);
+    Deno.removeSignalListener("SIGTERM", onSignal);
     store.close();
     const web = (error as { listener?: string } | null)?.listener === "web";
-    const address = hostPort(config.host, web ? config.webPort! : config.port);
-    const what = web ? " (the web client; pick another with --web-port, or --web-port off)" : "";
-    printError(`Cannot listen on ${address}${what}: ${listenError(error)}`);
+    printError(
+      new ListenError(config.host, web ? config.webPort! : config.port, error, web).message,
+    );
     return 1;
   }
   // From here on, a stray rejection in one connection must not stop the server.
@@ -145,23 +182,51 @@ export async function main(args: string[]): Promise<number> {
     logger.error("Unhandled rejection: {reason}", { reason: String(event.reason) });
   });
 
-  const stopped = Promise.withResolvers<void>();
-  let signals = 0;
-  const onSignal = () => {
-    if (++signals > 1) {
-      logger.error("Second signal: exiting without waiting for clients");
-      Deno.exit(1);
-    }
-    stopped.resolve();
-  };
-  Deno.addSignalListener("SIGINT", onSignal);
-  Deno.addSignalListener("SIGTERM", onSignal);
   await stopped.promise;
   await server.close();
   store.close();
   Deno.removeSignalListener("SIGINT", onSignal);
   Deno.removeSignalListener("SIGTERM", onSignal);
   return 0;
+}
+
+/**
+ * Prints a `deno run` command line with every permission this configuration needs (the flags of
+ * `deno task start` plus the files and folders the flags name) and the same arguments.
+ */
+function printWorkingCommand(config: ServerConfig, args: string[]): void {
+  const unique = (paths: (string | undefined)[]) =>
+    [...new Set(paths.filter((path) => path !== undefined))].join(",");
+  // Paths as seen from the current directory, where Deno resolves --allow-read and --allow-write.
+  const cwd = Deno.cwd();
+  const relative = (url: URL) => {
+    const path = decodeURIComponent(url.pathname).replace(/(.)\/$/, "$1");
+    return path.startsWith(`${cwd}/`) ? path.slice(cwd.length + 1) : path;
+  };
+  const writes = unique(["certs", "data", config.certDir, config.dataDir]);
+  const reads = unique([
+    "certs",
+    "data",
+    config.webPort === null ? undefined : relative(WEB_DIR),
+    config.certDir,
+    config.dataDir,
+    config.certFile,
+    config.keyFile,
+    config.passwordFile,
+  ]);
+  const quote = (word: string) =>
+    /^[\w@%+=:,./-]+$/.test(word) ? word : `'${word.replaceAll("'", `'\\''`)}'`;
+  const command = [
+    "deno run --no-prompt --v8-flags=--max-semi-space-size=4 --allow-net",
+    `--allow-read=${reads}`,
+    `--allow-write=${writes}`,
+    "--allow-run=openssl --allow-env=CHAT_SERVER_PASSWORD,HOST,PORT",
+    relative(new URL(import.meta.url)),
+    ...args,
+  ].map((part, i) => i === 0 || i === 3 ? part : quote(part)).join(" ");
+  console.error(
+    `(\`deno task start\` grants less; this grants what these flags need:)\n  ${command}`,
+  );
 }
 
 /** Reads the web client's files, or says which permission is missing. */
@@ -185,14 +250,43 @@ function hostPort(host: string, port: number): string {
   return `${host.includes(":") ? `[${host}]` : host}:${port}`;
 }
 
+/** The listener cannot be bound; the message says why in words a person can act on. */
+class ListenError extends Error {
+  constructor(host: string, port: number, cause: unknown, web = false) {
+    const what = web ? " (the web client; pick another with --web-port, or --web-port off)" : "";
+    super(`Cannot listen on ${hostPort(host, port)}${what}: ${listenReason(cause, web)}`, {
+      cause,
+    });
+    this.name = "ListenError";
+  }
+}
+
+/**
+ * Binds and releases `host:port` before anything is printed or asked, so a port in use is
+ * reported first, not after the banner and the password prompt.
+ *
+ * @throws {ListenError} if it cannot be bound.
+ */
+function checkListen(host: string, port: number, web = false): void {
+  try {
+    Deno.listen({ hostname: host, port }).close();
+  } catch (error) {
+    throw new ListenError(host, port, error, web);
+  }
+}
+
 /** Why the listener could not be bound, in words a person can act on. */
-function listenError(error: unknown): string {
+function listenReason(error: unknown, web = false): string {
   const { code, syscall } = (error ?? {}) as { code?: unknown; syscall?: unknown };
   const message = error instanceof Error ? error.message : String(error);
-  if (syscall === "getaddrinfo") return `cannot resolve the host name (${message}); check --host`;
+  if (syscall === "getaddrinfo" || /lookup address/.test(message)) {
+    return `cannot resolve the host name (${message}); check --host`;
+  }
   switch (code) {
     case "EADDRINUSE":
-      return "the port is already in use (pick another with --port)";
+      return web
+        ? "the port is already in use"
+        : "the port is already in use (pick another with --port)";
     case "EACCES":
     case "EPERM":
       return `not allowed (${message}); ports below 1024 need root or CAP_NET_BIND_SERVICE`;

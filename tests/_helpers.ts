@@ -373,3 +373,40 @@ export function chunkInput(
   };
   return { read: (buffer) => Promise.resolve(take(buffer)) };
 }
+
+/** A copy of the project (config, lock file, sources) in a temp dir, removed on dispose. */
+export interface ProjectCopy extends AsyncDisposable {
+  /** The copy's root: run `deno task` here. */
+  dir: string;
+}
+
+const ROOT = new URL("../", import.meta.url).pathname;
+
+/**
+ * Copies what `deno task start` and `deno task client` run (`deno.json`, `deno.lock`, `main.ts`,
+ * `mod.ts`, `src/`, `web/`) into a temp dir, with the test certificate pair in its `certs/` (so nothing
+ * runs openssl), so tests can run the README's commands as written without writing into the
+ * checkout.
+ */
+export async function projectCopy(options: { certs?: boolean } = {}): Promise<ProjectCopy> {
+  const dir = await Deno.makeTempDir({ prefix: "chat-project-" });
+  const copyTree = async (from: string, to: string) => {
+    await Deno.mkdir(to, { recursive: true });
+    for await (const entry of Deno.readDir(from)) {
+      if (entry.isDirectory) await copyTree(`${from}/${entry.name}`, `${to}/${entry.name}`);
+      else if (entry.isFile) await Deno.copyFile(`${from}/${entry.name}`, `${to}/${entry.name}`);
+    }
+  };
+  for (const file of ["deno.json", "deno.lock", "main.ts", "mod.ts"]) {
+    await Deno.copyFile(`${ROOT}${file}`, `${dir}/${file}`);
+  }
+  await copyTree(`${ROOT}src`, `${dir}/src`);
+  await copyTree(`${ROOT}web`, `${dir}/web`);
+  if (options.certs ?? true) {
+    const pair = await testCerts();
+    await Deno.mkdir(`${dir}/certs`);
+    await Deno.copyFile(`${pair.dir}/cert.pem`, `${dir}/certs/cert.pem`);
+    await Deno.copyFile(`${pair.dir}/key.pem`, `${dir}/certs/key.pem`);
+  }
+  return { dir, [Symbol.asyncDispose]: () => Deno.remove(dir, { recursive: true }) };
+}

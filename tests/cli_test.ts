@@ -3,10 +3,13 @@ import { fingerprintBanner } from "../src/server/certs.ts";
 import {
   commandAvailable,
   PASSWORD,
+  projectCopy,
   spawnServer,
   testCerts,
   TestClient,
+  waitFor,
   withDataDir,
+  withWebPort,
 } from "./_helpers.ts";
 
 const MAIN = new URL("../main.ts", import.meta.url).pathname;
@@ -17,7 +20,13 @@ async function runMain(
   options: { env?: Record<string, string>; permissions?: string[] } = {},
 ): Promise<{ code: number; stdout: string; stderr: string }> {
   const { code, stdout, stderr } = await new Deno.Command(Deno.execPath(), {
-    args: ["run", "--no-prompt", ...(options.permissions ?? ["-A"]), MAIN, ...withDataDir(args)],
+    args: [
+      "run",
+      "--no-prompt",
+      ...(options.permissions ?? ["-A"]),
+      MAIN,
+      ...withDataDir(withWebPort(args)),
+    ],
     env: options.env,
     stdin: "null",
   }).output();
@@ -119,6 +128,63 @@ Deno.test("main.ts stops on SIGTERM with exit 0 after telling clients shutting_d
   }
 });
 
+Deno.test("deno task start: SIGINT or SIGTERM to its whole process group stops gracefully, 10 of 10", async () => {
+  // `deno task` forwards a signal to the server, which also gets the group's own copy: the two
+  // are one request to stop, not "a second signal: force exit". Ten at once, as a terminal's
+  // Ctrl-C, `timeout` and systemd deliver them.
+  await using project = await projectCopy();
+  const runs = Array.from({ length: 10 }, async (_, i) => {
+    const signal: Deno.Signal = i % 2 === 0 ? "SIGINT" : "SIGTERM";
+    // setsid makes the task the leader of a new process group, as a shell job is.
+    const child = new Deno.Command("setsid", {
+      args: [
+        Deno.execPath(),
+        "task",
+        "start",
+        "--port",
+        "0",
+        "--web-port",
+        "0",
+        "--data-dir",
+        `data/${i}`,
+      ],
+      cwd: project.dir,
+      env: { CHAT_SERVER_PASSWORD: PASSWORD, NO_COLOR: "1" },
+      stdin: "null",
+      stdout: "piped",
+      stderr: "piped",
+    }).spawn();
+    let output = "";
+    const decoder = new TextDecoder();
+    const collecting = Promise.all([child.stdout, child.stderr].map(async (stream) => {
+      for await (const chunk of stream) output += decoder.decode(chunk, { stream: true });
+    }));
+    try {
+      const started = /server started on port -> (\d+)/;
+      assert.ok(await waitFor(() => started.test(output), 30_000), output);
+      const { client, reply } = await TestClient.login(Number(started.exec(output)![1]));
+      await using _ = client;
+      assert.equal(reply.success, true);
+      Deno.kill(-child.pid, signal);
+      const notice = await client.recv();
+      assert.equal(notice.code, "shutting_down", `${signal} #${i}: ${JSON.stringify(notice)}`);
+      const { code } = await child.status;
+      await collecting;
+      assert.equal(code, 0, `${signal} #${i}: exit ${code}\n${output}`);
+      assert.ok(!output.includes("Second signal"), output);
+    } finally {
+      try {
+        Deno.kill(-child.pid, "SIGKILL");
+      } catch {
+        // Already gone.
+      }
+      await child.status;
+      await collecting;
+    }
+  });
+  await Promise.all(runs);
+});
+
 Deno.test("main.ts exits 0 within 3 s of SIGTERM while refused connections stay silent", async () => {
   const dir = await certDirCopy();
   try {
@@ -165,12 +231,18 @@ Deno.test("main.ts exits 1 with a clear message when it cannot listen", async (t
     await t.step("a port already in use", async () => {
       using taken = Deno.listen({ hostname: "127.0.0.1", port: 0 });
       const port = (taken.addr as Deno.NetAddr).port;
-      const { code, stderr } = await runMain(["--cert-dir", dir, "--port", String(port)], { env });
+      const { code, stdout, stderr } = await runMain(
+        ["--cert-dir", dir, "--port", String(port)],
+        { env },
+      );
       assert.equal(code, 1, stderr);
       assert.match(
         stderr,
         new RegExp(`Cannot listen on 127\\.0\\.0\\.1:${port}: the port is already in use`),
       );
+      // Checked first: no banner and no "password set" before the error.
+      assert.equal(stdout, "", "printed before the port was checked");
+      assert.ok(!stderr.includes("Server password"), stderr);
     });
     await t.step("an address this machine does not have", async () => {
       const { code, stderr } = await runMain(
@@ -190,7 +262,7 @@ Deno.test("main.ts exits 1 with a clear message when it cannot listen", async (t
       ignore: asRoot && !setpriv,
       fn: async () => {
         const command = [Deno.execPath(), "run", "--no-prompt", "-A", MAIN, "--cert-dir", dir]
-          .concat("--data-dir", `${dir}/data`);
+          .concat("--data-dir", `${dir}/data`, "--web-port", "off");
         const argv = asRoot
           ? ["setpriv", "--bounding-set=-net_bind_service", ...command, "--port", "80"]
           : [...command, "--port", "80"];
@@ -303,6 +375,74 @@ Deno.test("main.ts names the missing permission instead of prompting", async (t)
   }
 });
 
+Deno.test("deno task start without openssl says to install it, not to grant --allow-run", async () => {
+  // Deno drops --allow-run=openssl when there is no openssl to run; the error must not ask for it.
+  await using project = await projectCopy({ certs: false });
+  const bin = `${project.dir}/bin`;
+  await Deno.mkdir(bin);
+  await Deno.symlink(Deno.execPath(), `${bin}/deno`);
+  const out = await new Deno.Command(Deno.execPath(), {
+    args: ["task", "start", "--port", "0", "--web-port", "off"],
+    cwd: project.dir,
+    env: { PATH: bin, CHAT_SERVER_PASSWORD: PASSWORD, NO_COLOR: "1" },
+    stdin: "null",
+  }).output();
+  const stderr = new TextDecoder().decode(out.stderr);
+  assert.equal(out.code, 1, stderr);
+  assert.match(stderr, /error: Cannot generate certificates: openssl is not installed; install it/);
+  assert.ok(!/run with --allow-run/.test(stderr), stderr);
+});
+
+Deno.test("deno task start with a file outside certs/ prints a command line that works", async () => {
+  await using project = await projectCopy();
+  const outside = await Deno.makeTempDir({ prefix: "chat-outside-" });
+  try {
+    await Deno.writeTextFile(`${outside}/password`, `${PASSWORD}\n`);
+    const out = await new Deno.Command(Deno.execPath(), {
+      args: [
+        "task",
+        "start",
+        "--port",
+        "0",
+        "--web-port",
+        "0",
+        "--password-file",
+        `${outside}/password`,
+      ],
+      cwd: project.dir,
+      env: { NO_COLOR: "1" },
+      stdin: "null",
+    }).output();
+    const stderr = new TextDecoder().decode(out.stderr);
+    assert.equal(out.code, 1, stderr);
+    const command = stderr.split("\n").find((line) => line.startsWith("  deno run "));
+    assert.ok(command, stderr);
+    assert.ok(command.includes(`--allow-read=certs,data,web,${outside}/password`), command);
+    // Run it as printed, from the project dir, as a shell would.
+    const child = new Deno.Command("sh", {
+      args: ["-c", `exec ${command.trim().replace(/^deno /, `'${Deno.execPath()}' `)}`],
+      cwd: project.dir,
+      env: { NO_COLOR: "1" },
+      stdin: "null",
+      stdout: "piped",
+      stderr: "piped",
+    }).spawn();
+    let output = "";
+    const decoder = new TextDecoder();
+    const collecting = Promise.all([child.stdout, child.stderr].map(async (stream) => {
+      for await (const chunk of stream) output += decoder.decode(chunk, { stream: true });
+    }));
+    const started = await waitFor(() => /server started on port/.test(output), 20_000);
+    child.kill("SIGTERM");
+    const { code } = await child.status;
+    await collecting;
+    assert.ok(started, output);
+    assert.equal(code, 0, output);
+  } finally {
+    await Deno.remove(outside, { recursive: true });
+  }
+});
+
 Deno.test("main.ts --certs-only generates the pair, prints the fingerprint and exits", async () => {
   const dir = await Deno.makeTempDir({ prefix: "chat-cli-" });
   try {
@@ -345,7 +485,7 @@ Deno.test({
     const dir = await certDirCopy();
     try {
       const command = [Deno.execPath(), "run", "-A", MAIN, "--port", "0", "--cert-dir", dir]
-        .concat("--data-dir", `${dir}/data`)
+        .concat("--data-dir", `${dir}/data`, "--web-port", "off")
         .map((arg) => `'${arg}'`).join(" ");
       const child = new Deno.Command("script", {
         args: ["-qefc", command, "/dev/null"],
@@ -368,6 +508,8 @@ Deno.test({
         assert.match(output, pattern);
       };
       await until(/Enter server password: /);
+      const banner = output.indexOf("SERVER CERTIFICATE FINGERPRINT");
+      assert.ok(banner >= 0 && banner < output.indexOf("Enter server password"), output);
       await writer.write(new TextEncoder().encode(`${PASSWORD}\r`));
       const started = /server started on port -> (\d+)/;
       await until(started);

@@ -52,7 +52,8 @@ Deno.test("promptHidden reads without echo, edits with backspace and restores th
   const tty = fakeTerminal("pässx\x7fwörd\x1b[D\r");
   assert.equal(await promptHidden("Enter server password: ", tty), "pässwörd");
   assert.deepEqual(tty.modes, [true, false]);
-  assert.equal(tty.printed(), "Enter server password: \n");
+  // From the start of the line, erasing whatever is there (e.g. a progress line).
+  assert.equal(tty.printed(), "\r\x1b[KEnter server password: \n");
 });
 
 Deno.test("promptHidden is cancelled by Ctrl-C and restores the terminal", async () => {

@@ -59,21 +59,51 @@ function text(value: unknown, fallback: string): string {
   return JSON.stringify(value);
 }
 
-/**
- * Formats a received `message` frame as `[HH:MM:SS] name (ip): text`, stamped with the time the
- * server gave it (`ts`), or else `now`, its arrival. All parts are sanitised; missing fields show
- * as `anon` / `?`.
- */
-export function formatIncoming(frame: JsonObject, now: Date): string {
-  const sender = sanitize(text(frame.sender, "anon"));
-  const ip = sanitize(text(frame.sender_ip, "?"));
-  const content = sanitize(text(frame.content, ""), true);
-  return `[${formatStamp(messageTime(frame, now), now)}] ${sender} (${ip}): ${content}`;
+/** Content that starts with this is an action (`/me waves` shows as `* alice waves`). */
+export const ACTION_PREFIX = "/me ";
+
+/** Options of {@link formatIncoming}. */
+export interface IncomingStyle {
+  /** Whether to show the sender's address (default true). */
+  ip?: boolean;
 }
 
-/** Formats a member as `name (ip)`, or `name (ip, you)` for this client; sanitised. */
-export function formatMember(member: { name: string; ip: string }, you = false): string {
-  return `${sanitize(member.name)} (${sanitize(member.ip)}${you ? ", you" : ""})`;
+/**
+ * Formats a received `message` frame as `[HH:MM:SS] name (ip): text` (or `[HH:MM:SS] name:
+ * text` without the address), stamped with the time the server gave it (`ts`), or else `now`,
+ * its arrival. An action (`/me waves`) shows as `[HH:MM:SS] * name waves`. All parts are
+ * sanitised; missing fields show as `anon` / `?`.
+ */
+export function formatIncoming(frame: JsonObject, now: Date, style: IncomingStyle = {}): string {
+  const sender = sanitize(text(frame.sender, "anon"));
+  const ip = style.ip ?? true ? ` (${sanitize(text(frame.sender_ip, "?"))})` : "";
+  return formatLine(sender + ip, text(frame.content, ""), messageTime(frame, now), now);
+}
+
+/** Formats a line this client sent, as others see it but without the address. */
+export function formatOwn(content: string, name: string, now: Date): string {
+  return formatLine(sanitize(name), content, now, now);
+}
+
+function formatLine(who: string, content: string, at: Date, now: Date): string {
+  const stamp = `[${formatStamp(at, now)}]`;
+  if (content.startsWith(ACTION_PREFIX)) {
+    return `${stamp} * ${who} ${sanitize(content.slice(ACTION_PREFIX.length), true)}`;
+  }
+  return `${stamp} ${who}: ${sanitize(content, true)}`;
+}
+
+/**
+ * Formats a member as `name (ip)`, or `name (ip, you)` for this client; without the address
+ * (`ip` false) `name` or `name (you)`. Sanitised.
+ */
+export function formatMember(
+  member: { name: string; ip: string },
+  you = false,
+  ip = true,
+): string {
+  const notes = [...(ip ? [sanitize(member.ip)] : []), ...(you ? ["you"] : [])];
+  return `${sanitize(member.name)}${notes.length > 0 ? ` (${notes.join(", ")})` : ""}`;
 }
 
 const LEFT_REASONS: Record<string, string> = {
@@ -104,5 +134,8 @@ export function formatError(frame: JsonObject): string {
   const code = text(frame.code, "");
   const plain = isErrorCode(code) ? ERRORS[code].plain : "The server reported an error";
   const detail = typeof frame.error === "string" && frame.error !== "" ? frame.error : code;
-  return detail ? `${plain} (${sanitize(detail)})` : plain;
+  // The server's own words only when they add something ("Server is shutting down" does not).
+  const words = (line: string) => line.toLowerCase().replace(/[^a-z0-9]+/g, " ").trim();
+  if (!detail || words(plain).includes(words(detail).replace(/^the /, ""))) return plain;
+  return `${plain} (${sanitize(detail)})`;
 }

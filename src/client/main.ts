@@ -22,8 +22,11 @@
  * - `--ack-timeout SECONDS`: in scripted mode with a version 2 server, how long to wait for the
  *   server to confirm every line after stdin ends (default 30, or `--linger` if longer)
  *
- * Modes: with a terminal on stdin, an interactive prompt (`/quit`, Ctrl-D or Ctrl-C leave,
- * `/help`); otherwise (or with `--json`) every non-blank stdin line is sent as one message,
+ * - `--show-ip`: interactive mode shows every sender's address (by default only where it tells
+ *   two people with one name apart)
+ *
+ * Modes: with a terminal on stdin, an interactive prompt (`/quit`, or Ctrl-D or Ctrl-C on an
+ * empty line, leave; Ctrl-C clears a line with text; `/help`; `/me ACTION`); otherwise (or with `--json`) every non-blank stdin line is sent as one message,
  * received messages go to stdout as `[HH:MM:SS] name (ip): text`, status and errors to stderr,
  * and the client exits once stdin ended and its messages were written. A lost connection is
  * re-established with backoff (1 s doubling to 30 s) in both modes; messages typed meanwhile are
@@ -50,7 +53,7 @@ import { DEFAULT_SENDER, type JsonObject, parseChat } from "../protocol/mod.ts";
 import { ClientError, EXIT_OK, EXIT_USAGE } from "./exit.ts";
 import { readFingerprintFile } from "./pin.ts";
 import { formatFingerprint, normalizeFingerprint } from "../common/fingerprint.ts";
-import { plural, sanitize } from "./format.ts";
+import { formatOwn, plural, sanitize } from "./format.ts";
 import { ChatLink, messageFrame } from "./link.ts";
 import { INTERACTIVE_HELP, parseInput, promptHidden, TerminalUi } from "./tty.ts";
 import { ACK_TIMEOUT_MS, runScripted } from "./script.ts";
@@ -79,6 +82,8 @@ Options:
   --fingerprint HEX        pinned SHA-256 of the server certificate (env CHAT_SERVER_FINGERPRINT)
   --fingerprint-file FILE  read the pin from the server's server_fingerprint.txt
   --history N              messages shown from before login (default ${DEFAULT_HISTORY}, 0 = none)
+  --show-ip                show every sender's address (by default only where two people
+                           share a name; /who always shows them)
   --json                   scripted mode; print every received frame as a JSON line
   --linger SECONDS         scripted mode: keep receiving this long after stdin ends (default 0)
   --ack-timeout SECONDS    scripted mode: wait this long for the server to confirm every line
@@ -104,6 +109,8 @@ export interface ClientOptions {
   json: boolean;
   lingerMs: number;
   ackTimeoutMs: number;
+  /** Interactive mode: show every sender's address (`--show-ip`). */
+  showIp: boolean;
   help: boolean;
 }
 
@@ -133,6 +140,7 @@ export function parseClientArgs(args: string[], env: EnvReader): ClientOptions {
         json: { type: "boolean", default: false },
         linger: { type: "string" },
         "ack-timeout": { type: "string" },
+        "show-ip": { type: "boolean", default: false },
         help: { type: "boolean", short: "h", default: false },
       },
     }));
@@ -187,6 +195,7 @@ export function parseClientArgs(args: string[], env: EnvReader): ClientOptions {
       "--ack-timeout",
       values["ack-timeout"] ?? `${ACK_TIMEOUT_MS / 1000}`,
     ),
+    showIp: values["show-ip"],
     help: values.help,
   };
 }
@@ -259,6 +268,7 @@ async function runInteractive(
     if (action.kind !== "send") return;
     try {
       const frame = messageFrame(action.content, name);
+      ui.print(formatOwn(action.content, name, new Date()));
       if (!link.connected) ui.print("Not connected; the message will be sent after reconnecting");
       link.send(frame).catch((error) => ui.print(`! Message not sent: ${error.message}`));
     } catch (error) {
@@ -303,6 +313,9 @@ async function run(args: string[]): Promise<number> {
     history: options.history,
     commands: ui !== undefined,
     send: (frame) => link.request(frame),
+    // Scripts read the lines as they always were: with the address.
+    calm: ui !== undefined && !options.showIp,
+    name: options.name,
   });
   const onFrame = (frame: JsonObject) => {
     if (options.json) console.log(JSON.stringify(frame));

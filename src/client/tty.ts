@@ -6,11 +6,11 @@
  * @module
  */
 
-import readline from "node:readline";
-import process from "node:process";
 import { ClientError, EXIT_INTERRUPTED, EXIT_USAGE } from "./exit.ts";
 import { PromptCancelled, promptHidden as promptSecret, type PromptIo } from "../common/prompt.ts";
 import { DEFAULT_PAGE, MAX_PAGE } from "./v2.ts";
+import { LineEditor } from "./editor.ts";
+import { ACTION_PREFIX } from "./format.ts";
 
 /** The terminal operations {@link promptHidden} needs; injectable for tests. */
 export type HiddenPromptIo = PromptIo;
@@ -47,7 +47,9 @@ export const INTERACTIVE_HELP = [
   "/who lists who is here (name and address).",
   `/history [N] shows N (default ${DEFAULT_PAGE}, at most ${MAX_PAGE}) messages before the ` +
   "oldest one shown.",
-  "/quit (or Ctrl-D, Ctrl-C) leaves; /help shows this; start a message with // to send a leading /.",
+  "/me ACTION sends an action: /me waves shows as * NAME waves.",
+  "Ctrl-C clears the line; Ctrl-C or Ctrl-D on an empty line, or /quit, leaves.",
+  "/help shows this; start a message with // to send a leading /.",
 ].join("\n");
 
 /** Interprets one typed line: a command (`/quit`, `/who`, ...), a message, or nothing. */
@@ -60,6 +62,11 @@ export function parseInput(line: string): InputAction {
   if (command === "/help") return { kind: "help" };
   if (command === "/who") return { kind: "who" };
   if (command === "/history") return parseHistory(args);
+  if (command === "/me") {
+    const action = line.trim().slice(3).trim();
+    if (action === "") return { kind: "invalid", message: "Usage: /me ACTION (e.g. /me waves)" };
+    return { kind: "send", content: `${ACTION_PREFIX}${action}` };
+  }
   return { kind: "unknown", command };
 }
 
@@ -74,57 +81,90 @@ function parseHistory(args: string[]): InputAction {
 
 /** The interactive terminal UI: a prompt line with output scrolling above it. */
 export class TerminalUi {
-  #rl?: readline.Interface;
-  #output: NodeJS.WriteStream = process.stdout;
+  #editor?: LineEditor;
+  #encoder = new TextEncoder();
+  #leave?: () => void;
 
   /** Prints a line (or several) above the prompt, keeping what is being typed intact. */
   print(text: string): void {
-    const rl = this.#rl;
-    if (!rl) {
-      this.#output.write(`${text}\n`);
-      return;
-    }
-    readline.clearLine(this.#output, 0);
-    readline.cursorTo(this.#output, 0);
-    this.#output.write(`${text}\n`);
-    rl.prompt(true);
+    if (this.#editor) this.#editor.print(text);
+    else this.#write(`${text}\n`);
   }
 
   /**
-   * Shows `prompt` and hands every typed line to `onLine` until the user leaves (`/quit`, Ctrl-D,
-   * Ctrl-C, SIGTERM/SIGHUP) or `stop` resolves. The terminal mode is restored on return.
+   * Shows `prompt` and hands every typed line to `onLine` until the user leaves (`/quit`,
+   * Ctrl-D or Ctrl-C on an empty line, SIGTERM/SIGHUP) or `stop` resolves. The terminal is in
+   * raw mode meanwhile (with bracketed paste on) and restored on return.
    */
-  run(prompt: string, onLine: (line: string) => void, stop: Promise<unknown>): Promise<void> {
-    const rl = readline.createInterface({
-      input: process.stdin,
-      output: this.#output,
-      terminal: true,
-      prompt,
-      historySize: 100,
-    });
-    this.#rl = rl;
-    const leave = () => rl.close();
+  async run(prompt: string, onLine: (line: string) => void, stop: Promise<unknown>): Promise<void> {
+    const size = () => {
+      try {
+        return Deno.consoleSize();
+      } catch {
+        return { columns: 80, rows: 24 };
+      }
+    };
+    const editor = new LineEditor(prompt, {
+      columns: () => size().columns,
+      rows: () => size().rows,
+    }, (text) => this.#write(text));
+    const left = Promise.withResolvers<void>();
+    let leaving = false;
+    const leave = () => {
+      if (leaving) return;
+      leaving = true;
+      left.resolve();
+    };
+    this.#leave = leave;
+    const redraw = () => this.#write(editor.draw());
     const signals: Deno.Signal[] = ["SIGTERM", "SIGHUP"];
     for (const signal of signals) Deno.addSignalListener(signal, leave);
-    return new Promise<void>((resolve) => {
-      rl.on("line", (line: string) => {
-        onLine(line);
-        if (this.#rl) rl.prompt();
-      });
-      rl.on("SIGINT", leave);
-      rl.on("close", () => {
-        this.#rl = undefined;
-        for (const signal of signals) Deno.removeSignalListener(signal, leave);
-        this.#output.write("\n");
-        resolve();
-      });
-      stop.then(leave, leave);
-      rl.prompt();
-    });
+    Deno.addSignalListener("SIGWINCH", redraw);
+    stop.then(leave, leave);
+    Deno.stdin.setRaw(true);
+    this.#write(BRACKETED_PASTE_ON);
+    this.#editor = editor;
+    this.#write(editor.draw());
+    const reading = (async () => {
+      const buffer = new Uint8Array(65536);
+      const decoder = new TextDecoder();
+      while (!leaving) {
+        const count = await Deno.stdin.read(buffer).catch(() => null);
+        if (count === null || leaving) break;
+        editor.feed(decoder.decode(buffer.subarray(0, count), { stream: true }), (event) => {
+          if (event.kind === "quit") leave();
+          else if (!leaving) onLine(event.text);
+        });
+      }
+      leave();
+    })();
+    await left.promise;
+    this.#editor = undefined;
+    this.#leave = undefined;
+    editor.close();
+    this.#write(BRACKETED_PASTE_OFF);
+    try {
+      Deno.stdin.setRaw(false);
+    } catch {
+      // The terminal is gone.
+    }
+    for (const signal of signals) Deno.removeSignalListener(signal, leave);
+    Deno.removeSignalListener("SIGWINCH", redraw);
+    // A read may still be waiting for a key; the process ends without it.
+    void reading;
   }
 
   /** Ends {@link run} (as `/quit` does). */
   close(): void {
-    this.#rl?.close();
+    this.#leave?.();
+  }
+
+  #write(text: string): void {
+    const bytes = this.#encoder.encode(text);
+    let offset = 0;
+    while (offset < bytes.length) offset += Deno.stdout.writeSync(bytes.subarray(offset));
   }
 }
+
+const BRACKETED_PASTE_ON = "\x1b[?2004h";
+const BRACKETED_PASTE_OFF = "\x1b[?2004l";

@@ -102,10 +102,14 @@ export function messageId(frame: JsonObject): number | undefined {
   return frame.type === "message" ? count(frame.id) : undefined;
 }
 
+/** Share of the server's rate the pacer uses. */
+export const PACE_SHARE = 0.9;
+
 /**
  * Keeps the sending rate within the server's token bucket (from `welcome.limits`), so a script
  * that pipes many lines is paced instead of having messages dropped as `rate_limited`. It uses
- * half the server's burst, leaving the other half for network jitter that bunches messages up.
+ * half the server's burst, leaving the other half for network jitter that bunches messages up,
+ * and {@link PACE_SHARE} of its rate.
  */
 export class Pacer {
   #rate: number;
@@ -115,7 +119,9 @@ export class Pacer {
   #now: () => number;
 
   constructor(limits: ServerLimits, now: () => number = Date.now) {
-    this.#rate = limits.rate ?? 0;
+    // A little under the server's rate: with a burst of 1 there is no room for the jitter that
+    // bunches messages up, and a dropped message resent later would arrive out of order.
+    this.#rate = (limits.rate ?? 0) * PACE_SHARE;
     this.#capacity = Math.max(1, Math.floor((limits.burst ?? 1) / 2));
     this.#tokens = this.#capacity;
     this.#now = now;

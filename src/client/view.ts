@@ -44,6 +44,13 @@ export interface ViewOptions {
   send: Requester;
   /** The clock, for arrival times and the day shown; injectable for tests. */
   now?: () => Date;
+  /**
+   * Addresses shown only where they tell people apart (a name used from two addresses, or this
+   * client's own name used by another), and in `/who`; otherwise (default) always.
+   */
+  calm?: boolean;
+  /** This client's name (with `calm`: another sender with it shows the address). */
+  name?: string;
 }
 
 /** How long one `unavailable` notice silences the next ones, milliseconds. */
@@ -86,6 +93,8 @@ export class ChatView {
   #pageMin?: number;
   #pageMax?: number;
   #quietUntil = -Infinity;
+  /** Addresses seen for each name (with `calm`). */
+  #addresses = new Map<string, Set<string>>();
 
   constructor(out: ViewOutput, options: ViewOptions) {
     this.#out = out;
@@ -110,11 +119,13 @@ export class ChatView {
       case "joined":
       case "left": {
         const member = parseMember(frame.member);
+        if (member && frame.type === "joined") this.#seen(member.name, member.ip);
         if (member) this.#out.note(formatPresence(member.name, frame.type, frame.reason));
         return;
       }
       case "who":
-        return this.#showMembers(parseMembers(frame.members) ?? []);
+        // Asked for: with addresses.
+        return this.#showMembers(parseMembers(frame.members) ?? [], true);
       case "error":
         return this.#onError(frame);
     }
@@ -169,7 +180,9 @@ export class ChatView {
     const answer = frame.replay === true ? this.#expect[0] : undefined;
     if (id !== undefined && !this.#isNew(id, answer)) return;
     if (answer) this.#printed++;
-    this.#out.chat(formatIncoming(frame, this.#now()));
+    const sender = typeof frame.sender === "string" ? frame.sender : "anon";
+    if (typeof frame.sender_ip === "string") this.#seen(sender, frame.sender_ip);
+    this.#out.chat(formatIncoming(frame, this.#now(), { ip: this.#showsAddress(sender) }));
   }
 
   /** Whether the message with `id` is to be shown, noting what it tells about the ids shown. */
@@ -276,9 +289,28 @@ export class ChatView {
     if (id !== undefined && (this.#newest === undefined || id > this.#newest)) this.#own.add(id);
   }
 
-  #showMembers(members: { id: number; name: string; ip: string }[]): void {
+  /** Notes that `name` was used from `ip`. */
+  #seen(name: string, ip: string): void {
+    if (!this.#options.calm) return;
+    const addresses = this.#addresses.get(name) ?? new Set();
+    addresses.add(ip);
+    this.#addresses.set(name, addresses);
+  }
+
+  /** Whether a message from `name` shows the sender's address. */
+  #showsAddress(name: string, self = false): boolean {
+    if (!this.#options.calm) return true;
+    if (!self && name === this.#options.name) return true;
+    return (this.#addresses.get(name)?.size ?? 0) > 1;
+  }
+
+  #showMembers(members: { id: number; name: string; ip: string }[], asked = false): void {
     const self = this.#welcome?.member?.id;
-    const list = members.map((member) => formatMember(member, member.id === self)).join(", ");
+    for (const member of members) this.#seen(member.name, member.ip);
+    const list = members.map((member) => {
+      const you = member.id === self;
+      return formatMember(member, you, asked || this.#showsAddress(member.name, you));
+    }).join(", ");
     this.#out.note(`* ${members.length} here${list ? `: ${list}` : ""}`);
   }
 

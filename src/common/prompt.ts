@@ -24,7 +24,22 @@ export interface PromptIo {
   write(text: string): void;
   /** Switches raw mode (no echo, no line editing, no signals) on or off. */
   setRaw(raw: boolean): void;
+  /**
+   * Milliseconds between redraws of the prompt, if it is to be redrawn (see
+   * {@link PROMPT_REDRAW_MS}).
+   */
+  redrawMs?: number;
 }
+
+/**
+ * On a terminal the prompt is drawn again this often, for {@link PROMPT_REDRAW_FOR_MS}: on a
+ * first run Deno may still be drawing (and then erasing) its npm download progress while the
+ * program starts, which would erase the prompt and leave a terminal that looks hung. Nothing
+ * typed is echoed, so drawing the prompt again never disturbs the input.
+ */
+export const PROMPT_REDRAW_MS = 200;
+/** How long the prompt keeps being redrawn, milliseconds. */
+export const PROMPT_REDRAW_FOR_MS = 10_000;
 
 /** The real terminal: reads `Deno.stdin`, writes the prompt to stderr. */
 export function terminalIo(): PromptIo {
@@ -33,6 +48,7 @@ export function terminalIo(): PromptIo {
     read: (buffer) => Deno.stdin.read(buffer),
     write: (text) => void Deno.stderr.writeSync(encoder.encode(text)),
     setRaw: (raw) => Deno.stdin.setRaw(raw),
+    redrawMs: PROMPT_REDRAW_MS,
   };
 }
 
@@ -59,8 +75,17 @@ export async function promptHidden(
   // 0: plain input, 1: after ESC, 2: inside a CSI/SS3 sequence.
   let escape = 0;
   io.setRaw(true);
+  let redraw: ReturnType<typeof setInterval> | undefined;
   try {
-    io.write(prompt);
+    // From the start of the line, clearing what is there (e.g. a progress line).
+    io.write(`\r\x1b[K${prompt}`);
+    if (io.redrawMs !== undefined) {
+      const until = Date.now() + PROMPT_REDRAW_FOR_MS;
+      redraw = setInterval(() => {
+        if (Date.now() > until) clearInterval(redraw);
+        else io.write(`\r\x1b[K${prompt}`);
+      }, io.redrawMs);
+    }
     while (true) {
       const count = await io.read(buffer);
       if (count === null) {
@@ -94,6 +119,7 @@ export async function promptHidden(
     }
     return new TextDecoder().decode(Uint8Array.from(bytes));
   } finally {
+    clearInterval(redraw);
     io.setRaw(false);
     io.write("\n");
   }

@@ -13,7 +13,7 @@
 import { createPrivateKey, createPublicKey } from "node:crypto";
 import { isIP } from "node:net";
 import { join } from "node:path";
-import { PermissionError, requirePermission } from "../common/permissions.ts";
+import { hasPermission, PermissionError, requirePermission } from "../common/permissions.ts";
 import {
   FINGERPRINT_FILE_MARKER,
   fingerprintOfDer,
@@ -222,7 +222,6 @@ function publicKeyDer(path: string, key: () => ReturnType<typeof createPublicKey
  */
 async function generate(certDir: string, host: string): Promise<boolean> {
   need({ name: "write", path: certDir }, `generate certificates in ${certDir}`);
-  need({ name: "run", command: "openssl" }, "generate certificates");
   await checkOpenssl();
   try {
     await Deno.mkdir(certDir, { recursive: true });
@@ -377,17 +376,30 @@ async function removeStaleLock(lockPath: string, id: string): Promise<void> {
   }
 }
 
+const OPENSSL_MISSING = "Cannot generate certificates: openssl is not installed; install it " +
+  "(e.g. apt-get install openssl) or pass --cert and --key";
+
+/**
+ * Makes sure `openssl` can run. Without `--allow-run=openssl` that may be because it is missing
+ * (Deno drops `--allow-run=openssl` when no `openssl` is on PATH, as under `deno task start`), so
+ * the error must say which. Deno looks the program up before it checks the permission: spawning
+ * it says "not found" for a missing one, and "not allowed" (never a prompt) for one that is there
+ * when prompts are impossible (no terminal). On a terminal a spawn could prompt, so the error
+ * then names both causes.
+ */
 async function checkOpenssl(): Promise<void> {
+  const granted = hasPermission({ name: "run", command: "openssl" });
+  if (!granted && Deno.stdin.isTerminal()) {
+    throw new CertError(
+      `${OPENSSL_MISSING}; if it is installed (\`openssl version\` works), run with ` +
+        "--allow-run=openssl",
+    );
+  }
   try {
     await opensslCommand(["version"], "null").output();
   } catch (err) {
-    if (err instanceof Deno.errors.NotFound) {
-      throw new CertError(
-        "Cannot generate certificates: openssl is not installed; install it " +
-          "(e.g. apt-get install openssl) or pass --cert and --key",
-        { cause: err },
-      );
-    }
+    if (err instanceof Deno.errors.NotFound) throw new CertError(OPENSSL_MISSING, { cause: err });
+    if (!granted) need({ name: "run", command: "openssl" }, "generate certificates");
     throw new CertError(`Cannot run openssl: ${messageOf(err)}`, { cause: err });
   }
 }
