@@ -408,6 +408,16 @@ const RUN_BY: Record<string, { file: string; test?: string; note?: string }> = {
     test: "ChatServer loses no honest message while every kind of abuse runs at once",
     note: "the same soak for a few seconds: the full run takes 120 s",
   },
+  "UPDATE_SCREENSHOT=1 deno task test tests/web_browser_test.ts": {
+    file: "tests/web_browser_test.ts",
+    test: "web client in Chromium: chat, history, presence, HTML as text, restart, wrong password",
+    note: "the same test without UPDATE_SCREENSHOT, which leaves docs/web-client.png as it is",
+  },
+  "apt-get install chromium": {
+    file: ".ci/run",
+    test: "apt-get install -y -qq chromium",
+    note: ".ci/run installs Debian's chromium when /usr/bin/chromium is missing",
+  },
   "deno task compile": {
     file: "tests/cli_test.ts",
     test: "deno task compile builds an executable that runs (where Deno can download denort)",
@@ -422,6 +432,11 @@ const NOT_RUNNABLE: Record<string, string> = {
     "downloads Deno from npm; it is `deno task start`, which runs here",
   "npx -y deno@2.9.6 task test": "downloads Deno from npm; it is `deno task test`, run by .ci/run",
   "deno task ok": "runs `deno task test`, which runs this file: a test cannot run it",
+  'certutil -d sql:$HOME/.pki/nssdb -A -t "P,," -n chat-server -i certs/cert.pem':
+    "changes the user's browser trust store (Chrome/Chromium on Linux); not for a test to do",
+  "sudo security add-trusted-cert -d -r trustAsRoot -p ssl -k /Library/Keychains/System.keychain certs/cert.pem":
+    "macOS only, needs root",
+  "certutil -addstore -user Root certs\\cert.pem": "Windows only",
   "sudo -u chat deno task certs --host 0.0.0.0":
     "needs root and a `chat` user; `deno task certs` runs here",
 };
@@ -435,7 +450,7 @@ Deno.test("every README command is run here, run by a named test or .ci/run, or 
   assert.deepEqual(gone, [], "listed commands the README no longer has");
   for (const [command, { file, test }] of Object.entries(RUN_BY)) {
     const text = await Deno.readTextFile(`${ROOT}${file}`);
-    const names = test === undefined ? command : JSON.stringify(test);
+    const names = test === undefined ? command : file.endsWith(".ts") ? JSON.stringify(test) : test;
     assert.ok(text.includes(names), `${file} has no ${test ?? command} (for ${command})`);
   }
 });
