@@ -419,6 +419,37 @@ Deno.test({
         assert.equal(frame.content, "typed while the server was down");
       });
 
+      await t.step("a page paces itself to a strict server's rate and loses nothing", async () => {
+        const { cert, key } = await testCerts();
+        await using strict = new ChatServer({
+          hostname: "127.0.0.1",
+          port: 0,
+          cert,
+          key,
+          password: PASSWORD,
+          limits: { rate: 4, burst: 2 },
+          web: { port: 0 },
+        });
+        const { port } = await strict.listen();
+        const reader = await tlsUser(port, "reader");
+        clients.push(reader);
+        const judy = await joinAs(browser, `https://127.0.0.1:${strict.webAddr!.port}/`, "judy");
+        users.push(judy);
+        const lines = Array.from({ length: 10 }, (_, i) => `paced ${i + 1}`);
+        for (const line of lines) await say(judy, line);
+        const received: string[] = [];
+        while (received.length < lines.length) {
+          const frame = await recvUntil(reader, (frame) => frame.type === "message");
+          received.push(frame.content as string);
+        }
+        assert.deepEqual(received, lines, "every line, once, in order");
+        for (const line of lines) await waitShown(judy, line);
+        assert.equal((await shown(judy)).some((message) => message.pending), false);
+        // Paced, not refused: the server never had to drop one of them.
+        assert.equal(strict.stats().errors.rate_limited ?? 0, 0);
+        await judy.page.close();
+      });
+
       await t.step("a wrong password shows the server's error and is not kept", async () => {
         const user = await openPage(browser);
         users.push(user);
