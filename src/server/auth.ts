@@ -57,9 +57,20 @@ export class Gatekeeper {
       return "ok";
     }
     this.#stats.authFailures++;
+    // Not locked just above, at the same time: a lockout here is a new one.
     const locked = this.#lockout.fail(ip, this.#now());
+    if (locked) this.#stats.lockouts++;
     this.#logger.warn("Failed login from {ip}{lock}", { ip, lock: locked ? "; locked out" : "" });
     return "wrong";
+  }
+
+  /** The password check in use; replacing it applies to the checks that start from then on. */
+  get verifier(): PasswordVerifier {
+    return this.#verifier;
+  }
+
+  set verifier(verifier: PasswordVerifier) {
+    this.#verifier = verifier;
   }
 
   #refuseLocked(ip: string): void {

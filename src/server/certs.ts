@@ -114,6 +114,22 @@ export async function ensureCertificates(options: CertOptions): Promise<CertPair
   return await loadPair(certPath, keyPath, generated);
 }
 
+/**
+ * Reads the pair {@link ensureCertificates} would use, without generating one: for a reload,
+ * where a missing file is an error to report, not a reason for a new certificate.
+ *
+ * @throws {CertError} if a file is missing or unreadable, or the key does not match
+ */
+export async function readCertificates(
+  options: Pick<CertOptions, "certDir" | "certFile" | "keyFile">,
+): Promise<CertPair> {
+  const { certDir, certFile, keyFile } = options;
+  if (certFile !== undefined && keyFile !== undefined) {
+    return await loadPair(certFile, keyFile, false);
+  }
+  return await loadPair(join(certDir, CERT_FILE), join(certDir, KEY_FILE), false);
+}
+
 /** SHA-256 over the DER of the first certificate in `certPem`, as lowercase hex without colons. */
 export async function fingerprintOf(certPem: string): Promise<string> {
   const cert = firstCertificate(certPem);

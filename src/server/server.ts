@@ -11,6 +11,7 @@
  *
  * @module
  */
+import { createPrivateKey, X509Certificate } from "node:crypto";
 import type { AddressInfo, Socket } from "node:net";
 import tls from "node:tls";
 import { getLogger, type Logger } from "@logtape/logtape";
@@ -19,6 +20,7 @@ import { DEFAULT_LIMITS, type Limits } from "./config.ts";
 import { FlowControl } from "./flow.ts";
 import { flushOutboxes, type Outbox } from "./outbox.ts";
 import { Gatekeeper } from "./auth.ts";
+import { CertError, fingerprintOf } from "./certs.ts";
 import { AuthLockout } from "./limits.ts";
 import { PasswordVerifier } from "./password.ts";
 import { encodeError, type ErrorCode } from "../protocol/mod.ts";
@@ -76,6 +78,45 @@ export interface ChatServerOptions {
   web?: { port: number; assets?: Map<string, Asset> };
 }
 
+/** What {@link ChatServer.reload} replaces; what is not given stays as it is. */
+export interface ReloadOptions {
+  /** A new certificate chain, PEM; give it together with `key`. */
+  cert?: string;
+  /** The private key of `cert`, PEM. */
+  key?: string;
+  /** A new shared password (not empty); only its SHA-256 digest is kept. */
+  password?: string;
+  /** A ready verifier, instead of `password`. */
+  verifier?: PasswordVerifier;
+}
+
+/** What a {@link ChatServer.reload} changed. */
+export interface ReloadResult {
+  /** The certificate or key differs from the one served before. */
+  certificateChanged: boolean;
+  /**
+   * The password differs from the one before (a new `verifier` always counts as a change: it
+   * cannot be compared).
+   */
+  passwordChanged: boolean;
+  /** SHA-256 fingerprint (lowercase hex) of the certificate served from now on. */
+  fingerprint: string;
+}
+
+/** Open connections in each state, for one of the two ports. */
+export interface ConnectionStates {
+  /** Accepted, TLS handshake not complete. */
+  handshaking: number;
+  /** Web port only: handshake complete, HTTP (the page's files, or before the upgrade). */
+  http: number;
+  /** A session that has not logged in yet. */
+  authenticating: number;
+  /** Logged in. */
+  loggedIn: number;
+  /** Over a cap, waiting for their error frame to go out. */
+  refusing: number;
+}
+
 /** A snapshot of the server's counters. */
 export interface ServerSnapshot extends ServerStats {
   /** Admitted connections that are open, logged in or not (refused ones excluded). */
@@ -92,6 +133,10 @@ export interface ServerSnapshot extends ServerStats {
   holders: number;
   /** Senders paused right now. */
   pausedSenders: number;
+  /** Bytes charged to every client's send queue together (see `--max-send-queue`). */
+  queuedBytes: number;
+  /** Open connections by state, on the chat port (`tls`) and the web port (`web`). */
+  states: { tls: ConnectionStates; web: ConnectionStates };
 }
 
 /** The closing error a connection gets instead of a session. */
@@ -111,6 +156,8 @@ interface Connection {
   notified: boolean;
   /** Accepted on the web port. */
   web: boolean;
+  /** Its TLS handshake completed. */
+  secured: boolean;
   /** A web connection's deadline to upgrade to a WebSocket. */
   deadline: ReturnType<typeof setTimeout> | undefined;
 }
@@ -146,6 +193,8 @@ export class ChatServer implements AsyncDisposable {
   #closing: Promise<void> | null = null;
   #starting: Promise<Deno.NetAddr> | null = null;
   #context: SessionContext | null = null;
+  /** The password check, once {@link ChatServer.listen} or a reload has made it. */
+  #verifier: PasswordVerifier | null = null;
   /** Wakes the shutdown when the last session has closed. */
   #allClosed: (() => void) | null = null;
   /** One `close` listener for every accepted socket (`this` is the socket). */
@@ -157,6 +206,7 @@ export class ChatServer implements AsyncDisposable {
     handshakeTimeouts: 0,
     authenticated: 0,
     authFailures: 0,
+    lockouts: 0,
     messages: 0,
     deliveries: 0,
     refusedMessages: 0,
@@ -217,8 +267,24 @@ export class ChatServer implements AsyncDisposable {
     return { transport: "tcp", hostname: address.address, port: address.port };
   }
 
-  /** Current counters. */
+  /** Whether {@link ChatServer.close} has begun (or the server was closed). */
+  get closing(): boolean {
+    return this.#closing !== null;
+  }
+
+  /** Current counters and gauges. Costs O(connections): it counts states and queued bytes. */
   stats(): ServerSnapshot {
+    const states = { tls: emptyStates(), web: emptyStates() };
+    for (const connection of this.#connections.values()) {
+      const counts = connection.web ? states.web : states.tls;
+      if (connection.refusal) counts.refusing++;
+      else if (connection.session?.authenticated) counts.loggedIn++;
+      else if (connection.session) counts.authenticating++;
+      else if (connection.secured && connection.web) counts.http++;
+      else counts.handshaking++;
+    }
+    let queuedBytes = 0;
+    for (const session of this.#sessions) queuedBytes += session.outbox.queuedBytes;
     return {
       ...this.#stats,
       messages: this.#room.stats.messages,
@@ -233,7 +299,60 @@ export class ChatServer implements AsyncDisposable {
       sockets: this.#connections.size,
       holders: this.#flow.holders,
       pausedSenders: this.#flow.waiting,
+      queuedBytes,
+      states,
     };
+  }
+
+  /**
+   * Replaces the certificate and key (of the chat port and the web port) and the password, for
+   * the connections that come from now on; connected clients stay connected, logged in, on the
+   * certificate their handshake used. Everything given is checked first and nothing changes if a
+   * check fails: a certificate that cannot be read, a key that does not match it, an empty
+   * password.
+   *
+   * @throws {CertError} if `cert` or `key` cannot be used (the message says why)
+   * @throws {PasswordError} if `password` is empty
+   * @throws {TypeError} if only one of `cert` and `key` is given, or the server is closed
+   */
+  async reload(options: ReloadOptions): Promise<ReloadResult> {
+    const { cert, key, password, verifier } = options;
+    if ((cert === undefined) !== (key === undefined)) {
+      throw new TypeError("ChatServer.reload needs cert and key together");
+    }
+    if (password !== undefined && verifier !== undefined) {
+      throw new TypeError("ChatServer.reload takes a password or a verifier, not both");
+    }
+    if (this.#closing) throw new TypeError("ChatServer is closed");
+    if (cert !== undefined) checkPair(cert, key!);
+    const next = verifier ??
+      (password === undefined ? undefined : await PasswordVerifier.create(password));
+    const current = this.#verifier ?? this.#options.verifier ??
+      await PasswordVerifier.create(this.#options.password!);
+    const passwordChanged = next !== undefined &&
+      (password === undefined || !(await current.verify(password)));
+    const [before, fingerprint] = await Promise.all([
+      fingerprintOf(this.#options.cert),
+      fingerprintOf(cert ?? this.#options.cert),
+    ]);
+    if (this.#closing) throw new TypeError("ChatServer is closed");
+    // From here on, nothing awaits: every new connection sees all of it or none of it.
+    const certificateChanged = cert !== undefined &&
+      (fingerprint !== before || key !== this.#options.key);
+    if (cert !== undefined) {
+      this.#options.cert = cert;
+      this.#options.key = key!;
+      for (const listener of [this.#server, this.#webServer]) {
+        listener?.setSecureContext({ cert, key, minVersion: "TLSv1.2" });
+      }
+    }
+    if (next) {
+      this.#verifier = next;
+      this.#options.verifier = next;
+      delete this.#options.password;
+      if (this.#context) this.#context.gate.verifier = next;
+    }
+    return { certificateChanged, passwordChanged, fingerprint };
   }
 
   /**
@@ -269,7 +388,7 @@ export class ChatServer implements AsyncDisposable {
       }
     }
     if (!this.#context) {
-      const verifier = this.#options.verifier ??
+      const verifier = this.#verifier ??= this.#options.verifier ??
         await PasswordVerifier.create(this.#options.password!);
       delete this.#options.password;
       this.#context = {
@@ -467,6 +586,7 @@ export class ChatServer implements AsyncDisposable {
       session: undefined,
       notified: false,
       web,
+      secured: false,
       deadline: undefined,
     };
     const limits = this.#limits;
@@ -525,6 +645,7 @@ export class ChatServer implements AsyncDisposable {
       socket.destroy();
       return;
     }
+    connection.secured = true;
     if (!this.#checkedBackpressure) {
       this.#checkedBackpressure = true;
       if (!hasTcpBackpressure(socket)) {
@@ -570,6 +691,7 @@ export class ChatServer implements AsyncDisposable {
       socket.destroy();
       return;
     }
+    connection.secured = true;
     (socket as WebSocketSocket)[CONNECTION] = connection;
     // A connection over a cap gets its answer (503, or the error frame after an upgrade) only
     // if it asks at once: it holds one of the few refusal slots.
@@ -637,6 +759,38 @@ export class ChatServer implements AsyncDisposable {
   #count(code: ErrorCode): void {
     const errors = this.#stats.errors;
     errors[code] = (errors[code] ?? 0) + 1;
+  }
+}
+
+function emptyStates(): ConnectionStates {
+  return { handshaking: 0, http: 0, authenticating: 0, loggedIn: 0, refusing: 0 };
+}
+
+/**
+ * Checks that `cert` holds a certificate and `key` is its private key.
+ *
+ * @throws {CertError} saying which is wrong
+ */
+function checkPair(cert: string, key: string): void {
+  let x509: X509Certificate;
+  try {
+    x509 = new X509Certificate(cert);
+  } catch (error) {
+    throw new CertError(`Cannot use the new certificate: ${(error as Error).message}`);
+  }
+  let privateKey: ReturnType<typeof createPrivateKey>;
+  try {
+    privateKey = createPrivateKey(key);
+  } catch (error) {
+    throw new CertError(`Cannot use the new key: ${(error as Error).message}`);
+  }
+  if (!x509.checkPrivateKey(privateKey)) {
+    throw new CertError("Cannot use the new key: it does not match the new certificate");
+  }
+  try {
+    tls.createSecureContext({ cert, key, minVersion: "TLSv1.2" });
+  } catch (error) {
+    throw new CertError(`Cannot use the new certificate: ${(error as Error).message}`);
   }
 }
 

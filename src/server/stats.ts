@@ -20,6 +20,8 @@ export interface ServerStats {
   authenticated: number;
   /** Wrong passwords. */
   authFailures: number;
+  /** Addresses locked out for too many wrong passwords (one per lockout begun). */
+  lockouts: number;
   /** Messages accepted, stored and broadcast. */
   messages: number;
   /** Frames queued to recipients for accepted messages. */
