@@ -38,6 +38,8 @@ import { PasswordError, PasswordVerifier, readPassword } from "./src/server/pass
 import { hasPermission, PermissionError, requirePermission } from "./src/common/permissions.ts";
 import { ChatServer, type ChatServerOptions } from "./src/server/server.ts";
 import { type Asset, loadAssets, WEB_DIR } from "./src/web/gateway.ts";
+import { MetricsServer } from "./src/server/metrics.ts";
+import { reloadOnSighup } from "./src/server/reload.ts";
 import { type HistoryStore, openStore, StoreOpenError } from "./src/room/store.ts";
 
 /**
@@ -94,6 +96,7 @@ export async function main(args: string[]): Promise<number> {
 
   let server: ChatServer;
   let store: HistoryStore | undefined;
+  let metrics: MetricsServer | undefined;
   try {
     if (config.certsOnly) {
       await loadCertificates(config);
@@ -110,6 +113,14 @@ export async function main(args: string[]): Promise<number> {
       requirePermission({ name: "net", host: webAddress }, `serve the web client on ${webAddress}`);
       checkListen(config.host, config.webPort, true);
       web = { port: config.webPort, assets: await loadWebClient() };
+    }
+    if (config.metricsPort !== null) {
+      const metricsAddress = hostPort(config.metricsHost, config.metricsPort);
+      requirePermission(
+        { name: "net", host: metricsAddress },
+        `serve metrics on ${metricsAddress}`,
+      );
+      checkListen(config.metricsHost, config.metricsPort, "metrics");
     }
     const sources = {
       env: config.passwordFile === undefined ? readEnv("CHAT_SERVER_PASSWORD") : undefined,
@@ -139,6 +150,7 @@ export async function main(args: string[]): Promise<number> {
       verifier,
       limits: config.limits,
     });
+    metrics = await startMetrics(server, config);
   } catch (error) {
     store?.close();
     if (!isUserError(error)) throw error; // a bug: main's caller prints it and exits 1
@@ -164,11 +176,17 @@ export async function main(args: string[]): Promise<number> {
   };
   Deno.addSignalListener("SIGINT", onSignal);
   Deno.addSignalListener("SIGTERM", onSignal);
+  const stopReloads = reloadOnSighup(server, config, {
+    logger,
+    changed: (fingerprint) => printBanner(config, fingerprint, false),
+  });
   try {
     await server.listen();
   } catch (error) {
     Deno.removeSignalListener("SIGINT", onSignal);
     Deno.removeSignalListener("SIGTERM", onSignal);
+    await stopReloads();
+    await metrics?.close();
     store.close();
     const web = (error as { listener?: string } | null)?.listener === "web";
     printError(
@@ -184,6 +202,8 @@ export async function main(args: string[]): Promise<number> {
 
   await stopped.promise;
   await server.close();
+  await stopReloads();
+  await metrics?.close();
   store.close();
   Deno.removeSignalListener("SIGINT", onSignal);
   Deno.removeSignalListener("SIGTERM", onSignal);
@@ -252,9 +272,13 @@ function hostPort(host: string, port: number): string {
 
 /** The listener cannot be bound; the message says why in words a person can act on. */
 class ListenError extends Error {
-  constructor(host: string, port: number, cause: unknown, web = false) {
-    const what = web ? " (the web client; pick another with --web-port, or --web-port off)" : "";
-    super(`Cannot listen on ${hostPort(host, port)}${what}: ${listenReason(cause, web)}`, {
+  constructor(host: string, port: number, cause: unknown, web: boolean | "metrics" = false) {
+    const what = web === "metrics"
+      ? " (metrics; pick another with --metrics-port)"
+      : web
+      ? " (the web client; pick another with --web-port, or --web-port off)"
+      : "";
+    super(`Cannot listen on ${hostPort(host, port)}${what}: ${listenReason(cause, !!web)}`, {
       cause,
     });
     this.name = "ListenError";
@@ -267,12 +291,33 @@ class ListenError extends Error {
  *
  * @throws {ListenError} if it cannot be bound.
  */
-function checkListen(host: string, port: number, web = false): void {
+function checkListen(host: string, port: number, web: boolean | "metrics" = false): void {
   try {
     Deno.listen({ hostname: host, port }).close();
   } catch (error) {
     throw new ListenError(host, port, error, web);
   }
+}
+
+/** Serves `/metrics` and `/healthz` when `--metrics-port` is set, and logs where. */
+async function startMetrics(
+  server: ChatServer,
+  config: ServerConfig,
+): Promise<MetricsServer | undefined> {
+  if (config.metricsPort === null) return undefined;
+  const metrics = new MetricsServer(server, {
+    hostname: config.metricsHost,
+    port: config.metricsPort,
+  });
+  let port: number;
+  try {
+    ({ port } = await metrics.listen());
+  } catch (error) {
+    throw new ListenError(config.metricsHost, config.metricsPort, error, "metrics");
+  }
+  const host = config.metricsHost.includes(":") ? `[${config.metricsHost}]` : config.metricsHost;
+  getLogger(["chat-server"]).info("metrics at http://{host}:{port}/metrics", { host, port });
+  return metrics;
 }
 
 /** Why the listener could not be bound, in words a person can act on. */

@@ -75,6 +75,10 @@ export interface ServerConfig {
   passwordFile?: string;
   /** Where the history database (`chat.db`) lives. */
   dataDir: string;
+  /** The plain-HTTP port of `/metrics` and `/healthz`; `null` when off (the default). */
+  metricsPort: number | null;
+  /** Address of the metrics port (default `127.0.0.1`). */
+  metricsHost: string;
   logLevel: typeof LOG_LEVELS[number];
   logFormat: typeof LOG_FORMATS[number];
   /** Generate certificates (if missing), print the fingerprint and exit. */
@@ -121,6 +125,10 @@ Options (flags win over environment variables, which win over defaults):
   --history-keep N          messages kept in history, 0 keeps none (default 100000)
   --max-auth-failures N     failed logins from one IP before it is locked out (default 5)
   --lockout SECS            lockout window and duration (default 60)
+  --metrics-port PORT|off    serve Prometheus /metrics and /healthz over plain HTTP on this
+                            port, 0 picks a free one (default off)
+  --metrics-host HOST       address of the metrics port; it has no authentication, keep it
+                            private (default 127.0.0.1)
   --log-level LEVEL         debug, info, warning or error (default info)
   --log-format FORMAT       text or json (default text)
   -h, --help                show this help
@@ -165,6 +173,8 @@ export function parseConfig(
     "key",
     "log-level",
     "log-format",
+    "metrics-port",
+    "metrics-host",
     ...Object.keys(NUMERIC_FLAGS),
   ];
   let values: Record<string, string | boolean | undefined>;
@@ -228,6 +238,31 @@ export function parseConfig(
     throw new ConfigError(`--web-port ${webPort} is the chat port too: pick another one, or off`);
   }
 
+  const metrics = flag("metrics-port") ?? "off";
+  let metricsPort: number | null;
+  try {
+    metricsPort = metrics.trim() === "off" ? null : parsePort(metrics, 0);
+  } catch {
+    throw new ConfigError(
+      `Invalid --metrics-port ${JSON.stringify(metrics)}: expected 0 to 65535, or off`,
+    );
+  }
+  if (metricsPort !== null && metricsPort !== 0 && [port, webPort].includes(metricsPort)) {
+    throw new ConfigError(
+      `--metrics-port ${metricsPort} is the ${metricsPort === port ? "chat" : "web"} port too: ` +
+        "pick another one",
+    );
+  }
+  let metricsHost: string;
+  try {
+    metricsHost = parseHost(flag("metrics-host") ?? "127.0.0.1");
+  } catch {
+    throw new ConfigError(`Invalid --metrics-host "": it is empty`);
+  }
+  if (flag("metrics-host") !== undefined && metricsPort === null) {
+    throw new ConfigError("--metrics-host needs --metrics-port");
+  }
+
   const certFile = flag("cert");
   const keyFile = flag("key");
   if ((certFile === undefined) !== (keyFile === undefined)) {
@@ -252,6 +287,8 @@ export function parseConfig(
     keyFile,
     passwordFile: flag("password-file"),
     dataDir: flag("data-dir") ?? "data",
+    metricsPort,
+    metricsHost,
     logLevel: logLevel as ServerConfig["logLevel"],
     logFormat: logFormat as ServerConfig["logFormat"],
     certsOnly: values["certs-only"] === true,
