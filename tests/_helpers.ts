@@ -75,9 +75,12 @@ export class TestClient implements AsyncDisposable {
     this.#pump = this.#run();
   }
 
-  /** Connects (and completes the TLS handshake). */
-  static async connect(port: number, options: { hostname?: string } = {}): Promise<TestClient> {
-    const { cert } = await testCerts();
+  /** Connects (and completes the TLS handshake); `cert`: the one to trust (default the test pair's). */
+  static async connect(
+    port: number,
+    options: { hostname?: string; cert?: string } = {},
+  ): Promise<TestClient> {
+    const cert = options.cert ?? (await testCerts()).cert;
     const conn = await Deno.connectTls({
       hostname: options.hostname ?? "127.0.0.1",
       port,
@@ -91,7 +94,7 @@ export class TestClient implements AsyncDisposable {
   static async login(
     port: number,
     password = PASSWORD,
-    options: { hostname?: string } = {},
+    options: { hostname?: string; cert?: string } = {},
   ): Promise<{ client: TestClient; reply: Frame }> {
     const client = await TestClient.connect(port, options);
     await client.send({ type: "auth", password });
