@@ -42,6 +42,27 @@
  * store.close();
  * ```
  *
+ * @example Reload the certificate and password without dropping anyone, and serve metrics
+ * ```ts
+ * import { ChatServer, ensureCertificates, MetricsServer } from "./mod.ts";
+ *
+ * const pair = await ensureCertificates({ certDir: "certs", host: "127.0.0.1" });
+ * await using server = new ChatServer({ cert: pair.certPem, key: pair.keyPem, password: "s3cret" });
+ * await server.listen();
+ * // Prometheus text at http://127.0.0.1:9464/metrics; /healthz is 503 once close() begins.
+ * await using metrics = new MetricsServer(server, { port: 9464 });
+ * await metrics.listen();
+ * // Later (main.ts does this on SIGHUP): new connections get the new pair and password; the
+ * // connected clients stay. A pair that does not match throws and changes nothing.
+ * const renewed = await ensureCertificates({ certDir: "certs-next", host: "127.0.0.1" });
+ * const { certificateChanged, fingerprint } = await server.reload({
+ *   cert: renewed.certPem,
+ *   key: renewed.keyPem,
+ *   password: "n3w s3cret",
+ * });
+ * console.log(certificateChanged, fingerprint);
+ * ```
+ *
  * @example Encode and decode frames
  * ```ts
  * import { decodeBody, encodeFrame, FrameDecoder } from "./mod.ts";
@@ -54,7 +75,15 @@
  *
  * @module
  */
-export { ChatServer, type ChatServerOptions, type ServerSnapshot } from "./src/server/server.ts";
+export {
+  ChatServer,
+  type ChatServerOptions,
+  type ConnectionStates,
+  type ReloadOptions,
+  type ReloadResult,
+  type ServerSnapshot,
+} from "./src/server/server.ts";
+export { MetricsServer, type MetricsServerOptions } from "./src/server/metrics.ts";
 export type { ServerStats } from "./src/server/stats.ts";
 export { type Asset, loadAssets, WEB_DIR } from "./src/web/gateway.ts";
 export {

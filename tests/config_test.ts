@@ -97,3 +97,34 @@ Deno.test("parseConfig rejects bad values with a message naming the flag", () =>
     });
   }
 });
+
+Deno.test("parseConfig: the metrics port is off by default, on 127.0.0.1 when set", () => {
+  const config = parseConfig([]);
+  assert.equal(config.metricsPort, null);
+  assert.equal(config.metricsHost, "127.0.0.1");
+  assert.equal(parseConfig(["--metrics-port", "9464"]).metricsPort, 9464);
+  assert.equal(parseConfig(["--metrics-port=0"]).metricsPort, 0);
+  assert.equal(parseConfig(["--metrics-port", "off"]).metricsPort, null);
+  const remote = parseConfig(["--metrics-port", "9464", "--metrics-host", "10.0.0.5"]);
+  assert.equal(remote.metricsHost, "10.0.0.5");
+});
+
+Deno.test("parseConfig rejects bad metrics flags with a message naming the flag", () => {
+  const cases: [string[], RegExp][] = [
+    [["--metrics-port", "70000"], /^Invalid --metrics-port "70000": expected 0 to 65535, or off$/],
+    [["--metrics-port", "x"], /^Invalid --metrics-port "x"/],
+    [["--metrics-port", "4000"], /^--metrics-port 4000 is the chat port too/],
+    [["--metrics-port", "4443"], /^--metrics-port 4443 is the web port too/],
+    [["--metrics-port", "9464", "--metrics-host", " "], /^Invalid --metrics-host/],
+    [["--metrics-host", "0.0.0.0"], /^--metrics-host needs --metrics-port$/],
+  ];
+  for (const [args, message] of cases) {
+    assert.throws(() => parseConfig(args), (error: Error) => {
+      assert.ok(error instanceof ConfigError);
+      assert.match(error.message, message, args.join(" "));
+      return true;
+    });
+  }
+  // The web port off frees its number for the metrics.
+  assert.equal(parseConfig(["--web-port", "off", "--metrics-port", "4443"]).metricsPort, 4443);
+});

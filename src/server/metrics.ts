@@ -183,11 +183,6 @@ export class MetricsServer implements AsyncDisposable {
     ({ registry: this.#registry, render: this.#render } = chatRegistry(() => server.stats()));
   }
 
-  /** The registry the metrics are in (to add your own to the same page). */
-  get registry(): Registry {
-    return this.#registry;
-  }
-
   /** The bound address; throws before {@link MetricsServer.listen}. */
   get addr(): Deno.NetAddr {
     if (!this.#http) throw new TypeError("MetricsServer is not listening");
