@@ -361,6 +361,92 @@ Deno.test("ensureCertificates says how to install openssl when it is missing", a
   });
 });
 
+/**
+ * Runs `code` as {@link runScript} does, but with stdin on a pseudo-terminal (util-linux
+ * `script`), where ensureCertificates must not spawn openssl without permission (it could prompt).
+ */
+async function runScriptOnTerminal(
+  dir: string,
+  code: string,
+  flags: string[],
+  env: Record<string, string>,
+): Promise<string> {
+  const script = join(dir, `script_${crypto.randomUUID()}.ts`);
+  await Deno.writeTextFile(script, code);
+  const quote = (word: string) => `'${word.replaceAll("'", `'\\''`)}'`;
+  // The shell that `script` starts finds nothing on the tested PATH: it is set for Deno only.
+  const command = [`PATH=${quote(env.PATH)}`, "exec", Deno.execPath(), "run", "--no-prompt"]
+    .concat("--no-config", "--quiet", ...flags, script).map((word, i) =>
+      i === 0 ? word : quote(word)
+    )
+    .join(" ");
+  const out = await new Deno.Command("script", {
+    args: ["-qefc", command, "/dev/null"],
+    cwd: dir,
+    env: { ...env, PATH: Deno.env.get("PATH") ?? "/usr/bin:/bin", TERM: "dumb" },
+    clearEnv: true,
+    stdin: "null",
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  assert.ok(out.success, decoder.decode(out.stderr) + decoder.decode(out.stdout));
+  return decoder.decode(out.stdout).replaceAll("\r", "").trim();
+}
+
+Deno.test({
+  name:
+    "ensureCertificates on a terminal without --allow-run says openssl is missing only when it is",
+  ignore: !(await commandWorks("script", ["--version"])),
+  async fn(t) {
+    await withTempDir(async (dir) => {
+      const certDir = join(dir, "certs");
+      const code = ensureScript({ certDir, host: "localhost" });
+      const path = Deno.env.get("PATH") ?? "/usr/bin:/bin";
+      const env = { PATH: path, HOME: Deno.env.get("HOME") ?? dir };
+      await t.step("installed (found on PATH): names the flag", async () => {
+        const out = await runScriptOnTerminal(dir, code, [
+          "--allow-read",
+          "--allow-write",
+          "--allow-env=PATH",
+        ], env);
+        assert.equal(out, "CertError: Cannot generate certificates: run with --allow-run=openssl");
+      });
+      await t.step("not on PATH: says it is not installed", async () => {
+        const empty = join(dir, "empty-bin");
+        await Deno.mkdir(empty);
+        const out = await runScriptOnTerminal(dir, code, [
+          "--allow-read",
+          "--allow-write",
+          "--allow-env=PATH",
+        ], {
+          ...env,
+          PATH: empty,
+        });
+        assert.match(
+          out,
+          /^CertError: Cannot generate certificates: openssl is not installed; install it/,
+        );
+      });
+      await t.step("PATH unreadable (no --allow-env=PATH): names both causes", async () => {
+        const out = await runScriptOnTerminal(dir, code, ["--allow-read", "--allow-write"], env);
+        assert.match(
+          out,
+          /openssl is not installed, or the server may not run it: if `openssl version` works, run with --allow-run=openssl; otherwise install it/,
+        );
+      });
+    });
+  },
+});
+
+async function commandWorks(command: string, args: string[]): Promise<boolean> {
+  try {
+    return (await new Deno.Command(command, { args, stdout: "null", stderr: "null" }).output())
+      .success;
+  } catch {
+    return false;
+  }
+}
+
 Deno.test("ensureCertificates names the missing permission flag without prompting", async (t) => {
   await withTempDir(async (dir) => {
     const certDir = join(dir, "certs");

@@ -1466,3 +1466,39 @@ Deno.test("scripted client: 500 piped lines all arrive, in order, paced to the s
     });
   }
 });
+
+Deno.test("scripted client: a line too large to send is named and the exit code is 5", async () => {
+  await using srv = await startServer();
+  const { client: reader } = await TestClient.login(srv.port);
+  await using _ = reader;
+  await using client = ClientProcess.client(
+    ["--port", String(srv.port), "--name", "ci", "--history", "0"],
+    await pinnedEnv(),
+  );
+  await client.write(`a\n${"x".repeat(70_000)}\nc\n`);
+  const run = await client.exited(30_000);
+  assert.equal(run.code, EXIT_UNCONFIRMED, run.stderr);
+  assert.match(
+    run.stderr,
+    new RegExp(`1 line of 3 not sent:\\n  line 2: "x{60}\\.\\.\\." \\(Cannot send message: `),
+  );
+  const got = [(await reader.recv()).content, (await reader.recv()).content];
+  assert.deepEqual(got, ["a", "c"]);
+});
+
+Deno.test("scripted client: \\r\\n ends a line; a lone \\r stays part of the message", async () => {
+  await using srv = await startServer();
+  const { client: reader } = await TestClient.login(srv.port);
+  await using _ = reader;
+  await using client = ClientProcess.client(
+    ["--port", String(srv.port), "--name", "ci", "--history", "0"],
+    await pinnedEnv(),
+  );
+  await client.write("one\r\ntwo\rstill two\nthree");
+  const run = await client.exited(30_000);
+  assert.equal(run.code, EXIT_OK, run.stderr);
+  const got = [];
+  for (let i = 0; i < 3; i++) got.push((await reader.recv()).content);
+  assert.deepEqual(got, ["one", "two\rstill two", "three"]);
+  assert.equal(await reader.tryRecv(200), null);
+});

@@ -222,8 +222,9 @@ async function clientRun(
   const { client: other } = await TestClient.login(srv.port);
   await using _ = other;
   const { fingerprint } = await testCerts();
-  const child = new Deno.Command("sh", {
-    args: ["-c", command],
+  // A process group of its own (setsid): killing it ends `deno task client` under `sh` too.
+  const child = new Deno.Command("setsid", {
+    args: ["sh", "-c", command],
     cwd: project.dir,
     env: { ...ENV, PORT: String(srv.port), CHAT_SERVER_FINGERPRINT: fingerprint },
     clearEnv: true,
@@ -243,7 +244,7 @@ async function clientRun(
     assert.equal(code, 0, output);
   } finally {
     try {
-      child.kill("SIGKILL");
+      Deno.kill(-child.pid, "SIGKILL");
     } catch {
       // Already gone.
     }
@@ -508,4 +509,38 @@ Deno.test("README commands run as written (with the listed substitutions)", asyn
     );
     assert.deepEqual(failures, []);
   });
+});
+
+Deno.test("clientRun leaves nothing running when its check fails", async () => {
+  const pidFile = await Deno.makeTempFile({ prefix: "readme-pid-" });
+  const pid = () => Number(Deno.readTextFileSync(pidFile).trim());
+  const alive = () => {
+    try {
+      return !/^State:\s+Z/m.test(Deno.readTextFileSync(`/proc/${pid()}/status`));
+    } catch {
+      return false;
+    }
+  };
+  // As `deno task client` under `sh`: a child of the shell that outlives a kill of the shell.
+  const run = clientRun(`sleep 300 & echo $! > '${pidFile}'; wait`, async () => {
+    assert.ok(await waitFor(() => pid() > 0, 5000));
+    throw new Error("the check failed");
+  });
+  // Left running, the child would hold clientRun's pipes open: it would not return.
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const late = new Promise<never>((_, reject) => {
+    timer = setTimeout(
+      () => reject(new Error("clientRun did not return: a child is left")),
+      10_000,
+    );
+  });
+  try {
+    await assert.rejects(Promise.race([run, late]), /the check failed/);
+    assert.ok(await waitFor(() => !alive(), 2000), `process ${pid()} is still running`);
+  } finally {
+    clearTimeout(timer);
+    if (pid() > 0 && alive()) Deno.kill(pid(), "SIGKILL");
+    await run.catch(() => {});
+    await Deno.remove(pidFile);
+  }
 });

@@ -32,7 +32,7 @@ function shellQuote(word: string): string {
   return `'${word.replaceAll("'", `'\\''`)}'`;
 }
 
-/** One tmux server of its own (private socket), one 80x24 pane running `command`. */
+/** One tmux server of its own (private socket), one pane (80x24 by default) running `command`. */
 class Tmux implements AsyncDisposable {
   #socket: string;
   #dir: string;
@@ -42,7 +42,11 @@ class Tmux implements AsyncDisposable {
     this.#socket = `${dir}/tmux.sock`;
   }
 
-  static async start(command: string, env: Record<string, string>): Promise<Tmux> {
+  static async start(
+    command: string,
+    env: Record<string, string>,
+    size: { columns: number; rows: number } = { columns: 80, rows: 24 },
+  ): Promise<Tmux> {
     const dir = await Deno.makeTempDir({ prefix: "chat-tmux-" });
     const tmux = new Tmux(dir);
     const exports = Object.entries({ NO_COLOR: "1", ...env })
@@ -52,9 +56,9 @@ class Tmux implements AsyncDisposable {
       "new-session",
       "-d",
       "-x",
-      "80",
+      String(size.columns),
       "-y",
-      "24",
+      String(size.rows),
       `${exports} ${command}; echo "exit $?"; sleep 60`,
     );
     await tmux.run("set-option", "-g", "history-limit", "5000");
@@ -96,6 +100,11 @@ class Tmux implements AsyncDisposable {
 
   key(name: string): Promise<string> {
     return this.run("send-keys", name);
+  }
+
+  /** The path of a file in the pane's own temporary folder. */
+  file(name: string): string {
+    return `${this.#dir}/${name}`;
   }
 
   /** The pane's terminal device: writing to it is like the program printing. */
@@ -282,6 +291,182 @@ Deno.test({
       await writer.close().catch(() => {});
       await reading;
       await child.status;
+    }
+  },
+});
+
+/**
+ * A pane command that runs `command` (shell words), writing its process id to `pidFile`, and
+ * then shows the terminal's mode as `stty: icanon echo` (or `-icanon -echo` if left raw).
+ */
+function watched(command: string, pidFile: string): string {
+  return `(sh -c 'echo $$ > ${shellQuote(pidFile)}; exec "$@"' sh ${command}; rc=$?; ` +
+    `printf 'stty:'; stty -a | tr ' ;' '\\n\\n' | grep -E '^-?(icanon|echo)$' | ` +
+    `tr '\\n' ' '; echo; exit $rc)`;
+}
+
+async function pidOf(pidFile: string): Promise<number> {
+  assert.ok(await waitFor(() => existsSync(pidFile), 5000), "no pid file");
+  return Number((await Deno.readTextFile(pidFile)).trim());
+}
+
+function serverCommand(certDir: string, dataDir: string): string {
+  return [Deno.execPath(), "run", "-A", MAIN, "--port", "0", "--cert-dir", certDir]
+    .concat("--data-dir", dataDir, "--web-port", "off").map(shellQuote).join(" ");
+}
+
+Deno.test({
+  name: "tty: messages stay on screen while the input holds emoji narrow (🖥) or wide (🚀)",
+  ignore: !HAS_TMUX,
+  async fn() {
+    await using srv = await startServer();
+    await using term = await Tmux.start(
+      clientCommand(["--port", String(srv.port), "--name", "tty", "--history", "0"]),
+      await pinnedEnv(),
+    );
+    await term.waitFor(/^tty>/m);
+    const { client: other } = await TestClient.login(srv.port);
+    await using _ = other;
+    // 🖥 (U+1F5A5) takes one column, 🚀 (U+1F680) two: 50 of the first fit on one row with the
+    // prompt, 40 of the second take two.
+    for (const [typed, first] of [["🖥".repeat(50), 1], ["🚀".repeat(40), 3]] as const) {
+      await term.type(typed);
+      await term.waitFor(new RegExp(`${typed.slice(-4)}`));
+      for (let i = first; i < first + 2; i++) {
+        await other.send({ type: "message", content: `m${i}`, sender: "bob" });
+        await term.waitFor(new RegExp(`bob: m${i}$`, "m"));
+      }
+      await delay(200);
+      const screen = await term.screen();
+      for (let i = first; i < first + 2; i++) {
+        assert.match(screen, new RegExp(`bob: m${i}$`, "m"), `m${i} was erased:\n${screen}`);
+      }
+      assert.equal(inputOf(screen, "tty>"), typed, `input not intact:\n${screen}`);
+      await term.key("C-u");
+    }
+    await term.key("C-c");
+    assert.match(await term.waitFor(/exit \d+/), /exit 0/);
+  },
+});
+
+Deno.test({
+  name: "tty: the reflowed input leaves no stale row after a resize; Esc alone swallows no key",
+  ignore: !HAS_TMUX,
+  async fn() {
+    await using srv = await startServer();
+    await using term = await Tmux.start(
+      clientCommand(["--port", String(srv.port), "--name", "tty", "--history", "0"]),
+      await pinnedEnv(),
+    );
+    await term.waitFor(/^tty>/m);
+    const typed = "y".repeat(100);
+    await term.type(typed);
+    await term.waitFor(/y{20}$/m);
+    await term.run("resize-window", "-x", "40", "-y", "24");
+    await delay(500);
+    let screen = await term.screen();
+    assert.equal(screen.split("\n").filter((row) => row.startsWith("tty>")).length, 1, screen);
+    assert.equal(inputOf(screen, "tty>"), typed, `input not intact:\n${screen}`);
+    await term.key("Escape");
+    await delay(300);
+    await term.type("z");
+    screen = await term.waitFor(/z$/m);
+    assert.equal(inputOf(screen, "tty>"), `${typed}z`, screen);
+    await term.key("C-u");
+    await term.key("C-c");
+    assert.match(await term.waitFor(/exit \d+/), /exit 0/);
+  },
+});
+
+Deno.test({
+  name: "tty: SIGINT or SIGTERM during a chat restores the terminal; exit 130 or 143",
+  ignore: !HAS_TMUX,
+  async fn(t) {
+    await using srv = await startServer();
+    for (const [signal, code] of [["SIGINT", 130], ["SIGTERM", 143]] as const) {
+      await t.step(signal, async () => {
+        const pidFile = await Deno.makeTempFile({ prefix: "chat-tty-pid-" });
+        await Deno.remove(pidFile);
+        try {
+          await using term = await Tmux.start(
+            watched(
+              clientCommand(["--port", String(srv.port), "--name", "tty", "--history", "0"]),
+              pidFile,
+            ),
+            await pinnedEnv(),
+          );
+          await term.waitFor(/^tty>/m);
+          await term.type("typing");
+          Deno.kill(await pidOf(pidFile), signal);
+          const screen = await term.waitFor(/exit \d+/);
+          assert.match(screen, new RegExp(`exit ${code}`), screen);
+          assert.match(screen, /^stty:icanon echo *$/m, screen);
+        } finally {
+          await Deno.remove(pidFile).catch(() => {});
+        }
+      });
+    }
+  },
+});
+
+Deno.test({
+  name: "tty: SIGTERM at the server's password prompt restores the terminal; exit 143",
+  ignore: !HAS_TMUX,
+  async fn() {
+    const { dir } = await testCerts();
+    const data = await Deno.makeTempDir({ prefix: "chat-tty-data-" });
+    try {
+      await using term = await Tmux.start(watched(serverCommand(dir, data), `${data}/pid`), {});
+      await term.waitFor(/Enter server password:/);
+      Deno.kill(await pidOf(`${data}/pid`), "SIGTERM");
+      const screen = await term.waitFor(/exit \d+/);
+      assert.match(screen, /exit 143/, screen);
+      assert.match(screen, /^stty:icanon echo *$/m, screen);
+    } finally {
+      await Deno.remove(data, { recursive: true });
+    }
+  },
+});
+
+Deno.test({
+  name: "tty: the password prompt is not redrawn where it would wrap, nor into a redirected stderr",
+  ignore: !HAS_TMUX,
+  async fn(t) {
+    const { dir } = await testCerts();
+    const data = await Deno.makeTempDir({ prefix: "chat-tty-data-" });
+    try {
+      await t.step("a 16-column pane does not fill with prompts", async () => {
+        await using term = await Tmux.start(serverCommand(dir, data), {}, {
+          columns: 16,
+          rows: 24,
+        });
+        await term.waitFor(/Enter server pas/);
+        await delay(300);
+        const before = await term.screen();
+        await delay(1200); // six redraws
+        const after = await term.screen();
+        assert.equal(after.trimEnd(), before.trimEnd());
+      });
+      await t.step("stderr to a file gets the prompt once", async () => {
+        const log = `${data}/stderr.txt`;
+        await using term = await Tmux.start(
+          `${watched(`${serverCommand(dir, data)} 2>${shellQuote(log)}`, `${data}/pid`)}`,
+          {},
+        );
+        assert.ok(
+          await waitFor(
+            () => existsSync(log) && Deno.readTextFileSync(log).includes("password"),
+            10_000,
+          ),
+        );
+        await delay(1000);
+        Deno.kill(await pidOf(`${data}/pid`), "SIGTERM");
+        await term.waitFor(/exit \d+/);
+        const text = await Deno.readTextFile(log);
+        assert.equal(text.split("Enter server password:").length - 1, 1, text);
+      });
+    } finally {
+      await Deno.remove(data, { recursive: true });
     }
   },
 });

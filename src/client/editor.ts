@@ -9,13 +9,23 @@
  * length. A line longer than half the screen shows the part around the cursor, with `…` where
  * text is hidden.
  *
- * Keys: Enter sends; Backspace, Delete, Left/Right, Home/End (and Ctrl-A/E/B/F), Ctrl-U/K/W
- * edit; Up/Down walk through the lines sent; Ctrl-C clears a line with text and quits on an
- * empty one; Ctrl-D quits on an empty line (deletes under the cursor otherwise). Each line of a
- * (bracketed) paste is sent as it was typed.
+ * Keys: Enter sends; Backspace, Delete, Left/Right, Home/End (and Ctrl-A/E/B/F), Alt-Left/Right
+ * (and Ctrl-Left/Right, Alt-B/F: a word), Ctrl-U/K/W edit; Up/Down walk through the lines sent;
+ * Ctrl-C clears a line with text and quits on an empty one; Ctrl-D quits on an empty line
+ * (deletes under the cursor otherwise). Each line of a bracketed paste is sent as a line; inside
+ * a paste no other control character is a command (they are dropped), so a pasted Ctrl-C or
+ * Ctrl-D never quits. A lone Esc is a key of its own once {@link LineEditor.expireEscape} says
+ * no more of a sequence came in time.
+ *
+ * Widths: the cursor moves and the text wraps by grapheme cluster (an emoji ZWJ sequence, a
+ * letter with its combining marks, a flag), each as wide as `npm:string-width` says (East Asian
+ * Wide and Fullwidth, emoji presentation: 2 columns; marks and zero-width characters: 0), which
+ * is what terminals draw.
  *
  * @module
  */
+
+import stringWidth from "string-width";
 
 /** What the editor asks of the terminal. */
 export interface EditorScreen {
@@ -33,47 +43,66 @@ export type EditorEvent =
 const ESC = "\x1b";
 /** Lines kept for Up/Down. */
 const HISTORY_SIZE = 100;
+/** UTF-16 units looked at around an index to find the grapheme cluster there. */
+const CLUSTER_SPAN = 64;
 
 // Shown as `?` in the input line: controls that could move the cursor or reorder the text.
 // deno-lint-ignore no-control-regex
 const UNSAFE_SHOWN = /[\u0000-\u001f\u007f-\u009f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069]/;
-const ZERO_WIDTH = /^[\p{Mn}\p{Me}\u200b\u200d\ufe0f]$/u;
+const UNSAFE_SHOWN_ALL = new RegExp(UNSAFE_SHOWN.source, "g");
+const SEGMENTER = new Intl.Segmenter();
+/**
+ * Written when a row is full: the terminal keeps the cursor on the full row until the next
+ * character, so a space starts the next row (as a wrap, not a new line: a terminal that rewraps
+ * on resize keeps the text one line) and `\r` goes back over it, to be overwritten.
+ */
+const WRAP = " \r";
 
-/** Columns a character takes on a terminal: 0 (combining), 2 (wide: CJK, emoji) or 1. */
-export function charWidth(char: string): number {
-  const code = char.codePointAt(0)!;
-  if (code < 0x300) return 1;
-  if (ZERO_WIDTH.test(char)) return 0;
-  if (
-    (code >= 0x1100 && code <= 0x115f) || (code >= 0x2e80 && code <= 0x303e) ||
-    (code >= 0x3041 && code <= 0x33ff) || (code >= 0x3400 && code <= 0x4dbf) ||
-    (code >= 0x4e00 && code <= 0x9fff) || (code >= 0xa000 && code <= 0xa4cf) ||
-    (code >= 0xac00 && code <= 0xd7a3) || (code >= 0xf900 && code <= 0xfaff) ||
-    (code >= 0xfe30 && code <= 0xfe4f) || (code >= 0xff00 && code <= 0xff60) ||
-    (code >= 0xffe0 && code <= 0xffe6) || (code >= 0x1f300 && code <= 0x1f64f) ||
-    (code >= 0x1f900 && code <= 0x1f9ff) || (code >= 0x20000 && code <= 0x3fffd)
-  ) {
-    return 2;
+/** Whether UTF-16 unit `code` is printable ASCII (always a grapheme cluster of its own, 1 column). */
+function isPlainAscii(code: number): boolean {
+  return code >= 0x20 && code < 0x7f;
+}
+
+/**
+ * Columns a grapheme cluster (or any text without controls) takes on a terminal: 0 (combining
+ * marks, zero-width characters), 2 (East Asian Wide or Fullwidth, emoji presentation, e.g. 🚀,
+ * 中, 👨‍👩‍👧) or 1 (e.g. a, é, 🖥 without a variation selector), added up over the clusters.
+ */
+export function textWidth(text: string): number {
+  if (text.length === 1 && isPlainAscii(text.charCodeAt(0))) return 1;
+  return stringWidth(text);
+}
+
+/** The cluster as drawn (controls as `?`, a tab as a space) and its width in columns. */
+function shown(cluster: string): { text: string; width: number } {
+  if (cluster.length === 1 && isPlainAscii(cluster.charCodeAt(0))) {
+    return { text: cluster, width: 1 };
   }
-  return 1;
+  if (cluster === "\t") return { text: " ", width: 1 };
+  const text = UNSAFE_SHOWN.test(cluster) ? cluster.replace(UNSAFE_SHOWN_ALL, "?") : cluster;
+  return { text, width: stringWidth(text) };
 }
 
-function shown(char: string): string {
-  if (char === "\t") return " ";
-  return UNSAFE_SHOWN.test(char) ? "?" : char;
-}
-
-/** Length in UTF-16 units of the character ending at `index`. */
+/** Length in UTF-16 units of the grapheme cluster ending at `index`. */
 function lengthBefore(text: string, index: number): number {
-  const low = text.charCodeAt(index - 1);
-  const high = text.charCodeAt(index - 2);
-  return index >= 2 && low >= 0xdc00 && low <= 0xdfff && high >= 0xd800 && high <= 0xdbff ? 2 : 1;
+  if (index <= 0) return 0;
+  if (isPlainAscii(text.charCodeAt(index - 1))) return 1; // nothing extends an ASCII character
+  const from = Math.max(0, index - CLUSTER_SPAN);
+  let last = 1;
+  for (const { segment } of SEGMENTER.segment(text.slice(from, index))) last = segment.length;
+  return last;
 }
 
-/** Length in UTF-16 units of the character starting at `index`. */
+/** Length in UTF-16 units of the grapheme cluster starting at `index`. */
 function lengthAt(text: string, index: number): number {
-  const code = text.codePointAt(index);
-  return code !== undefined && code > 0xffff ? 2 : 1;
+  if (index >= text.length) return 0;
+  const next = text.charCodeAt(index + 1);
+  if (isPlainAscii(text.charCodeAt(index)) && (index + 1 === text.length || next < 0x300)) {
+    return 1;
+  }
+  const first = SEGMENTER.segment(text.slice(index, index + CLUSTER_SPAN))[Symbol.iterator]()
+    .next();
+  return first.done ? 1 : first.value.segment.length;
 }
 
 /** The input line, its history, and what is drawn of it. Produces terminal output as text. */
@@ -88,11 +117,17 @@ export class LineEditor {
   #draft = "";
   /** Escape sequence being read (across chunks), or `undefined`. */
   #escape?: string;
+  /** Whether the sequence being read came after an extra Esc (Alt held, on some terminals). */
+  #alt = false;
+  /** Whether a bracketed paste is coming in (between `ESC [200~` and `ESC [201~`). */
+  #pasting = false;
   #lastWasCr = false;
   /** Whether the line is on screen. */
   #drawn = false;
   /** Rows from the first row of the prompt to the cursor, as drawn. */
   #cursorRow = 0;
+  /** The cursor's column, as drawn. */
+  #cursorCol = 0;
   /** Where the end of the drawn text is (for typing at the end without redrawing). */
   #end = { row: 0, col: 0, width: 0 };
   /** Whether the whole line is drawn (not a window of it). */
@@ -111,6 +146,37 @@ export class LineEditor {
   /** The line being typed. */
   get line(): string {
     return this.#line;
+  }
+
+  /**
+   * Whether a lone Esc was read: the caller should call {@link expireEscape} if nothing more
+   * comes in a short while (the rest of an arrow key's sequence may still be on its way).
+   */
+  get escapePending(): boolean {
+    return this.#escape === ESC;
+  }
+
+  /** Takes a lone Esc read earlier as the Esc key (which does nothing), not as a prefix. */
+  expireEscape(): void {
+    if (this.#escape === ESC) {
+      this.#escape = undefined;
+      this.#alt = false;
+    }
+  }
+
+  /**
+   * Output that draws the line again after the terminal changed width. The terminal has rewrapped
+   * the rows drawn (as tmux, VTE, kitty, iTerm2 and Windows Terminal do), so the cursor's row is
+   * now its place in the text divided by the new width.
+   */
+  resize(): string {
+    const columns = Math.max(2, this.#screen.columns());
+    if (this.#drawn && columns !== this.#end.width) {
+      this.#cursorRow = Math.floor(
+        (this.#cursorRow * this.#end.width + this.#cursorCol) / columns,
+      );
+    }
+    return this.draw();
   }
 
   /** Output that erases the drawn prompt and line, leaving the cursor where they began. */
@@ -132,26 +198,25 @@ export class LineEditor {
     let row = 0;
     let col = 0;
     let cursor = { row: 0, col: 0 };
-    const place = (char: string, width: number) => {
+    const place = ({ text, width }: { text: string; width: number }) => {
       if (width > 0 && col + width > columns) {
         row++;
         col = 0;
       }
-      out += char;
+      out += text;
       col += width;
     };
-    for (const char of this.#prompt) place(char, charWidth(char));
-    if (start > 0) place("…", 1);
+    for (const { segment } of SEGMENTER.segment(this.#prompt)) place(shown(segment));
+    if (start > 0) place({ text: "…", width: 1 });
     for (let i = start; i < end;) {
       if (i === this.#cursor) cursor = col >= columns ? { row: row + 1, col: 0 } : { row, col };
-      const char = String.fromCodePoint(this.#line.codePointAt(i)!);
-      place(shown(char), charWidth(char));
-      i += char.length;
+      const length = lengthAt(this.#line, i);
+      place(shown(this.#line.slice(i, i + length)));
+      i += length;
     }
-    if (end < this.#line.length) place("…", 1);
+    if (end < this.#line.length) place({ text: "…", width: 1 });
     if (col >= columns) {
-      // The terminal holds the cursor on the full row until the next character: move it on.
-      out += "\r\n";
+      out += WRAP;
       row++;
       col = 0;
     }
@@ -162,6 +227,7 @@ export class LineEditor {
     }
     this.#end = { row, col, width: columns };
     this.#cursorRow = cursor.row;
+    this.#cursorCol = cursor.col;
     this.#drawn = true;
     return out;
   }
@@ -181,7 +247,9 @@ export class LineEditor {
     };
     for (let i = 0; i < text.length; i++) {
       const char = text[i];
-      if (this.#escape !== undefined) {
+      // In a paste, an Esc that starts no CSI sequence is dropped and what follows it is text.
+      const pastedEsc = this.#pasting && this.#escape === ESC && char !== "[";
+      if (this.#escape !== undefined && !pastedEsc) {
         this.#escape += char;
         const action = this.#readEscape();
         if (action) {
@@ -190,6 +258,7 @@ export class LineEditor {
         }
         continue;
       }
+      if (pastedEsc) this.#escape = undefined;
       const code = char.charCodeAt(0);
       const cr = this.#lastWasCr;
       this.#lastWasCr = char === "\r";
@@ -198,6 +267,8 @@ export class LineEditor {
         typed += char;
         continue;
       }
+      // Pasted controls other than line ends (and the Esc of the paste's end) are not keys.
+      if (this.#pasting && char !== "\r" && char !== "\n" && char !== ESC) continue;
       flush();
       if (char === "\r" || char === "\n") {
         const line = this.#line;
@@ -239,6 +310,8 @@ export class LineEditor {
    */
   #insert(text: string, fast: boolean): boolean {
     const atEnd = this.#cursor === this.#line.length;
+    // Text that may join the cluster before it (a combining mark, a ZWJ) is drawn again whole.
+    if (!isPlainAscii(text.charCodeAt(0))) fast = false;
     this.#line = this.#line.slice(0, this.#cursor) + text + this.#line.slice(this.#cursor);
     this.#cursor += text.length;
     this.#walk = this.#history.length;
@@ -249,16 +322,18 @@ export class LineEditor {
     const cells = columns * Math.max(1, Math.floor(this.#screen.rows() / 2)) - 1;
     let { row, col } = this.#end;
     let out = "";
-    for (const char of text) {
-      const width = charWidth(char);
+    for (let i = 0; i < text.length;) {
+      const length = lengthAt(text, i);
+      const { text: drawn, width } = shown(text.slice(i, i + length));
+      i += length;
       if (width > 0 && col + width > columns) {
         row++;
         col = 0;
       }
-      out += shown(char);
+      out += drawn;
       col += width;
       if (col >= columns) {
-        out += "\r\n";
+        out += WRAP;
         row++;
         col = 0;
       }
@@ -268,6 +343,7 @@ export class LineEditor {
     this.#write(out);
     this.#end = { row, col, width: columns };
     this.#cursorRow = row;
+    this.#cursorCol = col;
     return true;
   }
 
@@ -325,8 +401,17 @@ export class LineEditor {
     const seq = this.#escape!;
     if (seq.length === 2) {
       if (seq[1] === "[" || seq[1] === "O") return undefined;
-      this.#escape = undefined; // Alt+key: ignored
-      return () => false;
+      if (seq[1] === ESC && !this.#alt) {
+        // Esc before a sequence: Alt with that key, as some terminals send Alt-Left.
+        this.#escape = ESC;
+        this.#alt = true;
+        return undefined;
+      }
+      this.#escape = undefined;
+      this.#alt = false;
+      if (seq[1] === "b") return () => this.#wordLeft();
+      if (seq[1] === "f") return () => this.#wordRight();
+      return () => false; // other Alt+key: ignored
     }
     const last = seq.charCodeAt(seq.length - 1);
     if (seq[1] === "[" && !(last >= 0x40 && last <= 0x7e)) {
@@ -335,6 +420,17 @@ export class LineEditor {
     }
     this.#escape = undefined;
     const key = seq.slice(2);
+    const alt = this.#alt;
+    this.#alt = false;
+    if (this.#pasting) {
+      if (key === "201~") this.#pasting = false;
+      return () => false; // no key inside a paste
+    }
+    if (alt || key === "1;3D" || key === "1;5D" || key === "1;3C" || key === "1;5C") {
+      if (key.endsWith("D")) return () => this.#wordLeft();
+      if (key.endsWith("C")) return () => this.#wordRight();
+      return () => false;
+    }
     switch (key) {
       case "A":
         return () => this.#walkHistory(-1);
@@ -354,7 +450,10 @@ export class LineEditor {
         return () => this.#moveTo(this.#line.length);
       case "3~":
         return () => this.#deleteForward();
-      default: // bracketed paste markers (200~, 201~) and keys without a use here
+      case "200~":
+        this.#pasting = true;
+        return () => false;
+      default: // the end of a paste without its start, and keys without a use here
         return () => false;
     }
   }
@@ -369,6 +468,14 @@ export class LineEditor {
     if (this.#cursor >= this.#line.length) return false;
     this.#cursor += lengthAt(this.#line, this.#cursor);
     return true;
+  }
+
+  #wordLeft(): boolean {
+    return this.#moveTo(this.#line.slice(0, this.#cursor).replace(/\S*\s*$/, "").length);
+  }
+
+  #wordRight(): boolean {
+    return this.#moveTo(this.#cursor + /^\s*\S*/.exec(this.#line.slice(this.#cursor))![0].length);
   }
 
   #moveTo(index: number): boolean {
@@ -413,7 +520,7 @@ export class LineEditor {
   /** The part of the line shown: all of it if it fits in `cells`, else a window on the cursor. */
   #window(cells: number): { start: number; end: number } {
     let budget = cells;
-    for (const char of this.#prompt) budget -= charWidth(char);
+    budget -= textWidth(this.#prompt);
     budget = Math.max(4, budget);
     const line = this.#line;
     // Walk back from the cursor, then forward, until the budget is spent.
@@ -421,7 +528,7 @@ export class LineEditor {
     let used = 0;
     while (start > 0) {
       const length = lengthBefore(line, start);
-      const width = charWidth(line.slice(start - length, start));
+      const width = shown(line.slice(start - length, start)).width;
       if (used + width > budget - 1) break;
       used += width;
       start -= length;
@@ -429,7 +536,7 @@ export class LineEditor {
     let end = this.#cursor;
     while (end < line.length) {
       const length = lengthAt(line, end);
-      const width = charWidth(line.slice(end, end + length));
+      const width = shown(line.slice(end, end + length)).width;
       if (used + width > budget - (start > 0 ? 2 : 1)) break;
       used += width;
       end += length;

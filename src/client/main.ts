@@ -41,7 +41,8 @@
  *
  * Exit codes: 0 ok; 1 usage or configuration error; 2 connection failed; 3 fingerprint mismatch
  * (password not sent); 4 password refused or address locked out; 5 scripted lines not confirmed
- * by a version 2 server (they are named); 130 Ctrl-C at the password prompt.
+ * by a version 2 server (they are named); 130 Ctrl-C at the password prompt; 129, 130, 143
+ * stopped by SIGHUP, SIGINT, SIGTERM (the terminal restored first).
  *
  * @module
  */
@@ -53,6 +54,7 @@ import { DEFAULT_SENDER, type JsonObject, parseChat } from "../protocol/mod.ts";
 import { ClientError, EXIT_OK, EXIT_USAGE } from "./exit.ts";
 import { readFingerprintFile } from "./pin.ts";
 import { formatFingerprint, normalizeFingerprint } from "../common/fingerprint.ts";
+import { signalExitCode } from "../common/prompt.ts";
 import { formatOwn, plural, sanitize } from "./format.ts";
 import { ChatLink, messageFrame } from "./link.ts";
 import { INTERACTIVE_HELP, parseInput, promptHidden, TerminalUi } from "./tty.ts";
@@ -93,7 +95,8 @@ Options:
 Password: env CHAT_SERVER_PASSWORD, else a hidden prompt (terminal only).
 Exit codes: 0 ok, 1 usage/config error, 2 connection failed, 3 fingerprint mismatch,
             4 password refused or locked out, 5 lines not confirmed by the server,
-            130 cancelled at the password prompt.`;
+            130 cancelled at the password prompt; 129/130/143 stopped by
+            SIGHUP/SIGINT/SIGTERM.`;
 
 /** Parsed command line and environment. */
 export interface ClientOptions {
@@ -331,8 +334,11 @@ async function run(args: string[]): Promise<number> {
       status(`Logged in to ${where}${pin ? " (certificate matches the pinned fingerprint)" : ""}`),
   });
   await link.start();
-  if (ui) await runInteractive(link, ui, view, options.name);
-  else {
+  if (ui) {
+    await runInteractive(link, ui, view, options.name);
+    // Stopped by a signal: the terminal is restored; the exit code says which, as a shell's.
+    if (ui.endedBy) return signalExitCode(ui.endedBy);
+  } else {
     await runScripted(link, {
       name: options.name,
       lingerMs: options.lingerMs,

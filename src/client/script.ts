@@ -1,16 +1,17 @@
 /**
  * Scripted mode of the chat client (stdin is not a terminal): every non-blank stdin line is sent
  * as one message; the client ends once stdin has ended and its messages are written, or after
- * lingering a while longer to receive.
+ * lingering a while longer to receive. Lines end with `\n` or `\r\n`; a `\r` anywhere else is
+ * part of the message.
  *
  * With a version 2 server "written" is not enough: the client waits (through reconnects, up to
  * a timeout) until the server acked every line, and fails naming the lines it did not, so a
- * script's exit code says whether its messages were delivered.
+ * script's exit code says whether its messages were delivered. A line too large to send counts
+ * as not delivered, whatever the server.
  *
  * @module
  */
 
-import readline from "node:readline";
 import process from "node:process";
 import type { JsonObject } from "../protocol/mod.ts";
 import { type ChatLink, messageFrame } from "./link.ts";
@@ -23,6 +24,11 @@ export const ACK_TIMEOUT_MS = 30_000;
 const LINES_SHOWN = 5;
 /** Characters quoted of each such line. */
 const LINE_CHARS = 60;
+/**
+ * Characters kept of one input line: more is never sendable (a frame holds 64 KiB), and the
+ * rest of such a line is only counted, so a huge input without line ends takes no memory.
+ */
+const MAX_LINE_CHARS = 1 << 20;
 
 /** Options of {@link runScripted}. */
 export interface ScriptOptions {
@@ -41,6 +47,54 @@ export interface ScriptOptions {
   warn(text: string): void;
 }
 
+/** A line that could not be sent. */
+interface Skipped {
+  number: number;
+  text: string;
+  reason: string;
+}
+
+/**
+ * The lines of `input` (ending with `\n` or `\r\n`, the last one maybe without), numbered from 1,
+ * each cut to {@link MAX_LINE_CHARS} (`cut` says so).
+ */
+async function* readLines(
+  input: NodeJS.ReadableStream,
+): AsyncGenerator<{ number: number; text: string; cut: boolean }> {
+  const decoder = new TextDecoder();
+  let pending = "";
+  let cut = false;
+  let number = 0;
+  const line = () => {
+    const text = pending.endsWith("\r") && !cut ? pending.slice(0, -1) : pending;
+    pending = "";
+    const result = { number: ++number, text, cut };
+    cut = false;
+    return result;
+  };
+  for await (const chunk of input) {
+    let text = typeof chunk === "string" ? chunk : decoder.decode(chunk as Uint8Array, {
+      stream: true,
+    });
+    let end;
+    while ((end = text.indexOf("\n")) >= 0) {
+      append(text.slice(0, end));
+      text = text.slice(end + 1);
+      yield line();
+    }
+    append(text);
+  }
+  append(decoder.decode());
+  if (pending !== "" || cut) yield line();
+
+  function append(text: string): void {
+    if (pending.length + text.length > MAX_LINE_CHARS) {
+      pending += text.slice(0, MAX_LINE_CHARS - pending.length);
+      cut = true;
+    } else pending += text;
+  }
+}
+
 /**
  * Sends stdin lines over `link` until stdin ends, waits until they are written (acked, with a
  * version 2 server), lingers, and closes the link.
@@ -49,24 +103,26 @@ export interface ScriptOptions {
  * or `EXIT_UNCONFIRMED` if the server did not ack every line in time or refused some.
  */
 export async function runScripted(link: ChatLink, options: ScriptOptions): Promise<void> {
-  const lines = readline.createInterface({
-    input: options.input ?? process.stdin,
-    crlfDelay: Infinity,
-    terminal: false,
-  });
   let failure: ClientError | undefined;
   const failed = link.failed.then((error) => failure = error);
   const lineNumbers = new Map<JsonObject, number>();
+  const skipped: Skipped[] = [];
+  const input = options.input ?? process.stdin;
   const reading = (async () => {
-    let number = 0;
-    for await (const line of lines) {
-      number++;
+    for await (const { number, text: line, cut } of readLines(input)) {
       if (line.trim() === "") continue;
       let frame;
       try {
+        if (cut) {
+          throw new RangeError(
+            `Cannot send message: more than ${MAX_LINE_CHARS} characters exceeds the server's limit`,
+          );
+        }
         frame = messageFrame(line, options.name);
       } catch (error) {
-        options.warn(`Skipped line ${number}: ${(error as Error).message}`);
+        const reason = (error as Error).message;
+        options.warn(`Skipped line ${number}: ${reason}`);
+        skipped.push({ number, text: line, reason });
         continue;
       }
       lineNumbers.set(frame, number);
@@ -82,11 +138,16 @@ export async function runScripted(link: ChatLink, options: ScriptOptions): Promi
     else if (!failure) await Promise.race([link.flushed(), failed]);
     if (!failure && options.lingerMs > 0) await within(failed, options.lingerMs);
   } finally {
-    lines.close();
+    if ("destroy" in input && typeof input.destroy === "function") input.destroy();
     await link.close();
   }
   if (failure) throw failure;
-  const problem = unconfirmedReport(link, lineNumbers, timedOut ? ackTimeoutMs : undefined);
+  const problem = unconfirmedReport(
+    link,
+    lineNumbers,
+    skipped,
+    timedOut ? ackTimeoutMs : undefined,
+  );
   if (problem) throw new ClientError(EXIT_UNCONFIRMED, problem);
 }
 
@@ -105,19 +166,29 @@ async function within(
   }
 }
 
-/** Says which lines were refused or never acked; `undefined` when all are confirmed. */
+/**
+ * Says which lines were not sent (too large), refused or never acked; `undefined` when all are
+ * confirmed.
+ */
 function unconfirmedReport(
   link: ChatLink,
   lineNumbers: Map<JsonObject, number>,
+  skipped: Skipped[],
   timeoutMs: number | undefined,
 ): string | undefined {
   const sent = lineNumbers.size;
-  const quote = (frame: JsonObject) => {
-    const text = String(frame.content);
+  const quoteLine = (number: number | undefined, text: string) => {
     const short = text.length > LINE_CHARS ? `${text.slice(0, LINE_CHARS)}...` : text;
-    return `  line ${lineNumbers.get(frame) ?? "?"}: ${JSON.stringify(sanitize(short))}`;
+    return `  line ${number ?? "?"}: ${JSON.stringify(sanitize(short))}`;
   };
+  const quote = (frame: JsonObject) => quoteLine(lineNumbers.get(frame), String(frame.content));
   const parts: string[] = [];
+  if (skipped.length > 0) {
+    parts.push(`${plural(skipped.length, "line")} of ${sent + skipped.length} not sent:`);
+    for (const { number, text, reason } of skipped.slice(0, LINES_SHOWN)) {
+      parts.push(`${quoteLine(number, text)} (${sanitize(reason)})`);
+    }
+  }
   const refused = link.refused();
   if (refused.length > 0) {
     parts.push(`${plural(refused.length, "message")} of ${sent} refused by the server:`);
@@ -134,7 +205,8 @@ function unconfirmedReport(
     );
     parts.push(...missing.slice(0, LINES_SHOWN).map(quote));
   }
-  const hidden = Math.max(0, refused.length - LINES_SHOWN) +
+  const hidden = Math.max(0, skipped.length - LINES_SHOWN) +
+    Math.max(0, refused.length - LINES_SHOWN) +
     Math.max(0, missing.length - LINES_SHOWN);
   if (hidden > 0) parts.push(`  ... and ${hidden} more`);
   return parts.length > 0 ? parts.join("\n") : undefined;

@@ -7,7 +7,12 @@
  */
 
 import { ClientError, EXIT_INTERRUPTED, EXIT_USAGE } from "./exit.ts";
-import { PromptCancelled, promptHidden as promptSecret, type PromptIo } from "../common/prompt.ts";
+import {
+  PromptCancelled,
+  promptHidden as promptSecret,
+  type PromptIo,
+  STOP_SIGNALS,
+} from "../common/prompt.ts";
 import { DEFAULT_PAGE, MAX_PAGE } from "./v2.ts";
 import { LineEditor } from "./editor.ts";
 import { ACTION_PREFIX } from "./format.ts";
@@ -84,6 +89,12 @@ export class TerminalUi {
   #editor?: LineEditor;
   #encoder = new TextEncoder();
   #leave?: () => void;
+  #signal?: Deno.Signal;
+
+  /** The signal that ended {@link run}, if one did. */
+  get endedBy(): Deno.Signal | undefined {
+    return this.#signal;
+  }
 
   /** Prints a line (or several) above the prompt, keeping what is being typed intact. */
   print(text: string): void {
@@ -93,8 +104,9 @@ export class TerminalUi {
 
   /**
    * Shows `prompt` and hands every typed line to `onLine` until the user leaves (`/quit`,
-   * Ctrl-D or Ctrl-C on an empty line, SIGTERM/SIGHUP) or `stop` resolves. The terminal is in
-   * raw mode meanwhile (with bracketed paste on) and restored on return.
+   * Ctrl-D or Ctrl-C on an empty line, SIGINT/SIGTERM/SIGHUP: see {@link endedBy}) or `stop`
+   * resolves. The terminal is in raw mode meanwhile (with bracketed paste on) and restored on
+   * return.
    */
   async run(prompt: string, onLine: (line: string) => void, stop: Promise<unknown>): Promise<void> {
     const size = () => {
@@ -116,10 +128,19 @@ export class TerminalUi {
       left.resolve();
     };
     this.#leave = leave;
-    const redraw = () => this.#write(editor.draw());
-    const signals: Deno.Signal[] = ["SIGTERM", "SIGHUP"];
-    for (const signal of signals) Deno.addSignalListener(signal, leave);
+    this.#signal = undefined;
+    const redraw = () => this.#write(editor.resize());
+    const onSignal = STOP_SIGNALS.map((signal) => {
+      const listener = () => {
+        this.#signal ??= signal;
+        leave();
+      };
+      Deno.addSignalListener(signal, listener);
+      return { signal, listener };
+    });
     Deno.addSignalListener("SIGWINCH", redraw);
+    // A lone Esc is the Esc key once no more of a sequence came in this time.
+    let escTimer: ReturnType<typeof setTimeout> | undefined;
     stop.then(leave, leave);
     Deno.stdin.setRaw(true);
     this.#write(BRACKETED_PASTE_ON);
@@ -131,14 +152,19 @@ export class TerminalUi {
       while (!leaving) {
         const count = await Deno.stdin.read(buffer).catch(() => null);
         if (count === null || leaving) break;
+        clearTimeout(escTimer);
         editor.feed(decoder.decode(buffer.subarray(0, count), { stream: true }), (event) => {
           if (event.kind === "quit") leave();
           else if (!leaving) onLine(event.text);
         });
+        if (editor.escapePending) {
+          escTimer = setTimeout(() => editor.expireEscape(), ESC_TIMEOUT_MS);
+        }
       }
       leave();
     })();
     await left.promise;
+    clearTimeout(escTimer);
     this.#editor = undefined;
     this.#leave = undefined;
     editor.close();
@@ -148,7 +174,7 @@ export class TerminalUi {
     } catch {
       // The terminal is gone.
     }
-    for (const signal of signals) Deno.removeSignalListener(signal, leave);
+    for (const { signal, listener } of onSignal) Deno.removeSignalListener(signal, listener);
     Deno.removeSignalListener("SIGWINCH", redraw);
     // A read may still be waiting for a key; the process ends without it.
     void reading;
@@ -166,5 +192,7 @@ export class TerminalUi {
   }
 }
 
+/** How long a lone Esc waits for the rest of a sequence (as vim's `ttimeoutlen`), milliseconds. */
+const ESC_TIMEOUT_MS = 100;
 const BRACKETED_PASTE_ON = "\x1b[?2004h";
 const BRACKETED_PASTE_OFF = "\x1b[?2004l";

@@ -29,6 +29,27 @@ export interface PromptIo {
    * {@link PROMPT_REDRAW_MS}).
    */
   redrawMs?: number;
+  /** Width of the terminal the prompt is on, in columns (a prompt as wide is not redrawn). */
+  columns?(): number;
+  /**
+   * Calls `onSignal` on SIGINT, SIGTERM or SIGHUP while the prompt is up; returns a function
+   * that stops watching. The prompt then restores the terminal and exits (`128 + the signal's
+   * number`, as the shell expects), which the signal's default action would do without the
+   * restoring.
+   */
+  watchSignals?(onSignal: (signal: Deno.Signal) => void): () => void;
+  /** Ends the process with `code` (default `Deno.exit`). */
+  exit?(code: number): void;
+}
+
+/** The signals that stop a prompt or the client's chat UI (which restore the terminal first). */
+export const STOP_SIGNALS: readonly Deno.Signal[] = ["SIGINT", "SIGTERM", "SIGHUP"];
+
+const SIGNAL_NUMBERS: Partial<Record<Deno.Signal, number>> = { SIGHUP: 1, SIGINT: 2, SIGTERM: 15 };
+
+/** The exit code of a process stopped by `signal`, as a shell reports it: 128 + its number. */
+export function signalExitCode(signal: Deno.Signal): number {
+  return 128 + (SIGNAL_NUMBERS[signal] ?? 0);
 }
 
 /**
@@ -41,14 +62,34 @@ export const PROMPT_REDRAW_MS = 200;
 /** How long the prompt keeps being redrawn, milliseconds. */
 export const PROMPT_REDRAW_FOR_MS = 10_000;
 
-/** The real terminal: reads `Deno.stdin`, writes the prompt to stderr. */
+/**
+ * The real terminal: reads `Deno.stdin`, writes the prompt to stderr (redrawn only while stderr
+ * is a terminal: a file or pipe would just collect copies).
+ */
 export function terminalIo(): PromptIo {
   const encoder = new TextEncoder();
   return {
     read: (buffer) => Deno.stdin.read(buffer),
     write: (text) => void Deno.stderr.writeSync(encoder.encode(text)),
     setRaw: (raw) => Deno.stdin.setRaw(raw),
-    redrawMs: PROMPT_REDRAW_MS,
+    redrawMs: Deno.stderr.isTerminal() ? PROMPT_REDRAW_MS : undefined,
+    columns: () => {
+      try {
+        return Deno.consoleSize().columns;
+      } catch {
+        return Infinity;
+      }
+    },
+    watchSignals(onSignal) {
+      const listeners = STOP_SIGNALS.map((signal) => {
+        const listener = () => onSignal(signal);
+        Deno.addSignalListener(signal, listener);
+        return { signal, listener };
+      });
+      return () => {
+        for (const { signal, listener } of listeners) Deno.removeSignalListener(signal, listener);
+      };
+    },
   };
 }
 
@@ -74,16 +115,23 @@ export async function promptHidden(
   const buffer = new Uint8Array(256);
   // 0: plain input, 1: after ESC, 2: inside a CSI/SS3 sequence.
   let escape = 0;
-  io.setRaw(true);
   let redraw: ReturnType<typeof setInterval> | undefined;
+  const unwatch = io.watchSignals?.((signal) => {
+    clearInterval(redraw);
+    io.setRaw(false);
+    io.write("\n");
+    (io.exit ?? Deno.exit)(signalExitCode(signal));
+  });
+  io.setRaw(true);
   try {
     // From the start of the line, clearing what is there (e.g. a progress line).
     io.write(`\r\x1b[K${prompt}`);
     if (io.redrawMs !== undefined) {
       const until = Date.now() + PROMPT_REDRAW_FOR_MS;
       redraw = setInterval(() => {
+        // A prompt as wide as the terminal wraps: redrawn, it would add a row each time.
         if (Date.now() > until) clearInterval(redraw);
-        else io.write(`\r\x1b[K${prompt}`);
+        else if (prompt.length < (io.columns?.() ?? Infinity)) io.write(`\r\x1b[K${prompt}`);
       }, io.redrawMs);
     }
     while (true) {
@@ -120,6 +168,7 @@ export async function promptHidden(
     return new TextDecoder().decode(Uint8Array.from(bytes));
   } finally {
     clearInterval(redraw);
+    unwatch?.();
     io.setRaw(false);
     io.write("\n");
   }

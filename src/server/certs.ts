@@ -400,15 +400,20 @@ const OPENSSL_MISSING = "Cannot generate certificates: openssl is not installed;
  * (Deno drops `--allow-run=openssl` when no `openssl` is on PATH, as under `deno task start`), so
  * the error must say which. Deno looks the program up before it checks the permission: spawning
  * it says "not found" for a missing one, and "not allowed" (never a prompt) for one that is there
- * when prompts are impossible (no terminal). On a terminal a spawn could prompt, so the error
- * then names both causes.
+ * when prompts are impossible (no terminal). On a terminal a spawn could prompt, so PATH is
+ * searched instead where the permissions allow (`--allow-env=PATH` and reading its folders);
+ * where they do not, the error names both causes.
  */
 async function checkOpenssl(): Promise<void> {
   const granted = hasPermission({ name: "run", command: "openssl" });
   if (!granted && Deno.stdin.isTerminal()) {
+    const found = await opensslOnPath();
+    if (found === false) throw new CertError(OPENSSL_MISSING);
+    if (found === true) need({ name: "run", command: "openssl" }, "generate certificates");
     throw new CertError(
-      `${OPENSSL_MISSING}; if it is installed (\`openssl version\` works), run with ` +
-        "--allow-run=openssl",
+      "Cannot generate certificates: openssl is not installed, or the server may not run it: " +
+        "if `openssl version` works, run with --allow-run=openssl; otherwise install it " +
+        "(e.g. apt-get install openssl) or pass --cert and --key",
     );
   }
   try {
@@ -418,6 +423,30 @@ async function checkOpenssl(): Promise<void> {
     if (!granted) need({ name: "run", command: "openssl" }, "generate certificates");
     throw new CertError(`Cannot run openssl: ${messageOf(err)}`, { cause: err });
   }
+}
+
+/**
+ * Whether an `openssl` file is in a folder of PATH: `true` or `false` when that could be told
+ * without asking for a permission, `undefined` when not (no `--allow-env=PATH`, or a folder that
+ * may not be read).
+ */
+async function opensslOnPath(): Promise<boolean | undefined> {
+  if (!hasPermission({ name: "env", variable: "PATH" })) return undefined;
+  let unknown = false;
+  for (const dir of (Deno.env.get("PATH") ?? "").split(":")) {
+    if (dir === "") continue;
+    const path = `${dir.replace(/\/$/, "")}/openssl`;
+    if (!hasPermission({ name: "read", path })) {
+      unknown = true;
+      continue;
+    }
+    try {
+      if ((await Deno.stat(path)).isFile) return true;
+    } catch {
+      // Not there.
+    }
+  }
+  return unknown ? undefined : false;
 }
 
 /**
