@@ -79,6 +79,20 @@ async function loadCertificates(config: ServerConfig): Promise<CertPair> {
  * @returns the process exit code
  */
 export async function main(args: string[]): Promise<number> {
+  // SIGHUP's default action ends the process. Until the reload handler is up, and after it is
+  // gone, a SIGHUP is only noted (one during start-up reloads once the server has started).
+  const early = { hangups: 0 };
+  const onEarlyHangup = () => early.hangups++;
+  const hangups = Deno.build.os !== "windows";
+  if (hangups) Deno.addSignalListener("SIGHUP", onEarlyHangup);
+  try {
+    return await run(args, early);
+  } finally {
+    if (hangups) Deno.removeSignalListener("SIGHUP", onEarlyHangup);
+  }
+}
+
+async function run(args: string[], early: { hangups: number }): Promise<number> {
   let config: ServerConfig;
   try {
     config = parseConfig(args, readEnv);
@@ -179,6 +193,7 @@ export async function main(args: string[]): Promise<number> {
   const stopReloads = reloadOnSighup(server, config, {
     logger,
     changed: (fingerprint) => printBanner(config, fingerprint, false),
+    now: early.hangups > 0,
   });
   try {
     await server.listen();

@@ -8,7 +8,7 @@ import tls from "node:tls";
 import { CertError, ensureCertificates } from "../src/server/certs.ts";
 import { MetricsServer } from "../src/server/metrics.ts";
 import { PasswordError } from "../src/server/password.ts";
-import type { ChatServer } from "../src/server/server.ts";
+import { ChatServer } from "../src/server/server.ts";
 import {
   type Frame,
   PASSWORD,
@@ -467,4 +467,94 @@ Deno.test("/healthz answers 200 while serving and 503 once the server is shuttin
   await closing;
   assert.equal((await client.recv()).code, "shutting_down");
   assert.equal((await fetchText(`${base}/healthz`)).status, 503);
+});
+
+Deno.test("ChatServer.reload while listen() binds: both ports end up on the new certificate", async () => {
+  const next = await secondPair();
+  const { cert, key } = await testCerts();
+  for (let ticks = 0; ticks < 12; ticks++) {
+    await using server = new ChatServer({
+      hostname: "127.0.0.1",
+      port: 0,
+      cert,
+      key,
+      password: PASSWORD,
+      web: { port: 0, assets: new Map() },
+    });
+    const reloaded = server.reload({ cert: next.cert, key: next.key });
+    for (let i = 0; i < ticks; i++) await Promise.resolve();
+    const listening = server.listen();
+    await reloaded;
+    const { port } = await listening;
+    assert.equal((await peer(port)).fingerprint, next.fingerprint, `chat port, ${ticks} ticks`);
+    assert.equal((await peer(server.webAddr!.port)).fingerprint, next.fingerprint, `web port`);
+  }
+});
+
+Deno.test({
+  name: "main.ts: a SIGHUP during start-up is a reload once started, not the end of the process",
+  ignore: Deno.build.os === "windows",
+  async fn() {
+    const { dir } = await testCerts();
+    const data = await Deno.makeTempDir({ prefix: "chat-ops-hup-" });
+    const child = new Deno.Command(Deno.execPath(), {
+      args: [
+        "run",
+        "-A",
+        new URL("../main.ts", import.meta.url).pathname,
+        ...["--port", "0", "--web-port", "off", "--cert-dir", dir, "--data-dir", data],
+      ],
+      env: { CHAT_SERVER_PASSWORD: PASSWORD, NO_COLOR: "1" },
+      stdin: "null",
+      stdout: "piped",
+      stderr: "piped",
+    }).spawn();
+    let text = "";
+    const decoder = new TextDecoder();
+    const collect = async (stream: ReadableStream<Uint8Array>) => {
+      for await (const chunk of stream) text += decoder.decode(chunk, { stream: true });
+    };
+    const collecting = Promise.all([collect(child.stdout), collect(child.stderr)]);
+    try {
+      // Hang-ups from its first output (the banner: main() runs; before that the runtime itself
+      // is starting, and no program can catch a signal yet) until the server is up.
+      assert.ok(await waitFor(() => text.length > 0, 15_000));
+      for (let i = 0; i < 100 && !/server started/.test(text); i++) {
+        child.kill("SIGHUP");
+        await new Promise((resolve) => setTimeout(resolve, 5));
+      }
+      assert.ok(await waitFor(() => /server started/.test(text), 15_000), text);
+      assert.ok(await waitFor(() => /Reload: certificate unchanged/.test(text), 5000), text);
+      child.kill("SIGTERM");
+      const { code } = await child.status;
+      assert.equal(code, 0, text);
+    } finally {
+      try {
+        child.kill("SIGKILL");
+      } catch {
+        // Exited.
+      }
+      await child.status;
+      await collecting;
+      await Deno.remove(data, { recursive: true });
+    }
+  },
+});
+
+Deno.test("MetricsServer.close does not wait for a request whose body never comes", async () => {
+  await using srv = await startServer();
+  const metrics = new MetricsServer(srv.server, { port: 0 });
+  const { port } = await metrics.listen();
+  const conn = await Deno.connect({ hostname: "127.0.0.1", port });
+  await conn.write(
+    new TextEncoder().encode(
+      "POST /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 100000000\r\n\r\nabc",
+    ),
+  );
+  await new Promise((resolve) => setTimeout(resolve, 100));
+  const started = performance.now();
+  await metrics.close();
+  const took = performance.now() - started;
+  conn.close();
+  assert.ok(took < 3000, `close took ${Math.round(took)} ms`);
 });

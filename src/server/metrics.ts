@@ -168,6 +168,9 @@ export function chatRegistry(source: () => ServerSnapshot): {
   return { registry, render };
 }
 
+/** How long {@link MetricsServer.close} waits for requests in flight. */
+const CLOSE_WAIT_MS = 1000;
+
 /** `/metrics` and `/healthz` for one {@link ChatServer}. `await listen()`, then `close()`. */
 export class MetricsServer implements AsyncDisposable {
   #server: ChatServer;
@@ -215,11 +218,19 @@ export class MetricsServer implements AsyncDisposable {
     return ready.promise;
   }
 
-  /** Stops listening; idempotent. */
+  /**
+   * Stops listening; idempotent. Waits for requests in flight for at most a second: a client
+   * that announces a body and never sends it must not hold the server's exit.
+   */
   async close(): Promise<void> {
     const http = this.#http;
     if (!http) return;
-    await http.shutdown();
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    await Promise.race([
+      http.shutdown(),
+      new Promise<void>((resolve) => timer = setTimeout(resolve, CLOSE_WAIT_MS)),
+    ]);
+    clearTimeout(timer);
   }
 
   /** Closes it, as {@link MetricsServer.close} does (for `await using`). */

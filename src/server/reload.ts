@@ -40,16 +40,26 @@ export async function reloadFromFiles(
 ): Promise<ReloadReport> {
   const parts: string[] = [];
   let ok = true;
+  let newFingerprint: string | undefined;
   try {
     const pair = await readCertificates(sources);
     const result = await server.reload({ cert: pair.certPem, key: pair.keyPem });
     if (result.certificateChanged) {
       parts.push(`certificate changed (fingerprint ${formatFingerprint(result.fingerprint)})`);
-      await changed(result.fingerprint);
+      newFingerprint = result.fingerprint;
     } else parts.push("certificate unchanged");
   } catch (error) {
     ok = false;
     parts.push(`kept the old certificate: ${messageOf(error)}`);
+  }
+  if (newFingerprint !== undefined) {
+    // The certificate is in use by now: a banner that cannot be written does not undo that.
+    try {
+      await changed(newFingerprint);
+    } catch (error) {
+      ok = false;
+      parts.push(`cannot announce the new fingerprint: ${messageOf(error)}`);
+    }
   }
   if (sources.passwordFile === undefined) {
     parts.push("password not reloaded (it did not come from --password-file)");
@@ -74,7 +84,12 @@ export async function reloadFromFiles(
 export function reloadOnSighup(
   server: ChatServer,
   sources: ReloadSources,
-  options: { logger: Logger; changed?: (fingerprint: string) => Promise<void> },
+  options: {
+    logger: Logger;
+    changed?: (fingerprint: string) => Promise<void>;
+    /** Reload once at once (a SIGHUP arrived before this handler was installed). */
+    now?: boolean;
+  },
 ): () => Promise<void> {
   if (Deno.build.os === "windows") return () => Promise.resolve();
   let chain = Promise.resolve();
@@ -85,9 +100,13 @@ export function reloadOnSighup(
       // A placeholder, not the line itself: an error message may hold braces.
       if (ok) options.logger.info("Reload: {summary}", { summary: line });
       else options.logger.warn("Reload: {summary}", { summary: line });
+    }).catch((error) => {
+      // Never a rejected chain: every later SIGHUP must still reload.
+      options.logger.error("Reload failed: {error}", { error: String(error) });
     });
   };
   Deno.addSignalListener("SIGHUP", onHangup);
+  if (options.now) onHangup();
   return () => {
     Deno.removeSignalListener("SIGHUP", onHangup);
     return chain;

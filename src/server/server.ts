@@ -486,6 +486,7 @@ export class ChatServer implements AsyncDisposable {
     server.on("tlsClientError", (error: Error, socket: tls.TLSSocket) => {
       this.#handshakeFailed(error, socket);
     });
+    const { cert, key } = this.#options;
     await new Promise<void>((resolve, reject) => {
       server.once("error", reject);
       server.listen({ host: hostname, port, backlog: BACKLOG }, () => {
@@ -496,6 +497,15 @@ export class ChatServer implements AsyncDisposable {
       server.close();
       throw error;
     });
+    // A reload() while this was binding changed the pair after createServer read it, and could
+    // not reach this listener yet: both ports must serve the same certificate.
+    if (this.#options.cert !== cert || this.#options.key !== key) {
+      server.setSecureContext({
+        cert: this.#options.cert,
+        key: this.#options.key,
+        minVersion: "TLSv1.2",
+      });
+    }
     server.on("error", (error: Error) => {
       this.#logger.error("Listener error: {error}", { error: String(error) });
     });
