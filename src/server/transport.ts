@@ -55,38 +55,40 @@ export interface Transport extends FrameWriter {
 const TRANSPORT = Symbol("transport");
 
 /** A socket with its transport attached. */
-type TransportSocket = TLSSocket & { [TRANSPORT]: StreamTransport };
+type TransportSocket = TLSSocket & { [TRANSPORT]: SocketTransport };
 
 /**
- * The TLS protocol's transport: frames are a 4-byte length and a JSON body on the stream.
- * Its socket listeners are shared by every connection (an idle connection's memory matters at
- * ten thousand of them).
+ * What every transport on a `node:tls` socket shares: the socket's events, reading stopped and
+ * restarted at the TCP level, and closing. Its socket listeners are shared by every connection
+ * (an idle connection's memory matters at ten thousand of them); a subclass decodes what arrives
+ * ({@link SocketTransport.received}) and encodes what it writes.
  */
-export class StreamTransport implements Transport {
-  #socket: TLSSocket;
-  #decoder: FrameDecoder;
+export abstract class SocketTransport implements Transport {
+  /** The connection's socket, its handshake completed. */
+  protected readonly socket: TLSSocket;
   #handler: TransportHandler | null = null;
 
-  /** @param socket a `node:tls` socket whose handshake has completed */
-  constructor(socket: TLSSocket, options: { maxFrame: number }) {
-    this.#socket = socket;
-    this.#decoder = new FrameDecoder({ maxFrame: options.maxFrame });
+  constructor(socket: TLSSocket) {
+    this.socket = socket;
+  }
+
+  /** Whom the socket's events go to (set by {@link SocketTransport.attach}). */
+  protected get handler(): TransportHandler {
+    return this.#handler!;
   }
 
   attach(handler: TransportHandler): void {
     this.#handler = handler;
-    const socket = this.#socket as TransportSocket;
+    const socket = this.socket as TransportSocket;
     socket[TRANSPORT] = this;
-    socket.on("data", StreamTransport.#onData);
-    socket.on("end", StreamTransport.#onEnd);
-    socket.on("error", StreamTransport.#onError);
-    socket.on("close", StreamTransport.#onClose);
+    socket.on("data", SocketTransport.#onData);
+    socket.on("end", SocketTransport.#onEnd);
+    socket.on("error", SocketTransport.#onError);
+    socket.on("close", SocketTransport.#onClose);
   }
 
   static #onData(this: TransportSocket, chunk: Uint8Array): void {
-    const transport = this[TRANSPORT];
-    transport.#decoder.feed(chunk);
-    transport.#handler!.onReceived();
+    this[TRANSPORT].received(chunk);
   }
 
   static #onEnd(this: TransportSocket): void {
@@ -101,6 +103,48 @@ export class StreamTransport implements Transport {
     this[TRANSPORT].#handler!.onClosed();
   }
 
+  /** Takes a chunk from the socket and tells the handler what it completed. */
+  protected abstract received(chunk: Uint8Array): void;
+
+  abstract next(): Uint8Array | null;
+  abstract get partial(): boolean;
+  abstract write(data: Uint8Array, done: (error?: Error | null) => void): void;
+
+  pause(): void {
+    stopReading(this.socket);
+  }
+
+  resume(): void {
+    startReading(this.socket);
+  }
+
+  end(): void {
+    const socket = this.socket;
+    // Once the last frames are in the kernel, close (it sends them, then FIN): waiting for the
+    // peer to close its side would keep a socket for nothing, and let its writes go unread.
+    if (!socket.destroyed) socket.end(() => socket.destroy());
+  }
+
+  destroy(): void {
+    this.socket.destroy();
+  }
+}
+
+/** The TLS protocol's transport: frames are a 4-byte length and a JSON body on the stream. */
+export class StreamTransport extends SocketTransport {
+  #decoder: FrameDecoder;
+
+  /** @param socket a `node:tls` socket whose handshake has completed */
+  constructor(socket: TLSSocket, options: { maxFrame: number }) {
+    super(socket);
+    this.#decoder = new FrameDecoder({ maxFrame: options.maxFrame });
+  }
+
+  protected received(chunk: Uint8Array): void {
+    this.#decoder.feed(chunk);
+    this.handler.onReceived();
+  }
+
   next(): Uint8Array | null {
     return this.#decoder.next();
   }
@@ -110,25 +154,6 @@ export class StreamTransport implements Transport {
   }
 
   write(data: Uint8Array, done: (error?: Error | null) => void): void {
-    this.#socket.write(data, done);
-  }
-
-  pause(): void {
-    stopReading(this.#socket);
-  }
-
-  resume(): void {
-    startReading(this.#socket);
-  }
-
-  end(): void {
-    const socket = this.#socket;
-    // Once the last frames are in the kernel, close (it sends them, then FIN): waiting for the
-    // peer to close its side would keep a socket for nothing, and let its writes go unread.
-    if (!socket.destroyed) socket.end(() => socket.destroy());
-  }
-
-  destroy(): void {
-    this.#socket.destroy();
+    this.socket.write(data, done);
   }
 }

@@ -16,8 +16,7 @@
 import { createHash } from "node:crypto";
 import type { TLSSocket } from "node:tls";
 import { HEADER_SIZE, ProtocolError } from "../protocol/mod.ts";
-import { startReading, stopReading } from "../server/backpressure.ts";
-import type { Transport, TransportHandler } from "../server/transport.ts";
+import { SocketTransport, type TransportHandler } from "../server/transport.ts";
 
 /** The GUID of RFC 6455 section 1.3. */
 const GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
@@ -56,11 +55,6 @@ const PONG_BACKLOG = 64 * 1024;
 function violation(what: string): ProtocolError {
   return new ProtocolError("invalid_json", `Cannot read WebSocket frame: ${what}`);
 }
-
-/** Where a socket keeps its transport, for the listeners every transport shares. */
-const TRANSPORT = Symbol("websocket");
-
-type TransportSocket = TLSSocket & { [TRANSPORT]: WebSocketTransport };
 
 /** A WebSocket frame header for a server frame (never masked) with a payload of `length` bytes. */
 function headerSize(length: number): number {
@@ -151,10 +145,8 @@ function convert(data: Uint8Array): Uint8Array {
  * `frame_too_large`, a binary message or a frame RFC 6455 forbids with `invalid_json`, both
  * closing, exactly as the TLS protocol refuses a bad frame.
  */
-export class WebSocketTransport implements Transport {
-  #socket: TLSSocket;
+export class WebSocketTransport extends SocketTransport {
   #maxFrame: number;
-  #handler: TransportHandler | null = null;
   /** Received bytes not yet parsed, at `#start` up to `#end`. */
   #buf: Uint8Array = EMPTY;
   #start = 0;
@@ -173,39 +165,21 @@ export class WebSocketTransport implements Transport {
    * @param head bytes that arrived after the upgrade request
    */
   constructor(socket: TLSSocket, head: Uint8Array, options: { maxFrame: number }) {
-    this.#socket = socket;
+    super(socket);
     this.#maxFrame = options.maxFrame;
     if (head.length > 0) this.#append(head);
   }
 
-  attach(handler: TransportHandler): void {
-    this.#handler = handler;
-    const socket = this.#socket as TransportSocket;
-    socket[TRANSPORT] = this;
-    socket.on("data", WebSocketTransport.#onData);
-    socket.on("end", WebSocketTransport.#onEnd);
-    socket.on("error", WebSocketTransport.#onError);
-    socket.on("close", WebSocketTransport.#onClose);
+  override attach(handler: TransportHandler): void {
+    super.attach(handler);
+    // Frames that came with the upgrade request.
     if (this.#end > this.#start) queueMicrotask(() => handler.onReceived());
   }
 
-  static #onData(this: TransportSocket, chunk: Uint8Array): void {
-    const transport = this[TRANSPORT];
-    if (transport.#closeReceived) return; // nothing may follow a close frame
-    transport.#append(chunk);
-    transport.#handler!.onReceived();
-  }
-
-  static #onEnd(this: TransportSocket): void {
-    this[TRANSPORT].#handler!.onEnded();
-  }
-
-  static #onError(this: TransportSocket, error: Error): void {
-    this[TRANSPORT].#handler!.onError(error);
-  }
-
-  static #onClose(this: TransportSocket): void {
-    this[TRANSPORT].#handler!.onClosed();
+  protected received(chunk: Uint8Array): void {
+    if (this.#closeReceived) return; // nothing may follow a close frame
+    this.#append(chunk);
+    this.handler.onReceived();
   }
 
   get partial(): boolean {
@@ -230,33 +204,20 @@ export class WebSocketTransport implements Transport {
       queueMicrotask(() => done(null));
       return;
     }
-    this.#socket.write(convert(data), done);
+    this.socket.write(convert(data), done);
   }
 
-  pause(): void {
-    stopReading(this.#socket);
-  }
-
-  resume(): void {
-    startReading(this.#socket);
-  }
-
-  end(): void {
-    const socket = this.#socket;
-    if (socket.destroyed) return;
+  override end(): void {
+    if (this.socket.destroyed) return;
     this.#sendClose(NORMAL_CLOSURE);
-    socket.end(() => socket.destroy());
-  }
-
-  destroy(): void {
-    this.#socket.destroy();
+    super.end();
   }
 
   #sendClose(code: number): void {
     if (this.#closeSent) return;
     this.#closeSent = true;
     const payload = new Uint8Array([code >>> 8, code & 0xff]);
-    this.#socket.write(encodeWebSocketFrame(Op.Close, payload));
+    this.socket.write(encodeWebSocketFrame(Op.Close, payload));
   }
 
   #append(chunk: Uint8Array): void {
@@ -349,8 +310,8 @@ export class WebSocketTransport implements Transport {
       switch (op) {
         case Op.Ping:
           // A pong per ping, unless the peer leaves them unread.
-          if (!this.#closeSent && this.#socket.writableLength < PONG_BACKLOG) {
-            this.#socket.write(encodeWebSocketFrame(Op.Pong, payload));
+          if (!this.#closeSent && this.socket.writableLength < PONG_BACKLOG) {
+            this.socket.write(encodeWebSocketFrame(Op.Pong, payload));
           }
           continue;
         case Op.Pong:
@@ -360,7 +321,7 @@ export class WebSocketTransport implements Transport {
           // own close once its last frames are out.
           this.#closeReceived = true;
           this.#start = this.#end = 0;
-          queueMicrotask(() => this.#handler?.onEnded());
+          queueMicrotask(() => this.handler.onEnded());
           return null;
       }
       if (!fin || this.#fragmented) {
