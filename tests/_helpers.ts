@@ -271,6 +271,20 @@ export function withWebPort(args: string[]): string[] {
 }
 
 /**
+ * Reads `streams` (a child's piped stdout and stderr) to their end, handing each decoded piece of
+ * text to `append` as it arrives; resolves when all of them have ended.
+ */
+export function pipeText(
+  streams: ReadableStream<Uint8Array>[],
+  append: (text: string) => void,
+): Promise<void> {
+  return Promise.all(streams.map(async (stream) => {
+    const decoder = new TextDecoder();
+    for await (const chunk of stream) append(decoder.decode(chunk, { stream: true }));
+  })).then(() => {});
+}
+
+/**
  * Spawns `deno run main.ts ARGS` and waits for its "server started" line.
  *
  * @param args arguments after `main.ts`
@@ -294,11 +308,7 @@ export async function spawnServer(
     stderr: "piped",
   }).spawn();
   let text = "";
-  const decoder = new TextDecoder();
-  const collect = async (stream: ReadableStream<Uint8Array>) => {
-    for await (const chunk of stream) text += decoder.decode(chunk, { stream: true });
-  };
-  const collecting = Promise.all([collect(child.stdout), collect(child.stderr)]);
+  const collecting = pipeText([child.stdout, child.stderr], (piece) => text += piece);
   const status = child.status;
   const exited = async () => {
     const { code } = await status;

@@ -3,6 +3,7 @@ import { fingerprintBanner } from "../src/server/certs.ts";
 import {
   commandAvailable,
   PASSWORD,
+  pipeText,
   projectCopy,
   spawnServer,
   testCerts,
@@ -155,10 +156,7 @@ Deno.test("deno task start: SIGINT or SIGTERM to its whole process group stops g
       stderr: "piped",
     }).spawn();
     let output = "";
-    const decoder = new TextDecoder();
-    const collecting = Promise.all([child.stdout, child.stderr].map(async (stream) => {
-      for await (const chunk of stream) output += decoder.decode(chunk, { stream: true });
-    }));
+    const collecting = pipeText([child.stdout, child.stderr], (piece) => output += piece);
     try {
       const started = /server started on port -> (\d+)/;
       assert.ok(await waitFor(() => started.test(output), 30_000), output);
@@ -428,10 +426,7 @@ Deno.test("deno task start with a file outside certs/ prints a command line that
       stderr: "piped",
     }).spawn();
     let output = "";
-    const decoder = new TextDecoder();
-    const collecting = Promise.all([child.stdout, child.stderr].map(async (stream) => {
-      for await (const chunk of stream) output += decoder.decode(chunk, { stream: true });
-    }));
+    const collecting = pipeText([child.stdout, child.stderr], (piece) => output += piece);
     const started = await waitFor(() => /server started on port/.test(output), 20_000);
     child.kill("SIGTERM");
     const { code } = await child.status;
@@ -497,10 +492,7 @@ Deno.test({
       }).spawn();
       const writer = child.stdin.getWriter();
       let output = "";
-      const decoder = new TextDecoder();
-      const reading = (async () => {
-        for await (const chunk of child.stdout) output += decoder.decode(chunk, { stream: true });
-      })();
+      const reading = pipeText([child.stdout], (piece) => output += piece);
       const until = async (pattern: RegExp) => {
         for (let i = 0; i < 500 && !pattern.test(output); i++) {
           await new Promise((resolve) => setTimeout(resolve, 20));

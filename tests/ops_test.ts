@@ -12,6 +12,7 @@ import { ChatServer } from "../src/server/server.ts";
 import {
   type Frame,
   PASSWORD,
+  pipeText,
   spawnServer,
   startServer,
   testCerts,
@@ -510,11 +511,7 @@ Deno.test({
       stderr: "piped",
     }).spawn();
     let text = "";
-    const decoder = new TextDecoder();
-    const collect = async (stream: ReadableStream<Uint8Array>) => {
-      for await (const chunk of stream) text += decoder.decode(chunk, { stream: true });
-    };
-    const collecting = Promise.all([collect(child.stdout), collect(child.stderr)]);
+    const collecting = pipeText([child.stdout, child.stderr], (piece) => text += piece);
     try {
       // Hang-ups from its first output (the banner: main() runs; before that the runtime itself
       // is starting, and no program can catch a signal yet) until the server is up.

@@ -18,6 +18,7 @@ import assert from "node:assert/strict";
 import {
   commandAvailable,
   PASSWORD,
+  pipeText,
   projectCopy,
   startServer,
   testCerts,
@@ -158,10 +159,7 @@ async function serve(command: string, cwd: string, env: Record<string, string> =
     stderr: "piped",
   }).spawn();
   let output = "";
-  const decoder = new TextDecoder();
-  const collecting = Promise.all([child.stdout, child.stderr].map(async (stream) => {
-    for await (const chunk of stream) output += decoder.decode(chunk, { stream: true });
-  }));
+  const collecting = pipeText([child.stdout, child.stderr], (piece) => output += piece);
   const started = /server started on port -> (\d+)/;
   try {
     const up = await waitFor(() => started.test(output) && /web client at/.test(output), 30_000);
@@ -233,10 +231,7 @@ async function clientRun(
     stderr: "piped",
   }).spawn();
   let output = "";
-  const decoder = new TextDecoder();
-  const collecting = Promise.all([child.stdout, child.stderr].map(async (stream) => {
-    for await (const chunk of stream) output += decoder.decode(chunk, { stream: true });
-  }));
+  const collecting = pipeText([child.stdout, child.stderr], (piece) => output += piece);
   try {
     await check(other, () => output);
     const { code } = await child.status;

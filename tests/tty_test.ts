@@ -9,6 +9,7 @@ import {
   commandAvailable,
   delay,
   PASSWORD,
+  pipeText,
   startServer,
   testCerts,
   TestClient,
@@ -259,10 +260,7 @@ Deno.test({
     }).spawn();
     const writer = child.stdin.getWriter();
     let output = "";
-    const decoder = new TextDecoder();
-    const reading = (async () => {
-      for await (const chunk of child.stdout) output += decoder.decode(chunk, { stream: true });
-    })();
+    const reading = pipeText([child.stdout], (piece) => output += piece);
     try {
       assert.ok(await waitFor(() => output.includes("tty> "), 10_000), output);
       const times: number[] = [];
