@@ -41,6 +41,7 @@ import { type Asset, loadAssets, WEB_DIR } from "./src/web/gateway.ts";
 import { MetricsServer } from "./src/server/metrics.ts";
 import { reloadOnSighup } from "./src/server/reload.ts";
 import { type HistoryStore, openStore, StoreOpenError } from "./src/room/store.ts";
+import { redactRedisUrl } from "./src/room/cluster.ts";
 
 /**
  * Signals within this many milliseconds of the first are the same request to stop: Ctrl-C reaches
@@ -147,15 +148,23 @@ async function run(args: string[], early: { hangups: number }): Promise<number> 
     password ??= await readPassword(sources);
     const verifier = await PasswordVerifier.create(password);
     console.log("Server password set successfully...");
-    const opened = openStore({ dataDir: config.dataDir, keep: config.limits.historyKeep });
-    store = opened.store;
-    if (opened.warning) logger.warn(opened.warning);
-    else {logger.info("History in {path}, keeping {keep} messages", {
-        path: store.path ?? config.dataDir,
+    if (config.redis === null) {
+      const opened = openStore({ dataDir: config.dataDir, keep: config.limits.historyKeep });
+      store = opened.store;
+      if (opened.warning) logger.warn(opened.warning);
+      else {logger.info("History in {path}, keeping {keep} messages", {
+          path: store.path ?? config.dataDir,
+          keep: config.limits.historyKeep,
+        });}
+    } else {
+      logger.info("Cluster on Redis at {url}, keeping {keep} messages of history there", {
+        url: redactRedisUrl(config.redis),
         keep: config.limits.historyKeep,
-      });}
+      });
+    }
     server = new ChatServer({
       history: store,
+      redis: config.redis === null ? undefined : { url: config.redis, prefix: config.redisPrefix },
       hostname: config.host,
       port: config.port,
       web,
@@ -202,7 +211,7 @@ async function run(args: string[], early: { hangups: number }): Promise<number> 
     Deno.removeSignalListener("SIGTERM", onSignal);
     await stopReloads();
     await metrics?.close();
-    store.close();
+    store?.close();
     const web = (error as { listener?: string } | null)?.listener === "web";
     printError(
       new ListenError(config.host, web ? config.webPort! : config.port, error, web).message,
@@ -219,7 +228,7 @@ async function run(args: string[], early: { hangups: number }): Promise<number> 
   await server.close();
   await stopReloads();
   await metrics?.close();
-  store.close();
+  store?.close();
   Deno.removeSignalListener("SIGINT", onSignal);
   Deno.removeSignalListener("SIGTERM", onSignal);
   return 0;

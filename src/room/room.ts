@@ -1,8 +1,8 @@
 /**
  * The room: who is in it, the order of what is said, and what each member receives. Sessions
- * talk to the room only through {@link Room}, so the same sessions can later run on a room shared
- * by several servers; this file is the single-node room (in-process fan-out, history in a
- * {@link HistoryStore}).
+ * talk to the room only through {@link Room}, so the same sessions run on a room of one server
+ * or on one shared by several (`cluster.ts`, on Redis); this file is the single-node room
+ * (in-process fan-out, history in a {@link HistoryStore}). Both deliver through {@link Fanout}.
  *
  * **Ordering and durability.** Messages posted during one event-loop turn are numbered, stored
  * in one transaction, and only then broadcast and acked, in id order. So an acked message is in
@@ -14,45 +14,31 @@
  * is a member from that instant: a message stored before it joined is in the replay, one stored
  * after is delivered live, none twice.
  *
- * **Fan-out.** A frame is encoded once per kind of recipient (seed bytes, or with `id` and `ts`)
- * and small frames are copied once into a shared arena, so an outbox that queues several of them
- * holds one contiguous run and writes it as one view. A recipient whose queue fills is reported
- * through `hold`: flow control pauses the senders; nobody is skipped.
+ * **Fan-out** ({@link Fanout}): a frame is encoded once per kind of recipient and shared through
+ * an arena; a recipient whose queue fills is reported through `hold`: flow control pauses the
+ * senders; nobody is skipped.
  *
  * @module
  */
 import { setImmediate } from "node:timers";
 import type { Logger } from "@logtape/logtape";
 import {
-  broadcastJson,
   encodeAck,
-  encodeFrame,
   encodeHistoryEnd,
   encodeJoined,
-  encodeJsonFrame,
   encodeLeft,
   encodeMessage,
   encodeWho,
   type ErrorCode,
-  featureNames,
-  HEADER_SIZE,
   type JsonObject,
   type LeaveReason,
   MAX_REPLAY,
   type MemberInfo,
-  memberJson,
-  messageJson,
-  type RoomMessage,
   WANTS_HISTORY,
   WANTS_IDS,
-  WANTS_PRESENCE,
 } from "../protocol/mod.ts";
+import { Fanout, type HistoryPage } from "./fanout.ts";
 import { type HistoryStore, type StoredMessage, StoreError } from "./store.ts";
-
-/** Size of one arena chunk. A chunk lives until no outbox holds a view of it. */
-const ARENA_SIZE = 64 * 1024;
-/** Larger frames are shared as they are: one such frame is a write of its own anyway. */
-const ARENA_MAX_FRAME = 4 * 1024;
 
 /** Where the room queues a member's frames (the session's outbox). */
 export interface Mailbox {
@@ -120,6 +106,10 @@ export interface Room {
   readonly stats: Readonly<RoomStats>;
   /** Messages kept in history. */
   readonly historySize: number;
+  /** The cluster's state, or `null` for a single-node room. */
+  readonly cluster: ClusterStatus | null;
+  /** A member id for a new connection, unique in the room (across the cluster's nodes). */
+  newMemberId(): number;
   /** Adds a member that has just logged in: welcome, presence, replay, then live messages. */
   join(member: RoomMember, request: JoinRequest): void;
   /** Removes a member (idempotent); others with presence are told why. */
@@ -134,6 +124,23 @@ export interface Room {
   flush(): void;
   /** The server is stopping: members leave without presence traffic. */
   close(): void;
+  /**
+   * After {@link Room.close}, once the sessions have closed: releases what the room holds (a
+   * cluster node says goodbye to the others and disconnects from Redis). Never rejects.
+   */
+  stop(): Promise<void>;
+}
+
+/** A cluster node's view of the cluster, for stats and metrics. */
+export interface ClusterStatus {
+  /** This node's number (the high part of its members' ids). */
+  node: number;
+  /** Whether Redis answers right now. */
+  redisUp: boolean;
+  /** Live nodes seen at the last check (this one included), 0 before the first. */
+  nodes: number;
+  /** Members on the other nodes, as this node knows them. */
+  remoteMembers: number;
 }
 
 /** Options of {@link LocalRoom}. */
@@ -155,13 +162,6 @@ const MAX_BATCH = 256;
 /** First chunk of rows read for a replay or page; later chunks double. */
 const READ_CHUNK = 16;
 
-/** A replay or page, encoded. */
-interface HistoryPage {
-  frames: Uint8Array[];
-  /** Messages lie beyond the page in its direction. */
-  more: boolean;
-}
-
 interface Pending {
   member: RoomMember;
   post: Post;
@@ -171,12 +171,9 @@ interface Pending {
 
 /** The single-node room: in-process fan-out and a local history store. */
 export class LocalRoom implements Room {
-  #members = new Map<number, RoomMember>();
-  #idsMembers = 0;
-  #seedMembers = 0;
+  #fanout: Fanout;
   #store: HistoryStore;
   #replayBytes: number;
-  #hold: (mailbox: Mailbox) => void;
   #logger: Logger;
   #clock: () => number;
   #delivered: () => void;
@@ -185,21 +182,20 @@ export class LocalRoom implements Room {
   #scheduled = false;
   #failing = false;
   #closing = false;
-  #arena = new Uint8Array(0);
-  #used = 0;
+  #nextMemberId = 0;
   #stats: RoomStats = { messages: 0, deliveries: 0, refused: 0, storeErrors: 0, duplicates: 0 };
 
   constructor(options: LocalRoomOptions) {
     this.#store = options.store;
     this.#replayBytes = options.replayBytes;
-    this.#hold = options.hold;
+    this.#fanout = new Fanout(options.hold);
     this.#logger = options.logger;
     this.#clock = options.clock ?? Date.now;
     this.#delivered = options.delivered ?? (() => {});
   }
 
   get size(): number {
-    return this.#members.size;
+    return this.#fanout.size;
   }
 
   get stats(): Readonly<RoomStats> {
@@ -210,30 +206,26 @@ export class LocalRoom implements Room {
     return this.#store.count();
   }
 
+  get cluster(): null {
+    return null;
+  }
+
+  newMemberId(): number {
+    return ++this.#nextMemberId;
+  }
+
   join(member: RoomMember, request: JoinRequest): void {
-    if (this.#members.has(member.id)) return;
-    this.#members.set(member.id, member);
-    if (member.features & WANTS_IDS) this.#idsMembers++;
-    else this.#seedMembers++;
-    if (request.welcome) {
-      const welcome: JsonObject = { ...request.welcome, features: featureNames(member.features) };
-      welcome.member = memberJson(member);
-      if (member.features & WANTS_PRESENCE) {
-        welcome.members = Array.from(this.#members.values(), memberJson);
-      }
-      this.#reply(member, encodeFrame(welcome));
-    }
-    for (const notice of request.notices ?? []) this.#reply(member, notice);
-    this.#presence(member, () => encodeJoined(member));
+    const fanout = this.#fanout;
+    if (!fanout.add(member)) return;
+    fanout.welcome(member, request, () => fanout.members());
+    for (const notice of request.notices ?? []) fanout.reply(member, notice);
+    fanout.presence(member.id, () => encodeJoined(member));
     if (member.features & WANTS_HISTORY) this.#replay(member, request);
   }
 
   leave(member: RoomMember, reason: LeaveReason): void {
-    if (this.#members.get(member.id) !== member) return;
-    this.#members.delete(member.id);
-    if (member.features & WANTS_IDS) this.#idsMembers--;
-    else this.#seedMembers--;
-    if (!this.#closing) this.#presence(member, () => encodeLeft(member, reason));
+    if (!this.#fanout.remove(member)) return;
+    if (!this.#closing) this.#fanout.presence(member.id, () => encodeLeft(member, reason));
   }
 
   post(member: RoomMember, post: Post): void {
@@ -256,7 +248,9 @@ export class LocalRoom implements Room {
       }
       if (known) {
         this.#stats.duplicates++;
-        if (member.features & WANTS_IDS) this.#reply(member, encodeAck(ref, known.id, known.ts));
+        if (member.features & WANTS_IDS) {
+          this.#fanout.reply(member, encodeAck(ref, known.id, known.ts));
+        }
         return;
       }
     }
@@ -275,7 +269,7 @@ export class LocalRoom implements Room {
   }
 
   who(member: RoomMember): void {
-    this.#reply(member, encodeWho(this.#members.values()));
+    this.#fanout.reply(member, encodeWho(this.#fanout.members()));
   }
 
   history(member: RoomMember, query: HistoryQuery): void {
@@ -289,11 +283,16 @@ export class LocalRoom implements Room {
       member.refused("unavailable", "Cannot read history now; try again later", undefined);
       return;
     }
-    this.#sendHistory(member, page);
+    this.#fanout.sendHistory(member, page);
   }
 
   close(): void {
     this.#closing = true;
+  }
+
+  stop(): Promise<void> {
+    this.#closing = true;
+    return Promise.resolve();
   }
 
   flush(): void {
@@ -365,33 +364,8 @@ export class LocalRoom implements Room {
   }
 
   #broadcast(pending: Pending, record: StoredMessage): void {
-    const from = pending.member;
-    const message: RoomMessage = record;
-    const share = this.#members.size > 2;
-    // The sender gets no copy (seed behaviour), if it is still here.
-    const present = this.#members.get(from.id) === from ? 1 : 0;
-    const senderIds = from.features & WANTS_IDS ? present : 0;
-    let seedFrame: Uint8Array | undefined;
-    let idsFrame: Uint8Array | undefined;
-    if (this.#seedMembers > present - senderIds) {
-      const json = broadcastJson(pending.post, record.senderIp);
-      seedFrame = share ? this.#shared(json) : encodeJsonFrame(json);
-    }
-    if (this.#idsMembers > senderIds) {
-      const json = messageJson(message);
-      idsFrame = share ? this.#shared(json) : encodeJsonFrame(json);
-    }
-    let delivered = 0;
-    for (const member of this.#members.values()) {
-      if (member === from) continue;
-      const outbox = member.outbox;
-      if (outbox.push(member.features & WANTS_IDS ? idsFrame! : seedFrame!)) {
-        delivered++;
-        if (outbox.full) this.#hold(outbox);
-      }
-    }
+    this.#stats.deliveries += this.#fanout.broadcast(record, pending.member.id);
     this.#stats.messages++;
-    this.#stats.deliveries += delivered;
   }
 
   /** Acks a stored message to its sender and to any twin that posted the same `ref`. */
@@ -402,7 +376,7 @@ export class LocalRoom implements Room {
     for (const member of [pending.member, ...(pending.twins ?? [])]) {
       if (!(member.features & WANTS_IDS)) continue;
       frame ??= encodeAck(ref, record.id, record.ts);
-      this.#reply(member, frame);
+      this.#fanout.reply(member, frame);
     }
   }
 
@@ -416,10 +390,10 @@ export class LocalRoom implements Room {
     } catch (error) {
       this.#storeFailed(error);
       member.refused("unavailable", "Cannot read history now; page it later", undefined);
-      this.#reply(member, encodeHistoryEnd(0, true));
+      this.#fanout.reply(member, encodeHistoryEnd(0, true));
       return;
     }
-    this.#sendHistory(member, page);
+    this.#fanout.sendHistory(member, page);
   }
 
   /**
@@ -483,35 +457,6 @@ export class LocalRoom implements Room {
     return { frames: frames.reverse(), more };
   }
 
-  /** Queues a page of history and its `history_end`: replies, so they hold nobody but this member. */
-  #sendHistory(member: RoomMember, page: HistoryPage): void {
-    for (const frame of page.frames) member.outbox.push(frame);
-    this.#reply(member, encodeHistoryEnd(page.frames.length, page.more));
-  }
-
-  /**
-   * Sends a presence frame to every other member that asked for presence. Like a broadcast, a
-   * recipient it fills holds the senders back.
-   */
-  #presence(about: RoomMember, encode: () => Uint8Array): void {
-    let frame: Uint8Array | undefined;
-    for (const member of this.#members.values()) {
-      if (member === about || !(member.features & WANTS_PRESENCE)) continue;
-      frame ??= encode();
-      const outbox = member.outbox;
-      if (outbox.push(frame) && outbox.full) this.#hold(outbox);
-    }
-  }
-
-  /**
-   * Queues a frame that answers the member itself (welcome, replay, ack, who). It never holds
-   * the room: a member that does not read its answers fills only its own queue, and its session
-   * then stops reading its requests until it drains (or is dropped by `--write-timeout`).
-   */
-  #reply(member: RoomMember, frame: Uint8Array): void {
-    member.outbox.push(frame);
-  }
-
   #storeFailed(error: unknown): void {
     this.#stats.storeErrors++;
     if (!(error instanceof StoreError)) throw error;
@@ -521,29 +466,6 @@ export class LocalRoom implements Room {
       reason: error.message,
     });
   }
-
-  /**
-   * Encodes `json` as a frame straight into the arena, right after the previous one (no frame
-   * of its own to allocate and copy). A frame that does not fit in what is left of the chunk
-   * goes into a new chunk; a large one gets a buffer of its own.
-   */
-  #shared(json: string): Uint8Array {
-    if (json.length > ARENA_MAX_FRAME) return encodeJsonFrame(json);
-    for (let fresh = false;; fresh = true) {
-      const start = this.#used;
-      const room = this.#arena.subarray(start + HEADER_SIZE);
-      const { read, written } = ENCODER.encodeInto(json, room);
-      if (read === json.length && written <= ARENA_MAX_FRAME) {
-        new DataView(this.#arena.buffer, start).setUint32(0, written);
-        this.#used = start + HEADER_SIZE + written;
-        return this.#arena.subarray(start, this.#used);
-      }
-      if (fresh) return encodeJsonFrame(json); // more than ARENA_MAX_FRAME once encoded
-      this.#arena = new Uint8Array(ARENA_SIZE);
-      this.#used = 0;
-    }
-  }
 }
 
 const UNAVAILABLE = "Cannot store the message now; resend it later";
-const ENCODER = new TextEncoder();

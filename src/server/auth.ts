@@ -9,6 +9,7 @@ import type { Logger } from "@logtape/logtape";
 import { ProtocolError } from "../protocol/mod.ts";
 import type { AuthLockout } from "./limits.ts";
 import type { PasswordVerifier } from "./password.ts";
+import type { SharedLockout } from "../room/cluster.ts";
 import type { ServerStats } from "./stats.ts";
 
 /** The outcome of a login attempt that was checked. */
@@ -18,6 +19,7 @@ export type Verdict = "ok" | "wrong";
 export class Gatekeeper {
   #verifier: PasswordVerifier;
   #lockout: AuthLockout;
+  #shared: SharedLockout | undefined;
   #stats: ServerStats;
   #logger: Logger;
   #now: () => number;
@@ -26,12 +28,15 @@ export class Gatekeeper {
   constructor(options: {
     verifier: PasswordVerifier;
     lockout: AuthLockout;
+    /** The cluster's lockout table, consulted and fed besides this server's own. */
+    shared?: SharedLockout;
     stats: ServerStats;
     logger: Logger;
     now: () => number;
   }) {
     this.#verifier = options.verifier;
     this.#lockout = options.lockout;
+    this.#shared = options.shared;
     this.#stats = options.stats;
     this.#logger = options.logger;
     this.#now = options.now;
@@ -49,16 +54,22 @@ export class Gatekeeper {
    */
   async check(ip: string, password: string, current: () => boolean): Promise<Verdict | null> {
     this.#refuseLocked(ip);
-    const ok = await this.#verifier.verify(password);
+    const shared = this.#shared;
+    const [ok, lockedElsewhere] = await Promise.all([
+      this.#verifier.verify(password),
+      shared ? shared.isLocked(ip) : false,
+    ]);
     if (!current()) return null;
     this.#refuseLocked(ip);
+    if (lockedElsewhere) throw lockedOut();
     if (ok) {
       this.#stats.authenticated++;
       return "ok";
     }
     this.#stats.authFailures++;
     // Not locked just above, at the same time: a lockout here is a new one.
-    const locked = this.#lockout.fail(ip, this.#now());
+    let locked = this.#lockout.fail(ip, this.#now());
+    if (shared) locked = (await shared.fail(ip)) || locked;
     if (locked) this.#stats.lockouts++;
     this.#logger.warn("Failed login from {ip}{lock}", { ip, lock: locked ? "; locked out" : "" });
     return "wrong";
@@ -74,8 +85,10 @@ export class Gatekeeper {
   }
 
   #refuseLocked(ip: string): void {
-    if (this.#lockout.isLocked(ip, this.#now())) {
-      throw new ProtocolError("locked_out", "Cannot log in: too many failed attempts, try later");
-    }
+    if (this.#lockout.isLocked(ip, this.#now())) throw lockedOut();
   }
+}
+
+function lockedOut(): ProtocolError {
+  return new ProtocolError("locked_out", "Cannot log in: too many failed attempts, try later");
 }

@@ -79,6 +79,10 @@ export interface ServerConfig {
   metricsPort: number | null;
   /** Address of the metrics port (default `127.0.0.1`). */
   metricsHost: string;
+  /** Redis URL of the cluster this node joins; `null`: a single node (the default). */
+  redis: string | null;
+  /** Prefix of the cluster's Redis keys (default `chat:`). */
+  redisPrefix: string;
   logLevel: typeof LOG_LEVELS[number];
   logFormat: typeof LOG_FORMATS[number];
   /** Generate certificates (if missing), print the fingerprint and exit. */
@@ -129,6 +133,10 @@ Options (flags win over environment variables, which win over defaults):
                             port, 0 picks a free one (default off)
   --metrics-host HOST       address of the metrics port; it has no authentication, keep it
                             private (default 127.0.0.1)
+  --redis URL               join the cluster of every server with this Redis, e.g.
+                            redis://127.0.0.1:6379 (env REDIS_URL; default: a single node,
+                            history in --data-dir); history, presence and lockouts go to Redis
+  --redis-prefix PREFIX     prefix of the cluster's Redis keys (default chat:)
   --log-level LEVEL         debug, info, warning or error (default info)
   --log-format FORMAT       text or json (default text)
   -h, --help                show this help
@@ -175,6 +183,8 @@ export function parseConfig(
     "log-format",
     "metrics-port",
     "metrics-host",
+    "redis",
+    "redis-prefix",
     ...Object.keys(NUMERIC_FLAGS),
   ];
   let values: Record<string, string | boolean | undefined>;
@@ -263,6 +273,30 @@ export function parseConfig(
     throw new ConfigError("--metrics-host needs --metrics-port");
   }
 
+  const redisFlag = flag("redis") ?? env("REDIS_URL");
+  let redis: string | null = null;
+  if (redisFlag !== undefined && redisFlag.trim() !== "" && redisFlag.trim() !== "off") {
+    redis = redisFlag.trim();
+    let url: URL;
+    try {
+      url = new URL(redis);
+    } catch {
+      throw new ConfigError("Invalid --redis: expected a URL such as redis://127.0.0.1:6379");
+    }
+    if (url.protocol !== "redis:" && url.protocol !== "rediss:") {
+      throw new ConfigError(
+        `Invalid --redis: the URL must start with redis:// or rediss:// (not ${url.protocol}//)`,
+      );
+    }
+  }
+  const redisPrefix = flag("redis-prefix") ?? "chat:";
+  if (redisPrefix === "" || redisPrefix.length > 64) {
+    throw new ConfigError("Invalid --redis-prefix: expected 1 to 64 characters");
+  }
+  if (flag("redis-prefix") !== undefined && redis === null) {
+    throw new ConfigError("--redis-prefix needs --redis");
+  }
+
   const certFile = flag("cert");
   const keyFile = flag("key");
   if ((certFile === undefined) !== (keyFile === undefined)) {
@@ -289,6 +323,8 @@ export function parseConfig(
     dataDir: flag("data-dir") ?? "data",
     metricsPort,
     metricsHost,
+    redis,
+    redisPrefix,
     logLevel: logLevel as ServerConfig["logLevel"],
     logFormat: logFormat as ServerConfig["logFormat"],
     certsOnly: values["certs-only"] === true,

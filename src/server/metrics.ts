@@ -13,6 +13,7 @@
 import { Counter, Gauge, Registry } from "prom-client";
 import type { ChatServer, ServerSnapshot } from "./server.ts";
 import { ERRORS } from "../protocol/mod.ts";
+import type { ClusterStatus } from "../room/room.ts";
 
 /** Options for {@link MetricsServer}. */
 export interface MetricsServerOptions {
@@ -156,6 +157,29 @@ export function chatRegistry(source: () => ServerSnapshot): {
         this.set(read()[field]);
       },
     });
+  }
+  if (source().cluster !== null) {
+    const cluster = () => read().cluster!;
+    for (
+      const [name, help, value] of [
+        ["chat_redis_up", "1 while the cluster's Redis answers, else 0", (c) => +c.redisUp],
+        ["chat_cluster_nodes", "Live nodes in the cluster at the last heartbeat", (c) => c.nodes],
+        [
+          "chat_cluster_remote_members",
+          "Members logged in on the other nodes, as this node knows them",
+          (c) => c.remoteMembers,
+        ],
+      ] as [string, string, (status: ClusterStatus) => number][]
+    ) {
+      new Gauge({
+        name,
+        help,
+        registers,
+        collect() {
+          this.set(value(cluster()));
+        },
+      });
+    }
   }
   const render = async () => {
     snapshot = source();

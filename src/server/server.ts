@@ -24,7 +24,8 @@ import { CertError, fingerprintOf } from "./certs.ts";
 import { AuthLockout } from "./limits.ts";
 import { PasswordVerifier } from "./password.ts";
 import { encodeError, type ErrorCode } from "../protocol/mod.ts";
-import { LocalRoom, type Mailbox, type Room } from "../room/room.ts";
+import { type ClusterStatus, LocalRoom, type Mailbox, type Room } from "../room/room.ts";
+import { RedisRoom } from "../room/cluster.ts";
 import { clockStartId, type HistoryStore, memoryStore } from "../room/store.ts";
 import { SERVER_SOFTWARE } from "./version.ts";
 import { CLOSE_GRACE_MS, normalizeIp } from "./socket.ts";
@@ -76,6 +77,13 @@ export interface ChatServerOptions {
    * from the project's `web/` directory at {@link ChatServer.listen}).
    */
   web?: { port: number; assets?: Map<string, Asset> };
+  /**
+   * Serve one room with every server that has the same Redis: `url` is
+   * `redis://[[user]:password@]host[:port][/db]` (or `rediss://` for TLS); keys start with
+   * `prefix` (default `chat:`). History, ids, refs, presence and the lockout are then kept in
+   * Redis and `history` is not used. Off when unset.
+   */
+  redis?: { url: string; prefix?: string };
 }
 
 /** What {@link ChatServer.reload} replaces; what is not given stays as it is. */
@@ -137,6 +145,8 @@ export interface ServerSnapshot extends ServerStats {
   queuedBytes: number;
   /** Open connections by state, on the chat port (`tls`) and the web port (`web`). */
   states: { tls: ConnectionStates; web: ConnectionStates };
+  /** The cluster as this node sees it, or `null` without `redis`. */
+  cluster: ClusterStatus | null;
 }
 
 /** The closing error a connection gets instead of a session. */
@@ -179,6 +189,8 @@ export class ChatServer implements AsyncDisposable {
   #gateway: WebGateway | null = null;
   #flow = new FlowControl();
   #room: Room;
+  #redisRoom: RedisRoom | null = null;
+  #roomStarted = false;
   #ownStore: HistoryStore | null = null;
   #lockout: AuthLockout;
   #connections = new Map<Socket, Connection>();
@@ -187,7 +199,6 @@ export class ChatServer implements AsyncDisposable {
   #perIp = new Map<string, number>();
   #refusing = 0;
   #refusingPerIp = new Map<string, number>();
-  #nextId = 0;
   #watch: ReturnType<typeof setInterval> | undefined;
   #checkedBackpressure = false;
   #closing: Promise<void> | null = null;
@@ -225,18 +236,36 @@ export class ChatServer implements AsyncDisposable {
     this.#options = { ...options };
     this.#limits = { ...DEFAULT_LIMITS, ...options.limits };
     this.#now = options.now ?? (() => performance.now());
-    let store = options.history;
-    if (!store) {
-      store = this.#ownStore = memoryStore(this.#limits.historyKeep, { startId: clockStartId() });
-    }
     const flow = this.#flow;
-    this.#room = new LocalRoom({
-      store,
-      replayBytes: this.#limits.maxSendQueue,
-      hold: (mailbox: Mailbox) => flow.hold(mailbox as Outbox),
-      delivered: flushOutboxes,
-      logger: this.#logger,
-    });
+    const hold = (mailbox: Mailbox) => flow.hold(mailbox as Outbox);
+    if (options.redis) {
+      this.#room = this.#redisRoom = new RedisRoom({
+        url: options.redis.url,
+        prefix: options.redis.prefix,
+        keep: this.#limits.historyKeep,
+        replayBytes: this.#limits.maxSendQueue,
+        hold,
+        blocked: () => flow.blocked,
+        whenFree: (resume) => flow.wait({ resume }),
+        delivered: flushOutboxes,
+        lockout: { maxFailures: this.#limits.maxAuthFailures, windowMs: this.#limits.lockoutMs },
+        logger: this.#logger,
+      });
+    } else {
+      let store = options.history;
+      if (!store) {
+        store = this.#ownStore = memoryStore(this.#limits.historyKeep, {
+          startId: clockStartId(),
+        });
+      }
+      this.#room = new LocalRoom({
+        store,
+        replayBytes: this.#limits.maxSendQueue,
+        hold,
+        delivered: flushOutboxes,
+        logger: this.#logger,
+      });
+    }
     this.#lockout = new AuthLockout({
       maxFailures: this.#limits.maxAuthFailures,
       windowMs: this.#limits.lockoutMs,
@@ -295,6 +324,7 @@ export class ChatServer implements AsyncDisposable {
       connections: this.#admitted,
       clients: this.#room.size,
       historySize: this.#room.historySize,
+      cluster: this.#room.cluster,
       refusing: this.#refusing,
       sockets: this.#connections.size,
       holders: this.#flow.holders,
@@ -396,6 +426,7 @@ export class ChatServer implements AsyncDisposable {
         gate: new Gatekeeper({
           verifier,
           lockout: this.#lockout,
+          shared: this.#redisRoom?.lockout,
           stats: this.#stats,
           logger: this.#logger,
           now: this.#now,
@@ -421,6 +452,10 @@ export class ChatServer implements AsyncDisposable {
           if (this.#sessions.size === 0) this.#allClosed?.();
         },
       };
+    }
+    if (this.#redisRoom && !this.#roomStarted) {
+      this.#roomStarted = true;
+      await this.#redisRoom.start();
     }
     if (web) {
       const assets = web.assets ?? await loadAssets();
@@ -537,6 +572,7 @@ export class ChatServer implements AsyncDisposable {
     await this.#starting?.catch(() => {});
     const server = this.#server;
     if (!server) {
+      await this.#room.stop();
       this.#ownStore?.close();
       return;
     }
@@ -576,6 +612,7 @@ export class ChatServer implements AsyncDisposable {
     clearTimeout(deadline);
     clearTimeout(handshakes);
     await listenerClosed;
+    await this.#room.stop();
     this.#ownStore?.close();
     this.#logger.info("Server stopped");
   }
@@ -680,7 +717,7 @@ export class ChatServer implements AsyncDisposable {
     // its last frames are flushed.
     socket.allowHalfOpen = true;
     const session = new Session(new StreamTransport(socket, this.#limits), this.#context!, {
-      id: ++this.#nextId,
+      id: this.#room.newMemberId(),
       ip: connection.ip,
       acceptedAt: connection.acceptedAt,
     });
@@ -736,7 +773,7 @@ export class ChatServer implements AsyncDisposable {
     socket.allowHalfOpen = true;
     const transport = new WebSocketTransport(socket, head, this.#limits);
     const session = new Session(transport, this.#context!, {
-      id: ++this.#nextId,
+      id: this.#room.newMemberId(),
       ip: connection.ip,
       acceptedAt: connection.acceptedAt,
     });

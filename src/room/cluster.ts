@@ -1,0 +1,994 @@
+/**
+ * The cluster room: one room served by every server started with the same `--redis` URL. It is
+ * the second implementation of {@link Room}; sessions do not know which one they talk to.
+ *
+ * **Where things live in Redis** (every key starts with the prefix, `chat:` by default):
+ * - `messages`: a stream, the room's one order and its history. A node posts the messages of one
+ *   event-loop turn in one script call, which numbers them from `seq` (so ids strictly increase
+ *   across nodes and restarts), records each `ref` for ten minutes (`ref:<ref>`, for
+ *   de-duplication) and appends them with their id as the entry id (`<id>-0`). The entry time
+ *   is Redis's clock, one clock for the cluster.
+ * - Every node reads the stream (`XREAD BLOCK`, a batch per read) and delivers each message to
+ *   its own members through the same {@link Fanout} as the single-node room. While one of its
+ *   recipients is full, a node stops reading: the stream waits for it, nothing is skipped.
+ * - `presence`: a stream of joins and leaves; `members:<node>`: a hash of each node's members;
+ *   `nodes`: the set of live node numbers; `node:<n>`: a node's heartbeat key, which expires
+ *   when the node stops refreshing it. A node whose key has expired is reaped by the first node
+ *   that notices: its members leave with `node_lost` (one script, so exactly once).
+ * - `fails:<addr>` / `lock:<addr>`: the login lockout, shared by every node.
+ *
+ * **When Redis is unreachable** nothing crashes and nobody is dropped: messages are refused at
+ * once with `unavailable` (the client resends them with their `ref`), presence changes wait in a
+ * queue, and everything resumes by itself once Redis answers again (the client reconnects every
+ * half second at most).
+ *
+ * @module
+ */
+import { setImmediate } from "node:timers";
+import type { Logger } from "@logtape/logtape";
+import { createClient } from "@redis/client";
+import {
+  encodeAck,
+  encodeHistoryEnd,
+  encodeJoined,
+  encodeLeft,
+  encodeWho,
+  type LeaveReason,
+  MAX_REPLAY,
+  type MemberInfo,
+  WANTS_HISTORY,
+  WANTS_IDS,
+} from "../protocol/mod.ts";
+import { encodePage, Fanout } from "./fanout.ts";
+import type {
+  ClusterStatus,
+  HistoryQuery,
+  JoinRequest,
+  Mailbox,
+  Post,
+  Room,
+  RoomMember,
+  RoomStats,
+} from "./room.ts";
+import type { StoredMessage } from "./store.ts";
+import { clockStartId } from "./store.ts";
+import { lockoutKey } from "../server/limits.ts";
+
+/** A lockout table shared by several servers (see {@link RedisRoom.lockout}). */
+export interface SharedLockout {
+  /** Whether `ip` is locked out; `false` when the shared table cannot be asked. */
+  isLocked(ip: string): Promise<boolean>;
+  /** Records a failed login from `ip`; whether it is now locked out (`false` when unreachable). */
+  fail(ip: string): Promise<boolean>;
+}
+
+/** Options of {@link RedisRoom}. */
+export interface RedisRoomOptions {
+  /** `redis://[[user]:password@]host[:port][/db]` or `rediss://…` (TLS). */
+  url: string;
+  /** Messages kept in history (`--history-keep`). */
+  keep: number;
+  /** Most bytes of history sent in one replay or page (at least one message always goes). */
+  replayBytes: number;
+  /** A recipient's queue is full: pause the senders. */
+  hold(mailbox: Mailbox): void;
+  /** Whether some recipient is full (this node then stops reading the stream). */
+  blocked(): boolean;
+  /** Calls `resume` once no recipient is full any more. */
+  whenFree(resume: () => void): void;
+  /** Called after frames were queued (to write them out now). */
+  delivered?: () => void;
+  /** Lockout rules (`--max-auth-failures`, `--lockout`). */
+  lockout: { maxFailures: number; windowMs: number };
+  logger: Logger;
+  /** Key prefix (default `chat:`). */
+  prefix?: string;
+  /** Heartbeat period, ms (default 1000); a node is lost after `nodeTtlMs` (default 8000). */
+  heartbeatMs?: number;
+  nodeTtlMs?: number;
+}
+
+/** How long a command may take before the node treats Redis as unreachable for it. */
+const COMMAND_TIMEOUT_MS = 3000;
+/** `XREAD BLOCK` time; the reader also wakes this often when the room is quiet. */
+const READ_BLOCK_MS = 1000;
+/** Most entries taken from a stream in one read. */
+const READ_COUNT = 1024;
+/** Most messages numbered and appended in one script call. */
+const MAX_BATCH = 256;
+/** Most messages waiting for Redis's answer; more are refused with `unavailable`. */
+const MAX_IN_FLIGHT = 8192;
+/** How long a `ref` is remembered for de-duplication. */
+const REF_TTL_MS = 10 * 60 * 1000;
+/** Fewest stream entries kept whatever `--history-keep` is: they carry the live delivery. */
+const MIN_STREAM_LENGTH = 10_000;
+/** Entries kept in the presence stream. */
+const PRESENCE_LENGTH = 100_000;
+/** Node numbers are below this; a member id is `node * 2**32 + n`, a safe integer. */
+const NODE_LIMIT = 2 ** 21;
+const MEMBER_SPACE = 2 ** 32;
+/** A jump in ids at least this large is a new start of the counter, not missed messages. */
+const GAP_LIMIT = 1_000_000;
+
+const UNAVAILABLE = "Cannot store the message now; resend it later";
+
+/** Numbers, de-duplicates and appends a batch of messages. */
+const POST_SCRIPT = `
+local seq = redis.call('GET', KEYS[1])
+if seq then seq = tonumber(seq) else seq = tonumber(ARGV[5]) end
+local t = redis.call('TIME')
+local ts = string.format('%.0f', tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000))
+local out = {}
+for i = 6, #ARGV, 5 do
+  local ref = ARGV[i + 4]
+  local known = false
+  if ref ~= '' then known = redis.call('GET', ARGV[1] .. 'ref:' .. ref) end
+  if known then
+    out[#out + 1] = known
+  else
+    seq = seq + 1
+    local id = string.format('%.0f', seq)
+    redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], id .. '-0', 'm', ARGV[i], 's', ARGV[i + 1],
+      'i', ARGV[i + 2], 'c', ARGV[i + 3], 'r', ref, 't', ts)
+    if ref ~= '' then redis.call('SET', ARGV[1] .. 'ref:' .. ref, id .. ':' .. ts, 'PX', ARGV[3]) end
+    out[#out + 1] = id .. ':' .. ts .. ':new'
+  end
+end
+redis.call('SET', KEYS[1], string.format('%.0f', seq))
+return out
+`;
+
+/**
+ * Claims (ARGV[5] = '1': only if free) or renews this node's key, and writes its members afresh,
+ * each announced as joined (other nodes ignore a join of a member they know).
+ */
+const REGISTER_SCRIPT = `
+local nodeKey = ARGV[1] .. 'node:' .. ARGV[2]
+if ARGV[5] == '1' then
+  if not redis.call('SET', nodeKey, '1', 'PX', ARGV[3], 'NX') then return 0 end
+else
+  redis.call('SET', nodeKey, '1', 'PX', ARGV[3])
+end
+redis.call('SADD', KEYS[1], ARGV[2])
+local h = ARGV[1] .. 'members:' .. ARGV[2]
+redis.call('DEL', h)
+for i = 6, #ARGV, 2 do
+  redis.call('HSET', h, ARGV[i], ARGV[i + 1])
+  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], '*', 'e', 'j', 'm', ARGV[i + 1])
+end
+return 1
+`;
+
+/**
+ * Renews this node's key (0 if it had expired: the node must register again), reaps nodes whose
+ * key expired (their members leave with node_lost), and returns the live nodes and the history
+ * length.
+ */
+const HEARTBEAT_SCRIPT = `
+local alive = 1
+if not redis.call('SET', ARGV[1] .. 'node:' .. ARGV[2], '1', 'PX', ARGV[3], 'XX') then alive = 0 end
+local live = {}
+for _, n in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  if redis.call('EXISTS', ARGV[1] .. 'node:' .. n) == 1 then
+    live[#live + 1] = n
+  else
+    local h = ARGV[1] .. 'members:' .. n
+    local members = redis.call('HVALS', h)
+    for i = 1, #members do
+      redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], '*', 'e', 'l', 'w', 'node_lost', 'm', members[i])
+    end
+    redis.call('DEL', h)
+    redis.call('SREM', KEYS[1], n)
+  end
+end
+return {alive, redis.call('XLEN', KEYS[3]), live}
+`;
+
+/** Publishes this node's joins and leaves, in order. */
+const PRESENCE_SCRIPT = `
+local h = ARGV[1] .. 'members:' .. ARGV[2]
+for i = 4, #ARGV, 4 do
+  if ARGV[i] == 'j' then
+    redis.call('HSET', h, ARGV[i + 1], ARGV[i + 2])
+    redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[3], '*', 'e', 'j', 'm', ARGV[i + 2])
+  else
+    redis.call('HDEL', h, ARGV[i + 1])
+    redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[3], '*', 'e', 'l', 'w', ARGV[i + 3], 'm', ARGV[i + 2])
+  end
+end
+return 1
+`;
+
+/** Every member of the other nodes, and the presence stream's last entry id, at one instant. */
+const SNAPSHOT_SCRIPT = `
+local last = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1)
+local out = {'0-0'}
+if last[1] then out[1] = last[1][1] end
+for _, n in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  if n ~= ARGV[2] then
+    local members = redis.call('HVALS', ARGV[1] .. 'members:' .. n)
+    for i = 1, #members do out[#out + 1] = members[i] end
+  end
+end
+return out
+`;
+
+/** This node leaves: its members leave with 'shutdown', its keys go. */
+const GOODBYE_SCRIPT = `
+local h = ARGV[1] .. 'members:' .. ARGV[2]
+local members = redis.call('HVALS', h)
+for i = 1, #members do
+  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', 'e', 'l', 'w', 'shutdown', 'm', members[i])
+end
+redis.call('DEL', h, ARGV[1] .. 'node:' .. ARGV[2])
+redis.call('SREM', KEYS[1], ARGV[2])
+return 1
+`;
+
+/** Counts a failed login in the window; locks the address out at the limit. */
+const FAIL_SCRIPT = `
+if redis.call('EXISTS', KEYS[2]) == 1 then return 1 end
+local n = redis.call('INCR', KEYS[1])
+if n == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
+if n >= tonumber(ARGV[2]) then
+  redis.call('SET', KEYS[2], '1', 'PX', ARGV[1])
+  redis.call('DEL', KEYS[1])
+  return 1
+end
+return 0
+`;
+
+interface Script {
+  source: string;
+  sha: string;
+}
+
+async function script(source: string): Promise<Script> {
+  const digest = await crypto.subtle.digest("SHA-1", new TextEncoder().encode(source));
+  const sha = Array.from(new Uint8Array(digest), (b) => b.toString(16).padStart(2, "0")).join("");
+  return { source, sha };
+}
+
+/** A member of another node, as this node knows it. */
+interface RemoteMember extends MemberInfo {
+  node: number;
+  /** `performance.now()` when this node learnt of it. */
+  seen: number;
+}
+
+interface Pending {
+  member: RoomMember;
+  post: Post;
+}
+
+/** A presence change of a member of this node, not yet in Redis. */
+interface PresenceChange {
+  op: "j" | "l";
+  member: MemberInfo;
+  reason?: LeaveReason;
+}
+
+type Reply = unknown;
+// deno-lint-ignore no-explicit-any
+type Client = any;
+
+/** The URL without its credentials, for logs. */
+export function redactRedisUrl(url: string): string {
+  try {
+    const parsed = new URL(url);
+    parsed.username = "";
+    parsed.password = "";
+    return parsed.toString();
+  } catch {
+    return "(an invalid URL)";
+  }
+}
+
+/** A room shared through Redis by every server with the same URL. */
+export class RedisRoom implements Room {
+  #options: RedisRoomOptions;
+  #logger: Logger;
+  #prefix: string;
+  #fanout: Fanout;
+  #delivered: () => void;
+  #keys: { seq: string; messages: string; presence: string; nodes: string };
+  #streamLength: number;
+  #commands: Client;
+  #reader: Client;
+  #scripts: Record<string, Script> | null = null;
+  #node = 1 + Math.floor(Math.random() * (NODE_LIMIT - 1));
+  #registered = false;
+  #nextMemberId = 0;
+  #remote = new Map<number, RemoteMember>();
+  /** Id of the last message delivered here (0: none yet); the next read starts after it. */
+  #cursor = 0;
+  #cursorKnown = false;
+  #presenceCursor: string | null = null;
+  #pending: Pending[] = [];
+  #scheduled = false;
+  #inFlight = 0;
+  #presenceQueue: PresenceChange[] = [];
+  #publishing = false;
+  #up = false;
+  #everUp = false;
+  #downLogged = false;
+  #closing = false;
+  #stopped = false;
+  #nodes = 0;
+  #historySize = 0;
+  #heartbeat: ReturnType<typeof setInterval> | undefined;
+  #beating = false;
+  #reading: Promise<void> | null = null;
+  #wakeReader: (() => void) | null = null;
+  #stats: RoomStats = { messages: 0, deliveries: 0, refused: 0, storeErrors: 0, duplicates: 0 };
+
+  constructor(options: RedisRoomOptions) {
+    this.#options = options;
+    this.#logger = options.logger;
+    const prefix = this.#prefix = options.prefix ?? "chat:";
+    this.#keys = {
+      seq: prefix + "seq",
+      messages: prefix + "messages",
+      presence: prefix + "presence",
+      nodes: prefix + "nodes",
+    };
+    this.#streamLength = Math.max(options.keep, MIN_STREAM_LENGTH);
+    this.#fanout = new Fanout(options.hold);
+    this.#delivered = options.delivered ?? (() => {});
+    const heartbeat = options.heartbeatMs ?? 1000;
+    const clientOptions = {
+      url: options.url,
+      RESP: 2 as const,
+      disableOfflineQueue: true,
+      pingInterval: heartbeat,
+      socket: {
+        connectTimeout: 2000,
+        socketTimeout: READ_BLOCK_MS + COMMAND_TIMEOUT_MS,
+        reconnectStrategy: (retries: number) => Math.min(50 * 2 ** retries, 500),
+      },
+    };
+    this.#commands = createClient(clientOptions);
+    this.#reader = createClient(clientOptions);
+    // The command connection says whether Redis is up (with the heartbeat); the reader's own
+    // errors only make it retry (it may sit idle while flow control pauses it).
+    this.#commands.on("error", (error: Error) => this.#down(error));
+    this.#reader.on("error", (error: Error) => {
+      this.#logger.debug("Redis reader: {reason}", { reason: reasonOf(error) });
+    });
+    for (const client of [this.#commands, this.#reader]) client.on("ready", () => this.#beat());
+  }
+
+  /** Starts connecting in the background; the room works (refusing messages) until Redis answers. */
+  async start(): Promise<void> {
+    this.#scripts = {
+      post: await script(POST_SCRIPT),
+      register: await script(REGISTER_SCRIPT),
+      heartbeat: await script(HEARTBEAT_SCRIPT),
+      presence: await script(PRESENCE_SCRIPT),
+      snapshot: await script(SNAPSHOT_SCRIPT),
+      goodbye: await script(GOODBYE_SCRIPT),
+      fail: await script(FAIL_SCRIPT),
+    };
+    // connect() rejects when the first attempt fails; the client goes on trying by itself.
+    this.#commands.connect().catch((error: Error) => this.#down(error));
+    this.#reader.connect().catch(() => {}); // its "error" events say why
+    this.#heartbeat = setInterval(() => this.#beat(), this.#options.heartbeatMs ?? 1000);
+    this.#reading = this.#readLoop();
+  }
+
+  get size(): number {
+    return this.#fanout.size;
+  }
+
+  get stats(): Readonly<RoomStats> {
+    return this.#stats;
+  }
+
+  get historySize(): number {
+    return Math.min(this.#historySize, this.#options.keep);
+  }
+
+  get cluster(): ClusterStatus {
+    return {
+      node: this.#node,
+      redisUp: this.#up,
+      nodes: this.#nodes,
+      remoteMembers: this.#remote.size,
+    };
+  }
+
+  /** The lockout table in Redis (each call bounded in time; `false` when unreachable). */
+  readonly lockout: SharedLockout = {
+    isLocked: async (ip) => {
+      if (!this.#up) return false;
+      const reply = await this.#call(["EXISTS", this.#prefix + "lock:" + lockoutKey(ip)], 1000)
+        .catch(() => 0);
+      return Number(reply) === 1;
+    },
+    fail: async (ip) => {
+      const { windowMs, maxFailures } = this.#options.lockout;
+      if (!this.#up || windowMs === 0) return false;
+      const key = lockoutKey(ip);
+      const reply = await this.#eval(
+        "fail",
+        [this.#prefix + "fails:" + key, this.#prefix + "lock:" + key],
+        [String(windowMs), String(maxFailures)],
+        1000,
+      ).catch(() => 0);
+      return Number(reply) === 1;
+    },
+  };
+
+  newMemberId(): number {
+    return this.#node * MEMBER_SPACE + (++this.#nextMemberId % MEMBER_SPACE);
+  }
+
+  join(member: RoomMember, request: JoinRequest): void {
+    const fanout = this.#fanout;
+    const replay = (member.features & WANTS_HISTORY) !== 0;
+    if (!fanout.add(member, replay)) return;
+    fanout.welcome(member, request, () => this.#everyone());
+    for (const notice of request.notices ?? []) fanout.reply(member, notice);
+    fanout.presence(member.id, () => encodeJoined(member));
+    this.#publish({ op: "j", member });
+    if (replay) this.#replay(member, request);
+  }
+
+  leave(member: RoomMember, reason: LeaveReason): void {
+    if (!this.#fanout.remove(member)) return;
+    if (this.#closing) return; // the goodbye says it for everyone
+    this.#fanout.presence(member.id, () => encodeLeft(member, reason));
+    this.#publish({ op: "l", member, reason });
+  }
+
+  post(member: RoomMember, post: Post): void {
+    if (!this.#up || this.#inFlight + this.#pending.length >= MAX_IN_FLIGHT) {
+      this.#stats.refused++;
+      member.refused("unavailable", UNAVAILABLE, post.ref);
+      return;
+    }
+    this.#pending.push({ member, post });
+    if (this.#pending.length >= MAX_BATCH) {
+      this.#flush();
+      return;
+    }
+    if (!this.#scheduled) {
+      this.#scheduled = true;
+      setImmediate(RedisRoom.#flushRoom, this);
+    }
+  }
+
+  who(member: RoomMember): void {
+    this.#fanout.reply(member, encodeWho(this.#everyone()));
+  }
+
+  history(member: RoomMember, query: HistoryQuery): void {
+    const limit = query.limit;
+    const read = query.after !== undefined
+      ? this.#range("XRANGE", `(${query.after}-0`, "+", limit + 1)
+      : this.#range(
+        "XREVRANGE",
+        query.before !== undefined ? `(${query.before}-0` : "+",
+        "-",
+        limit + 1,
+      );
+    read.then((rows) => {
+      if (!this.#fanout.has(member)) return;
+      this.#fanout.sendHistory(member, this.#page(rows, limit, query.after === undefined));
+      this.#delivered();
+    }, (error) => {
+      this.#failed(error);
+      member.refused("unavailable", "Cannot read history now; try again later", undefined);
+      this.#delivered();
+    });
+  }
+
+  flush(): void {
+    this.#flush();
+  }
+
+  close(): void {
+    this.#closing = true;
+  }
+
+  async stop(): Promise<void> {
+    if (this.#stopped) return;
+    this.#closing = true;
+    this.#stopped = true;
+    clearInterval(this.#heartbeat);
+    this.#wakeReader?.();
+    if (this.#up && this.#registered) {
+      await this.#eval(
+        "goodbye",
+        [this.#keys.nodes, this.#keys.presence],
+        [this.#prefix, String(this.#node), String(PRESENCE_LENGTH)],
+        1000,
+      ).catch(() => {});
+    }
+    this.#up = false;
+    for (const client of [this.#commands, this.#reader]) {
+      try {
+        client.destroy();
+      } catch {
+        // not connected
+      }
+    }
+    await this.#reading;
+  }
+
+  static #flushRoom(room: RedisRoom): void {
+    room.#flush();
+  }
+
+  /** Sends the messages posted so far to Redis, in batches; acks them when Redis has them. */
+  #flush(): void {
+    this.#scheduled = false;
+    while (this.#pending.length > 0) {
+      const batch = this.#pending.splice(0, MAX_BATCH);
+      this.#send(batch);
+    }
+  }
+
+  #send(batch: Pending[]): void {
+    const args = [
+      this.#prefix,
+      String(this.#streamLength),
+      String(REF_TTL_MS),
+      String(this.#node),
+      String(Math.max(clockStartId(), this.#cursor)),
+    ];
+    for (const { member, post } of batch) {
+      args.push(String(member.id), post.sender, member.ip, post.content, post.ref ?? "");
+    }
+    this.#inFlight += batch.length;
+    this.#eval("post", [this.#keys.seq, this.#keys.messages], args, COMMAND_TIMEOUT_MS).then(
+      (reply) => {
+        this.#inFlight -= batch.length;
+        const results = reply as string[];
+        for (let i = 0; i < batch.length; i++) {
+          const [id, ts, fresh] = String(results[i]).split(":");
+          const { member, post } = batch[i];
+          if (fresh) this.#stats.messages++;
+          else this.#stats.duplicates++;
+          if (post.ref !== undefined && member.features & WANTS_IDS) {
+            this.#fanout.reply(member, encodeAck(post.ref, Number(id), Number(ts)));
+          }
+        }
+        this.#delivered();
+      },
+      (error) => {
+        this.#inFlight -= batch.length;
+        this.#failed(error);
+        for (const { member, post } of batch) {
+          this.#stats.refused++;
+          member.refused("unavailable", UNAVAILABLE, post.ref);
+        }
+        this.#delivered();
+      },
+    );
+  }
+
+  /** Replays history to a member that has just joined; its room frames wait until then. */
+  #replay(member: RoomMember, request: JoinRequest): void {
+    // Everything up to the cursor was delivered before this member joined; everything after it
+    // reaches the member live (deferred until the replay is queued): no gap, no duplicate.
+    const upTo = this.#cursor;
+    const keep = this.#options.keep;
+    const oldest = Math.max(0, upTo - keep); // ids are consecutive between restarts of Redis
+    let read: Promise<StoredMessage[]>;
+    let limit: number;
+    let fromNewest: boolean;
+    if (upTo === 0 || keep === 0) {
+      limit = 0;
+      fromNewest = true;
+      read = Promise.resolve([]);
+    } else if (request.after !== undefined) {
+      limit = MAX_REPLAY;
+      fromNewest = false;
+      const after = Math.max(request.after, oldest);
+      read = after >= upTo
+        ? Promise.resolve([])
+        : this.#range("XRANGE", `(${after}-0`, `${upTo}-0`, limit + 1);
+    } else {
+      limit = Math.min(request.history, keep);
+      fromNewest = true;
+      read = limit === 0
+        ? this.#range("XREVRANGE", `${upTo}-0`, `(${oldest}-0`, 1)
+        : this.#range("XREVRANGE", `${upTo}-0`, `(${oldest}-0`, limit + 1);
+    }
+    read.then((rows) => {
+      if (!this.#fanout.has(member)) return;
+      this.#fanout.sendHistory(member, this.#page(rows, limit, fromNewest));
+      this.#fanout.undefer(member);
+      this.#delivered();
+    }, (error) => {
+      this.#failed(error);
+      if (!this.#fanout.has(member)) return;
+      member.refused("unavailable", "Cannot read history now; page it later", undefined);
+      this.#fanout.reply(member, encodeHistoryEnd(0, true));
+      this.#fanout.undefer(member);
+      this.#delivered();
+    });
+  }
+
+  /** Rows (oldest first after a reverse read) as a page of at most `limit` messages. */
+  #page(rows: StoredMessage[], limit: number, fromNewest: boolean) {
+    const more = rows.length > limit;
+    if (fromNewest) {
+      rows = rows.slice(0, limit).reverse();
+    } else {
+      rows = rows.slice(0, limit);
+    }
+    return encodePage(rows, this.#options.replayBytes, fromNewest, more);
+  }
+
+  async #range(command: string, from: string, to: string, count: number) {
+    const reply = await this.#call(
+      [command, this.#keys.messages, from, to, "COUNT", String(count)],
+      COMMAND_TIMEOUT_MS,
+    );
+    return (reply as [string, string[]][]).map(toMessage);
+  }
+
+  /** Members here and on the other nodes. */
+  *#everyone(): Iterable<MemberInfo> {
+    yield* this.#fanout.members();
+    for (const member of this.#remote.values()) {
+      yield { id: member.id, name: member.name, ip: member.ip, since: member.since };
+    }
+  }
+
+  // ---- Redis ----
+
+  #call(args: string[], timeoutMs: number): Promise<Reply> {
+    return withTimeout(this.#commands.sendCommand(args), timeoutMs);
+  }
+
+  async #eval(name: string, keys: string[], args: string[], timeoutMs: number): Promise<Reply> {
+    const { sha, source } = this.#scripts![name];
+    const tail = [String(keys.length), ...keys, ...args];
+    try {
+      return await this.#call(["EVALSHA", sha, ...tail], timeoutMs);
+    } catch (error) {
+      // Redis restarted (its script cache is empty): send the script itself.
+      if (!/NOSCRIPT/.test(String(error))) throw error;
+      return await this.#call(["EVAL", source, ...tail], timeoutMs);
+    }
+  }
+
+  #down(error: unknown): void {
+    if (this.#stopped) return;
+    if (!this.#downLogged) {
+      this.#logger.error(
+        "Redis at {url} is unreachable ({reason}); refusing messages until it is back",
+        { url: redactRedisUrl(this.#options.url), reason: reasonOf(error) },
+      );
+      this.#downLogged = true; // once per outage
+    }
+    this.#up = false;
+  }
+
+  #failed(error: unknown): void {
+    this.#stats.storeErrors++;
+    if (isConnectionError(error)) this.#down(error);
+    else {
+      this.#logger.error("Redis refused a command: {reason}", { reason: reasonOf(error) });
+    }
+  }
+
+  /** Keeps this node's key alive, registers it when needed, reaps lost nodes. */
+  async #beat(): Promise<void> {
+    if (this.#beating || this.#stopped || !this.#commands.isReady) return;
+    this.#beating = true;
+    try {
+      const ttl = String(this.#options.nodeTtlMs ?? 8000);
+      const asked = performance.now();
+      const reply = await this.#eval(
+        "heartbeat",
+        [this.#keys.nodes, this.#keys.presence, this.#keys.messages],
+        [this.#prefix, String(this.#node), ttl, String(PRESENCE_LENGTH)],
+        COMMAND_TIMEOUT_MS,
+      ) as [number, number, string[]];
+      if (Number(reply[0]) !== 1) await this.#register(ttl);
+      this.#nodes = reply[2].length + (Number(reply[0]) === 1 ? 0 : 1);
+      this.#historySize = Number(reply[1]);
+      this.#forgetLostNodes(new Set(reply[2].map(Number)), asked);
+      if (!this.#up) {
+        if (this.#everUp) this.#logger.warn("Redis is reachable again; accepting messages");
+        else {
+          this.#logger.info("Cluster node {node} on Redis at {url}", {
+            node: this.#node,
+            url: redactRedisUrl(this.#options.url),
+          });
+        }
+        this.#up = true;
+        this.#everUp = true;
+        this.#downLogged = false;
+        this.#wakeReader?.();
+      }
+      this.#publishQueued();
+    } catch (error) {
+      this.#failed(error);
+    } finally {
+      this.#beating = false;
+    }
+  }
+
+  /** Claims a node number (the first time) or registers again after this node was reaped. */
+  async #register(ttl: string): Promise<void> {
+    const members: string[] = [];
+    for (const member of this.#fanout.members()) {
+      members.push(String(member.id), this.#memberRecord(member));
+    }
+    for (let attempt = 0;; attempt++) {
+      const claim = this.#registered ? "0" : "1";
+      const reply = await this.#eval(
+        "register",
+        [this.#keys.nodes, this.#keys.presence],
+        [this.#prefix, String(this.#node), ttl, String(PRESENCE_LENGTH), claim, ...members],
+        COMMAND_TIMEOUT_MS,
+      );
+      if (Number(reply) === 1) break;
+      if (attempt > 10) throw new Error("Cannot claim a node number");
+      // Another live node has this number: take another (members that logged in while Redis was
+      // unreachable keep theirs; a clash needs the same 1-in-2-million draw as well).
+      this.#node = 1 + Math.floor(Math.random() * (NODE_LIMIT - 1));
+    }
+    if (this.#registered) {
+      this.#logger.warn("Cluster node {node} registered again (it had been presumed lost)", {
+        node: this.#node,
+      });
+    }
+    this.#registered = true;
+    // The joins are in; the leaves still to publish stay queued.
+    this.#presenceQueue = this.#presenceQueue.filter((change) => change.op === "l");
+    await this.#snapshot();
+  }
+
+  /** Reloads the other nodes' members at one instant, and tells local members what changed. */
+  async #snapshot(): Promise<void> {
+    const reply = await this.#eval(
+      "snapshot",
+      [this.#keys.nodes, this.#keys.presence],
+      [this.#prefix, String(this.#node)],
+      COMMAND_TIMEOUT_MS,
+    ) as string[];
+    const seen = new Map<number, RemoteMember>();
+    const now = performance.now();
+    for (const json of reply.slice(1)) {
+      const member = parseMember(json, now);
+      if (member && member.node !== this.#node) seen.set(member.id, member);
+    }
+    for (const [id, member] of this.#remote) {
+      if (!seen.has(id)) this.#remoteLeft(member, "node_lost");
+    }
+    for (const member of seen.values()) this.#remoteJoined(member);
+    this.#presenceCursor = reply[0];
+    this.#wakeReader?.();
+  }
+
+  /** Members of nodes that are no longer live (e.g. lost while Redis was down) leave here. */
+  #forgetLostNodes(live: Set<number>, asked: number): void {
+    for (const member of this.#remote.values()) {
+      if (member.seen < asked && !live.has(member.node)) this.#remoteLeft(member, "node_lost");
+    }
+  }
+
+  #memberRecord(member: MemberInfo): string {
+    return JSON.stringify({
+      id: member.id,
+      name: member.name,
+      ip: member.ip,
+      since: member.since,
+      node: this.#node,
+    });
+  }
+
+  /** Queues a presence change of a local member for Redis. */
+  #publish(change: PresenceChange): void {
+    const queue = this.#presenceQueue;
+    if (change.op === "l" && !this.#publishing) {
+      // A join that never reached Redis needs no leave either.
+      const i = queue.findIndex((c) => c.op === "j" && c.member.id === change.member.id);
+      if (i >= 0) {
+        queue.splice(i, 1);
+        return;
+      }
+    }
+    queue.push(change);
+    if (this.#up && this.#registered) this.#publishQueued();
+  }
+
+  async #publishQueued(): Promise<void> {
+    if (this.#publishing || !this.#registered || this.#presenceQueue.length === 0) return;
+    this.#publishing = true;
+    try {
+      while (this.#presenceQueue.length > 0 && this.#up) {
+        const changes = this.#presenceQueue.slice(0, 512);
+        const args = [this.#prefix, String(this.#node), String(PRESENCE_LENGTH)];
+        for (const { op, member, reason } of changes) {
+          args.push(op, String(member.id), this.#memberRecord(member), reason ?? "");
+        }
+        await this.#eval("presence", [this.#keys.presence], args, COMMAND_TIMEOUT_MS);
+        this.#presenceQueue.splice(0, changes.length);
+      }
+    } catch (error) {
+      this.#failed(error);
+    } finally {
+      this.#publishing = false;
+    }
+  }
+
+  #remoteJoined(member: RemoteMember): void {
+    if (this.#remote.has(member.id)) return;
+    this.#remote.set(member.id, member);
+    this.#fanout.presence(member.id, () => encodeJoined(member));
+  }
+
+  #remoteLeft(member: MemberInfo, reason: LeaveReason): void {
+    const known = this.#remote.get(member.id);
+    if (!known) return;
+    this.#remote.delete(member.id);
+    this.#fanout.presence(member.id, () => encodeLeft(known, reason));
+  }
+
+  // ---- the reader ----
+
+  async #readLoop(): Promise<void> {
+    while (!this.#stopped) {
+      if (!this.#up || !this.#reader.isReady || this.#presenceCursor === null) {
+        await this.#sleep(READ_BLOCK_MS);
+        continue;
+      }
+      if (this.#options.blocked()) {
+        // A recipient here is full: the stream waits for it (it is dropped within about 1 s if
+        // it reads nothing), and the senders here are paused meanwhile.
+        await new Promise<void>((resume) => {
+          this.#wakeReader = resume;
+          this.#options.whenFree(resume);
+        });
+        this.#wakeReader = null;
+        continue;
+      }
+      try {
+        if (!this.#cursorKnown) await this.#findCursor();
+        const reply = await withTimeout(
+          this.#reader.sendCommand([
+            "XREAD",
+            "COUNT",
+            String(READ_COUNT),
+            "BLOCK",
+            String(READ_BLOCK_MS),
+            "STREAMS",
+            this.#keys.messages,
+            this.#keys.presence,
+            `${this.#cursor}-0`,
+            this.#presenceCursor,
+          ]),
+          READ_BLOCK_MS + COMMAND_TIMEOUT_MS,
+        ) as [string, [string, string[]][]][] | null;
+        if (reply && !this.#stopped) this.#deliver(reply);
+      } catch (error) {
+        if (this.#stopped) break;
+        this.#stats.storeErrors++;
+        this.#logger.debug("Redis read failed: {reason}", { reason: reasonOf(error) });
+        await this.#sleep(100);
+      }
+    }
+  }
+
+  /** Where this node starts reading: after the last message now in the stream. */
+  async #findCursor(): Promise<void> {
+    const reply = await this.#call(
+      ["XREVRANGE", this.#keys.messages, "+", "-", "COUNT", "1"],
+      COMMAND_TIMEOUT_MS,
+    ) as [string, string[]][];
+    this.#cursor = reply.length > 0 ? entryId(reply[0][0]) : 0;
+    this.#cursorKnown = true;
+  }
+
+  #deliver(reply: [string, [string, string[]][]][]): void {
+    for (const [stream, entries] of reply) {
+      if (stream === this.#keys.messages) {
+        for (const entry of entries) {
+          const id = entryId(entry[0]);
+          if (id <= this.#cursor) continue;
+          if (id > this.#cursor + 1 && this.#cursor > 0 && id - this.#cursor < GAP_LIMIT) {
+            // Ids are consecutive: the stream was trimmed past messages this node had not read
+            // (it fell more than the stream's length behind). A jump of GAP_LIMIT or more is
+            // Redis starting over from an empty dataset, where ids restart from the clock.
+            this.#logger.error("This node missed {count} messages: the stream was trimmed first", {
+              count: id - this.#cursor - 1,
+            });
+          }
+          this.#cursor = id;
+          const fields = entry[1];
+          const record = toMessage(entry);
+          this.#stats.deliveries += this.#fanout.broadcast(record, Number(field(fields, "m")));
+        }
+      } else {
+        const now = performance.now();
+        for (const [id, fields] of entries) {
+          this.#presenceCursor = id;
+          const member = parseMember(field(fields, "m"), now);
+          if (!member || member.node === this.#node) continue;
+          if (field(fields, "e") === "j") this.#remoteJoined(member);
+          else this.#remoteLeft(member, (field(fields, "w") || "quit") as LeaveReason);
+        }
+      }
+    }
+    this.#delivered();
+  }
+
+  #sleep(ms: number): Promise<void> {
+    return new Promise((resolve) => {
+      const timer = setTimeout(() => {
+        this.#wakeReader = null;
+        resolve();
+      }, ms);
+      this.#wakeReader = () => {
+        clearTimeout(timer);
+        this.#wakeReader = null;
+        resolve();
+      };
+    });
+  }
+}
+
+function field(fields: string[], name: string): string {
+  for (let i = 0; i < fields.length; i += 2) if (fields[i] === name) return fields[i + 1];
+  return "";
+}
+
+function entryId(id: string): number {
+  return Number(id.slice(0, id.indexOf("-")));
+}
+
+function toMessage(entry: [string, string[]]): StoredMessage {
+  const fields = entry[1];
+  const record: StoredMessage = {
+    id: entryId(entry[0]),
+    ts: Number(field(fields, "t")),
+    sender: field(fields, "s"),
+    senderIp: field(fields, "i"),
+    content: field(fields, "c"),
+  };
+  const ref = field(fields, "r");
+  if (ref !== "") record.ref = ref;
+  return record;
+}
+
+function parseMember(json: string, seen: number): RemoteMember | null {
+  try {
+    const { id, name, ip, since, node } = JSON.parse(json);
+    if (
+      !Number.isSafeInteger(id) || typeof name !== "string" || typeof ip !== "string" ||
+      typeof since !== "number" || !Number.isSafeInteger(node)
+    ) return null;
+    return { id, name, ip, since, node, seen };
+  } catch {
+    return null;
+  }
+}
+
+function withTimeout<T>(promise: Promise<T>, ms: number): Promise<T> {
+  let timer: ReturnType<typeof setTimeout>;
+  const timeout = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new RedisTimeoutError(`no answer in ${ms} ms`)), ms);
+  });
+  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
+}
+
+class RedisTimeoutError extends Error {}
+
+function isConnectionError(error: unknown): boolean {
+  if (error instanceof RedisTimeoutError) return true;
+  const name = (error as Error)?.name ?? "";
+  const message = String((error as Error)?.message ?? error);
+  return /Offline|Closed|Socket|Connection|Timeout/i.test(name) ||
+    /offline|closed|ECONN|EPIPE|socket|timeout|LOADING|connect/i.test(message);
+}
+
+function reasonOf(error: unknown): string {
+  return error instanceof Error ? error.message : String(error);
+}

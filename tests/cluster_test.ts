@@ -1,0 +1,444 @@
+/**
+ * The cluster (`--redis`): two or three `main.ts` processes on one private `redis-server`, and
+ * clients on real TLS sockets. Everything PROTOCOL.md's "Cluster (Redis)" promises, end to end.
+ */
+import assert from "node:assert/strict";
+import {
+  delay,
+  type Frame,
+  PASSWORD,
+  type SpawnedServer,
+  spawnServer,
+  testCerts,
+  TestClient,
+  waitFor,
+} from "./_helpers.ts";
+import { hasRedis, TestRedis } from "./_redis.ts";
+
+const ignore = !hasRedis();
+if (ignore) {
+  console.warn("cluster tests skipped: redis-server is not installed (apt install redis-server)");
+}
+
+let certFiles: Promise<{ cert: string; key: string }> | undefined;
+
+/** The test pair as files (written once per test process). */
+function pairFiles(): Promise<{ cert: string; key: string }> {
+  return certFiles ??= (async () => {
+    const { cert, key } = await testCerts();
+    const dir = await Deno.makeTempDir({ prefix: "chat-cluster-certs-" });
+    globalThis.addEventListener("unload", () => Deno.removeSync(dir, { recursive: true }));
+    await Deno.writeTextFile(`${dir}/cert.pem`, cert);
+    await Deno.writeTextFile(`${dir}/key.pem`, key, { mode: 0o600 });
+    return { cert: `${dir}/cert.pem`, key: `${dir}/key.pem` };
+  })();
+}
+
+/** A node of the cluster on `redis`. */
+async function node(redis: TestRedis, extra: string[] = []): Promise<SpawnedServer> {
+  const { cert, key } = await pairFiles();
+  return await spawnServer(
+    ["--port=0", "--cert", cert, "--key", key, "--redis", redis.url, ...extra],
+    { env: { CHAT_SERVER_PASSWORD: PASSWORD } },
+  );
+}
+
+/** Waits until the node's log says it joined the cluster. */
+async function joined(server: SpawnedServer): Promise<void> {
+  assert.ok(
+    await waitFor(() => /Cluster node \d+ on Redis/.test(server.output()), 10_000),
+    server.output(),
+  );
+}
+
+/** Logs in with version-2 features; returns the client and its welcome. */
+async function login(
+  port: number,
+  name: string,
+  features: string[] = ["ids", "presence", "history"],
+  extra: Record<string, unknown> = {},
+): Promise<{ client: TestClient; welcome: Frame }> {
+  const client = await TestClient.connect(port);
+  await client.send({ type: "auth", password: PASSWORD, name, features, history: 0, ...extra });
+  assert.deepEqual(await client.recv(), { success: true, type: "auth_result" });
+  const welcome = await client.recv();
+  assert.deepEqual(welcome.type, "welcome");
+  return { client, welcome };
+}
+
+/** The next frame of `type`, skipping others. */
+async function next(client: TestClient, type: string, timeoutMs = 5000): Promise<Frame> {
+  const deadline = Date.now() + timeoutMs;
+  while (true) {
+    const frame = await client.recv(Math.max(1, deadline - Date.now()));
+    if (frame.type === type) return frame;
+  }
+}
+
+/** Skips frames until `history_end`; returns the replayed messages. */
+async function replayOf(client: TestClient): Promise<Frame[]> {
+  const messages: Frame[] = [];
+  while (true) {
+    const frame = await client.recv();
+    if (frame.type === "history_end") return messages;
+    if (frame.type === "message") messages.push(frame);
+  }
+}
+
+/** Sends until one is acked (the cluster may still be connecting); returns the ack. */
+async function sendAcked(client: TestClient, content: string, ref: string): Promise<Frame> {
+  for (let attempt = 0; attempt < 100; attempt++) {
+    await client.send({ type: "message", content, ref });
+    const frame = await client.recv();
+    if (frame.type === "ack") return frame;
+    assert.deepEqual(frame.code, "unavailable", JSON.stringify(frame));
+    await delay(100);
+  }
+  throw new Error("never acked");
+}
+
+Deno.test({
+  name: "cluster: messages cross nodes both ways, with one order of ids and the seed's bytes",
+  ignore,
+  async fn() {
+    await using redis = await TestRedis.start();
+    await using a = await node(redis);
+    await using b = await node(redis);
+    await joined(a);
+    await joined(b);
+    const { client: alice } = await login(a.port, "alice", ["ids"]);
+    await using _alice = alice;
+    const { client: bob } = await login(b.port, "bob", ["ids"]);
+    await using _bob = bob;
+    await using seed = (await TestClient.login(b.port)).client;
+
+    const ack = await sendAcked(alice, "hello from A", "r-a1");
+    const atBob = await next(bob, "message");
+    assert.deepEqual(atBob.content, "hello from A");
+    assert.deepEqual(atBob.sender, "alice");
+    assert.deepEqual(atBob.id, ack.id);
+    assert.deepEqual(atBob.ts, ack.ts);
+    // A seed client on the other node sees exactly the seed's bytes.
+    const raw = await seed.recv();
+    assert.deepEqual(raw, {
+      content: "hello from A",
+      sender: "alice",
+      sender_ip: "127.0.0.1",
+      type: "message",
+    });
+    assert.deepEqual(Object.keys(raw), ["content", "sender", "sender_ip", "type"]);
+
+    const back = await sendAcked(bob, "and back from B", "r-b1");
+    const atAlice = await next(alice, "message");
+    assert.deepEqual(atAlice.content, "and back from B");
+    assert.deepEqual(atAlice.id, back.id);
+    assert.ok((back.id as number) > (ack.id as number));
+    assert.deepEqual((await seed.recv()).content, "and back from B");
+
+    // Interleaved senders on both nodes: every recipient sees one strictly increasing order.
+    const { client: carol } = await login(a.port, "carol", ["ids"]);
+    await using _carol = carol;
+    const { client: dave } = await login(b.port, "dave", ["ids"]);
+    await using _dave = dave;
+    const sends: Promise<void>[] = [];
+    for (let i = 0; i < 50; i++) {
+      sends.push(alice.send({ type: "message", content: `a${i}`, ref: `ia${i}` }));
+      sends.push(bob.send({ type: "message", content: `b${i}`, ref: `ib${i}` }));
+    }
+    await Promise.all(sends);
+    for (const watcher of [carol, dave]) {
+      const ids: number[] = [];
+      const contents: string[] = [];
+      while (ids.length < 100) {
+        const frame = await next(watcher, "message");
+        ids.push(frame.id as number);
+        contents.push(frame.content as string);
+      }
+      for (let i = 1; i < ids.length; i++) assert.ok(ids[i] > ids[i - 1], `ids ${ids}`);
+      // Each sender's messages in the order sent.
+      assert.deepEqual(
+        contents.filter((c) => c[0] === "a"),
+        Array.from({ length: 50 }, (_, i) => `a${i}`),
+      );
+      assert.deepEqual(
+        contents.filter((c) => c[0] === "b"),
+        Array.from({ length: 50 }, (_, i) => `b${i}`),
+      );
+    }
+    // Both watchers saw the same ids for the same messages.
+  },
+});
+
+Deno.test({
+  name: "cluster: presence and who span the nodes; quit and shutdown reach the others",
+  ignore,
+  async fn() {
+    await using redis = await TestRedis.start();
+    await using a = await node(redis);
+    await using b = await node(redis);
+    await joined(a);
+    await joined(b);
+    const { client: alice, welcome: wa } = await login(a.port, "alice", ["presence"]);
+    await using _alice = alice;
+    const self = wa.member as Frame;
+    const { client: bob, welcome: wb } = await login(b.port, "bob", ["presence"]);
+    await using _bob = bob;
+    const bobMember = wb.member as Frame;
+    assert.ok(bobMember.id !== self.id, "member ids are unique across nodes");
+    // Alice hears of Bob on the other node.
+    const seen = await next(alice, "joined");
+    assert.deepEqual(seen.member, bobMember);
+    // Bob's welcome may predate Alice's join reaching B; `who` is certain once it has.
+    let members: Frame[] = [];
+    for (let i = 0; i < 50; i++) {
+      await bob.send({ type: "who" });
+      members = (await next(bob, "who")).members as Frame[];
+      if (members.length === 2) break;
+      await delay(100);
+    }
+    assert.deepEqual(members.map((m) => m.name).sort(), ["alice", "bob"]);
+    await alice.send({ type: "who" });
+    assert.deepEqual(((await next(alice, "who")).members as Frame[]).map((m) => m.name).sort(), [
+      "alice",
+      "bob",
+    ]);
+
+    // A quit on A is a `left` with `quit` on B.
+    const { client: carol, welcome: wc } = await login(a.port, "carol", []);
+    assert.deepEqual((await next(bob, "joined")).member, wc.member);
+    await carol.close();
+    const left = await next(bob, "left");
+    assert.deepEqual(left.member, wc.member);
+    assert.deepEqual(left.reason, "quit");
+
+    // Node A stops: its members leave with `shutdown` on B.
+    a.child.kill("SIGTERM");
+    assert.deepEqual((await a.exited()).code, 0);
+    const gone = await next(bob, "left", 10_000);
+    assert.deepEqual(gone.member, self);
+    assert.deepEqual(gone.reason, "shutdown");
+  },
+});
+
+Deno.test({
+  name:
+    "cluster: history said on A is replayed and paged on B; a ref acked on A is not sent twice from B",
+  ignore,
+  async fn() {
+    await using redis = await TestRedis.start();
+    await using a = await node(redis);
+    await using b = await node(redis);
+    await joined(a);
+    await joined(b);
+    const { client: alice } = await login(a.port, "alice", ["ids"]);
+    await using _alice = alice;
+    const acks: Frame[] = [];
+    for (let i = 0; i < 30; i++) acks.push(await sendAcked(alice, `m${i}`, `h${i}`));
+
+    const bob = await TestClient.connect(b.port);
+    await using _bob = bob;
+    await bob.send({
+      type: "auth",
+      password: PASSWORD,
+      name: "bob",
+      features: ["history"],
+      history: 10,
+    });
+    await next(bob, "welcome");
+    const replay = await replayOf(bob);
+    assert.deepEqual(
+      replay.map((m) => m.content),
+      Array.from({ length: 10 }, (_, i) => `m${20 + i}`),
+    );
+    assert.deepEqual(replay.map((m) => m.id), acks.slice(20).map((a) => a.id));
+    assert.ok(replay.every((m) => m.replay === true && m.sender === "alice"));
+
+    // Page back from the oldest replayed message.
+    await bob.send({ type: "history", before: replay[0].id, limit: 15 });
+    const page: Frame[] = [];
+    let end: Frame;
+    while ((end = await bob.recv()).type !== "history_end") page.push(end);
+    assert.deepEqual(page.map((m) => m.content), Array.from({ length: 15 }, (_, i) => `m${5 + i}`));
+    assert.deepEqual(end.more, true);
+
+    // `after` on login: everything after an id, said on the other node.
+    const carol = await TestClient.connect(b.port);
+    await using _carol = carol;
+    await carol.send({
+      type: "auth",
+      password: PASSWORD,
+      features: ["history"],
+      after: acks[26].id,
+    });
+    await next(carol, "welcome");
+    assert.deepEqual((await replayOf(carol)).map((m) => m.content), ["m27", "m28", "m29"]);
+
+    // The same ref resent on B: the original ack, and nobody gets it twice.
+    const { client: dave } = await login(b.port, "dave", ["ids"]);
+    await using _dave = dave;
+    await dave.send({ type: "message", content: "m5 again", ref: "h5" });
+    const dup = await next(dave, "ack");
+    assert.deepEqual(dup, { type: "ack", ref: "h5", id: acks[5].id, ts: acks[5].ts });
+    await dave.send({ type: "message", content: "fresh", ref: "fresh-1" });
+    await next(dave, "ack");
+    // Alice gets only the fresh one.
+    const atAlice = await next(alice, "message");
+    assert.deepEqual(atAlice.content, "fresh");
+    assert.deepEqual(await alice.tryRecv(300), null);
+  },
+});
+
+Deno.test({
+  name: "cluster: failed logins on A lock the address out on B",
+  ignore,
+  async fn() {
+    await using redis = await TestRedis.start();
+    await using a = await node(redis, ["--max-auth-failures", "5", "--lockout", "60"]);
+    await using b = await node(redis, ["--max-auth-failures", "5", "--lockout", "60"]);
+    await joined(a);
+    await joined(b);
+    for (let i = 0; i < 5; i++) {
+      const { client, reply } = await TestClient.login(a.port, "wrong password");
+      assert.deepEqual(reply.success, false);
+      await client.close();
+    }
+    const { client, reply } = await TestClient.login(b.port, PASSWORD);
+    await using _client = client;
+    assert.deepEqual(reply.code, "locked_out");
+    assert.ok(await client.waitClosed());
+  },
+});
+
+Deno.test({
+  name: "cluster: a node killed with SIGKILL: its members leave with node_lost within 15 s",
+  ignore,
+  async fn() {
+    await using redis = await TestRedis.start();
+    await using a = await node(redis);
+    await using b = await node(redis);
+    await using c = await node(redis);
+    await Promise.all([joined(a), joined(b), joined(c)]);
+    const { client: bob } = await login(b.port, "bob", ["presence"]);
+    await using _bob = bob;
+    const { client: carol } = await login(c.port, "carol", ["presence"]);
+    await using _carol = carol;
+    const { client: alice, welcome } = await login(a.port, "alice", ["presence"]);
+    await using _alice = alice;
+    await next(bob, "joined");
+    await next(carol, "joined");
+    a.child.kill("SIGKILL");
+    const killed = Date.now();
+    for (const watcher of [bob, carol]) {
+      const left = await next(watcher, "left", 15_000 - (Date.now() - killed));
+      assert.deepEqual(left.member, welcome.member);
+      assert.deepEqual(left.reason, "node_lost");
+    }
+    assert.ok(Date.now() - killed < 15_000);
+    // The survivors still chat.
+    await bob.send({ type: "who" });
+    assert.deepEqual(((await next(bob, "who")).members as Frame[]).map((m) => m.name).sort(), [
+      "bob",
+      "carol",
+    ]);
+  },
+});
+
+Deno.test({
+  name:
+    "cluster: Redis down means unavailable (nobody dropped); back within 5 s, nothing acked lost",
+  ignore,
+  async fn() {
+    await using redis = await TestRedis.start();
+    await using a = await node(redis);
+    await using b = await node(redis);
+    await joined(a);
+    await joined(b);
+    const { client: alice } = await login(a.port, "alice", ["ids"]);
+    await using _alice = alice;
+    const { client: bob } = await login(b.port, "bob", ["ids"]);
+    await using _bob = bob;
+    await using seed = (await TestClient.login(b.port)).client;
+    const before = await sendAcked(alice, "before", "d-1");
+    assert.deepEqual((await next(bob, "message")).id, before.id);
+    await seed.recv();
+
+    await redis.stop("SIGKILL");
+    const down = Date.now();
+    let refused: Frame | null = null;
+    for (let i = 0; Date.now() - down < 5000; i++) {
+      await alice.send({ type: "message", content: "while down", ref: `down-${i}` });
+      const frame = await alice.recv();
+      if (frame.type === "error") {
+        refused = frame;
+        break;
+      }
+      await delay(200);
+    }
+    assert.ok(refused, "refused within 5 s");
+    assert.deepEqual(refused.code, "unavailable");
+    await delay(1500);
+    assert.ok(!alice.closed && !bob.closed && !seed.closed, "nobody was dropped");
+
+    await redis.restart();
+    const back = Date.now();
+    // The client resends what was refused, with its ref, until it is acked.
+    const ack = await sendAcked(alice, "after", "d-after");
+    assert.ok(Date.now() - back < 5000, `acked ${Date.now() - back} ms after Redis came back`);
+    const got = await next(bob, "message", 5000);
+    assert.deepEqual(got.content, "after");
+    assert.deepEqual(got.id, ack.id);
+    assert.ok((ack.id as number) > (before.id as number));
+    assert.deepEqual((await seed.recv()).content, "after");
+    // What was acked before the outage is still in history.
+    const carol = await TestClient.connect(b.port);
+    await using _carol = carol;
+    await carol.send({ type: "auth", password: PASSWORD, features: ["history"], history: 10 });
+    await next(carol, "welcome");
+    const contents = (await replayOf(carol)).map((m) => m.content);
+    assert.ok(contents.includes("before") && contents.includes("after"), String(contents));
+  },
+});
+
+Deno.test({
+  name: "cluster: a node started while Redis is unreachable serves, refuses messages, then joins",
+  ignore,
+  async fn() {
+    await using redis = await TestRedis.start();
+    await redis.stop();
+    await using a = await node(redis);
+    assert.ok(await waitFor(() => /unreachable/.test(a.output()), 5000), a.output());
+    const { client: alice } = await login(a.port, "alice", ["ids"]);
+    await using _alice = alice;
+    await alice.send({ type: "message", content: "x", ref: "s-1" });
+    assert.deepEqual((await alice.recv()).code, "unavailable");
+    await redis.restart();
+    const back = Date.now();
+    await sendAcked(alice, "now", "s-2");
+    assert.ok(Date.now() - back < 5000);
+    await joined(a);
+  },
+});
+
+Deno.test({
+  name: "cluster: --redis is checked at start",
+  ignore,
+  async fn() {
+    for (
+      const [args, message] of [
+        [["--redis", "http://localhost"], /redis:\/\/ or rediss:\/\//],
+        [["--redis", "not a url"], /Invalid --redis/],
+        [["--redis-prefix", "x:"], /--redis-prefix needs --redis/],
+      ] as const
+    ) {
+      const child = new Deno.Command(Deno.execPath(), {
+        args: ["run", "-A", new URL("../main.ts", import.meta.url).pathname, ...args],
+        env: { CHAT_SERVER_PASSWORD: PASSWORD },
+        stdout: "piped",
+        stderr: "piped",
+      });
+      const { code, stderr } = await child.output();
+      assert.deepEqual(code, 1);
+      assert.match(new TextDecoder().decode(stderr), message);
+    }
+  },
+});
