@@ -9,7 +9,7 @@
  * # which runs:
  * deno run --no-prompt --v8-flags=--max-semi-space-size=4 --allow-net \
  *   --allow-read=certs,data,web --allow-write=certs,data --allow-run=openssl \
- *   --allow-env=CHAT_SERVER_PASSWORD,HOST,PORT main.ts
+ *   --allow-env=CHAT_SERVER_PASSWORD,HOST,PORT,REDIS_URL main.ts
  * ```
  *
  * Once certificates exist (`deno task certs`), network and read access are enough:
@@ -264,7 +264,7 @@ function printWorkingCommand(config: ServerConfig, args: string[]): void {
     "deno run --no-prompt --v8-flags=--max-semi-space-size=4 --allow-net",
     `--allow-read=${reads}`,
     `--allow-write=${writes}`,
-    "--allow-run=openssl --allow-env=CHAT_SERVER_PASSWORD,HOST,PORT",
+    "--allow-run=openssl --allow-env=CHAT_SERVER_PASSWORD,HOST,PORT,REDIS_URL",
     relative(new URL(import.meta.url)),
     ...args,
   ].map((part, i) => i === 0 || i === 3 ? part : quote(part)).join(" ");

@@ -63,6 +63,22 @@
  * console.log(certificateChanged, fingerprint);
  * ```
  *
+ * @example Join a cluster: every server with the same Redis serves one room
+ * ```ts
+ * import { ChatServer, ensureCertificates } from "./mod.ts";
+ *
+ * const pair = await ensureCertificates({ certDir: "certs", host: "127.0.0.1" });
+ * await using server = new ChatServer({
+ *   cert: pair.certPem,
+ *   key: pair.keyPem,
+ *   password: "s3cret",
+ *   port: 0,
+ *   redis: { url: "redis://127.0.0.1:6379" }, // history, presence and lockout live there
+ * });
+ * await server.listen(); // serves at once; messages are refused with `unavailable` until Redis answers
+ * console.log(server.stats().cluster); // { node, redisUp, nodes, remoteMembers }
+ * ```
+ *
  * @example Encode and decode frames
  * ```ts
  * import { decodeBody, encodeFrame, FrameDecoder } from "./mod.ts";
@@ -84,6 +100,7 @@ export {
   type ServerSnapshot,
 } from "./src/server/server.ts";
 export { MetricsServer, type MetricsServerOptions } from "./src/server/metrics.ts";
+export type { ClusterStatus } from "./src/room/room.ts";
 export type { ServerStats } from "./src/server/stats.ts";
 export { type Asset, loadAssets, WEB_DIR } from "./src/web/gateway.ts";
 export {

@@ -31,15 +31,18 @@ export class TestRedis implements AsyncDisposable {
   #child: Deno.ChildProcess | null = null;
   #done: Promise<void> = Promise.resolve();
   #output = "";
+  #extra: string[];
 
-  private constructor(port: number, dir: string) {
+  private constructor(port: number, dir: string, extra: string[]) {
     this.port = port;
     this.dir = dir;
+    this.#extra = extra;
   }
 
-  /** Starts a fresh Redis and waits until it accepts connections. */
-  static async start(): Promise<TestRedis> {
-    const redis = new TestRedis(freePort(), await Deno.makeTempDir({ prefix: "chat-redis-" }));
+  /** Starts a fresh Redis (`extra`: more redis-server arguments) and waits until it is ready. */
+  static async start(extra: string[] = []): Promise<TestRedis> {
+    const dir = await Deno.makeTempDir({ prefix: "chat-redis-" });
+    const redis = new TestRedis(freePort(), dir, extra);
     await redis.restart();
     return redis;
   }
@@ -78,6 +81,7 @@ export class TestRedis implements AsyncDisposable {
         "always",
         "--daemonize",
         "no",
+        ...this.#extra,
       ],
       stdin: "null",
       stdout: "piped",

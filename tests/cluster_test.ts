@@ -14,6 +14,8 @@ import {
   waitFor,
 } from "./_helpers.ts";
 import { hasRedis, TestRedis } from "./_redis.ts";
+import { WsClient } from "./_ws.ts";
+import { encodeFrame } from "../src/protocol/mod.ts";
 
 const ignore = !hasRedis();
 if (ignore) {
@@ -440,5 +442,132 @@ Deno.test({
       assert.deepEqual(code, 1);
       assert.match(new TextDecoder().decode(stderr), message);
     }
+  },
+});
+
+Deno.test({
+  name: "cluster: a Redis with a password or an ACL user; the credentials never reach the log",
+  ignore,
+  async fn() {
+    await using redis = await TestRedis.start(["--requirepass", "redis-secret-1"]);
+    await redis.cli(
+      "-a",
+      "redis-secret-1",
+      "ACL",
+      "SETUSER",
+      "chat",
+      "on",
+      ">redis-secret-2",
+      "~chat:*",
+      "+@all",
+      "-@dangerous",
+    );
+    const { cert, key } = await pairFiles();
+    const start = (url: string) =>
+      spawnServer(["--port=0", "--cert", cert, "--key", key, "--redis", url], {
+        env: { CHAT_SERVER_PASSWORD: PASSWORD },
+      });
+    await using a = await start(`redis://:redis-secret-1@127.0.0.1:${redis.port}`);
+    await using b = await start(`redis://chat:redis-secret-2@127.0.0.1:${redis.port}`);
+    await joined(a);
+    await joined(b);
+    const { client: alice } = await login(a.port, "alice", ["ids"]);
+    await using _alice = alice;
+    const { client: bob } = await login(b.port, "bob", ["ids"]);
+    await using _bob = bob;
+    await sendAcked(bob, "through an ACL user", "acl-1");
+    assert.equal((await next(alice, "message")).content, "through an ACL user");
+    // A wrong password: the node serves, refuses messages, and says why without the secret.
+    await using c = await start(`redis://:wrong-secret-3@127.0.0.1:${redis.port}`);
+    assert.ok(await waitFor(() => /unreachable/.test(c.output()), 5000), c.output());
+    for (const node of [a, b, c]) {
+      assert.doesNotMatch(node.output(), /redis-secret|wrong-secret/);
+    }
+  },
+});
+
+/** A logged-in seed client that never reads another byte after its auth frame. */
+async function stalledClient(port: number): Promise<Deno.TlsConn> {
+  const { cert } = await testCerts();
+  const conn = await Deno.connectTls({ hostname: "127.0.0.1", port, caCerts: [cert] });
+  await conn.write(encodeFrame({ type: "auth", password: PASSWORD }));
+  return conn;
+}
+
+Deno.test({
+  name:
+    "cluster: a reader on B that never reads is dropped while A floods; B's TLS and WebSocket readers get everything; B's metrics",
+  ignore,
+  async fn() {
+    await using redis = await TestRedis.start();
+    await using a = await node(redis, ["--rate", "0"]);
+    await using b = await node(redis, ["--rate", "0", "--web-port", "0", "--metrics-port", "0"]);
+    await joined(a);
+    await joined(b);
+    const { client: reader } = await login(b.port, "reader", ["ids"]);
+    await using _reader = reader;
+    await using ws = await WsClient.login(b.webPort, {
+      password: PASSWORD,
+      name: "browser",
+      features: ["ids"],
+    });
+    assert.equal((await ws.recv()).type, "auth_result");
+    assert.equal((await ws.recv()).type, "welcome");
+    using stalled = await stalledClient(b.port);
+    await using sender = (await TestClient.login(a.port)).client;
+    // Everyone is a member on B before the flood starts.
+    await delay(300);
+
+    const count = 300;
+    const body = "x".repeat(60_000);
+    const sending = (async () => {
+      for (let i = 0; i < count; i++) {
+        await sender.send({ type: "message", content: `${i}:${body}` });
+      }
+    })();
+    const expect = async (recv: () => Promise<Frame>) => {
+      for (let i = 0; i < count; i++) {
+        let frame = await recv();
+        while (frame.type !== "message") frame = await recv();
+        assert.equal((frame.content as string).slice(0, String(i).length + 1), `${i}:`);
+      }
+    };
+    await Promise.all([
+      sending,
+      expect(() => reader.recv(20_000)),
+      expect(() => ws.recv(20_000)),
+    ]);
+    // The stalled reader was dropped (the stream waited for it about a second).
+    const buffer = new Uint8Array(1 << 20);
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const timeout = new Promise<"timeout">((resolve) =>
+      timer = setTimeout(resolve, 10_000, "timeout")
+    );
+    let closed = false;
+    while (true) {
+      const read = stalled.read(buffer).catch(() => null);
+      const n = await Promise.race([read, timeout]);
+      if (n === "timeout") {
+        stalled.close();
+        await read;
+        break;
+      }
+      if (n === null) {
+        closed = true;
+        break;
+      }
+    }
+    clearTimeout(timer);
+    assert.ok(closed, "the stalled reader on B was never disconnected");
+
+    const url = /metrics at (http:\/\/127\.0\.0\.1:\d+\/metrics)/.exec(b.output())![1];
+    const metrics = await (await fetch(url)).text();
+    assert.match(metrics, /^chat_redis_up 1$/m);
+    assert.match(metrics, /^chat_cluster_nodes 2$/m);
+    assert.match(metrics, /^chat_cluster_remote_members \d+$/m);
+    assert.match(metrics, /^chat_clients_dropped_total\{reason="stalled_reader"\} 1$/m);
+    // Delivered on B: to the reader, the browser, and what the stalled reader got queued.
+    const deliveries = Number(/^chat_deliveries_total (\d+)$/m.exec(metrics)![1]);
+    assert.ok(deliveries >= 2 * count, String(deliveries));
   },
 });

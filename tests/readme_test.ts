@@ -289,7 +289,7 @@ const RUN_HERE: Record<string, RunHere> = {
       await serve(command, project.dir);
     },
   },
-  "deno run --no-prompt --v8-flags=--max-semi-space-size=4 --allow-net --allow-read=certs,data,web,/etc/chat/password --allow-write=certs,data --allow-run=openssl --allow-env=CHAT_SERVER_PASSWORD,HOST,PORT main.ts --password-file /etc/chat/password":
+  "deno run --no-prompt --v8-flags=--max-semi-space-size=4 --allow-net --allow-read=certs,data,web,/etc/chat/password --allow-write=certs,data --allow-run=openssl --allow-env=CHAT_SERVER_PASSWORD,HOST,PORT,REDIS_URL main.ts --password-file /etc/chat/password":
     {
       substitute: (dir) => [["/etc/chat/password", `${dir}/password`]],
       append: PORTS,
@@ -298,7 +298,7 @@ const RUN_HERE: Record<string, RunHere> = {
         await serveAsPrinted(command, project.dir);
       },
     },
-  "deno run --no-prompt --v8-flags=--max-semi-space-size=4 --allow-net --allow-read=certs,data,web,/etc/letsencrypt/live/chat.example.org/fullchain.pem,/etc/letsencrypt/live/chat.example.org/privkey.pem --allow-write=certs,data --allow-run=openssl --allow-env=CHAT_SERVER_PASSWORD,HOST,PORT main.ts --cert /etc/letsencrypt/live/chat.example.org/fullchain.pem --key /etc/letsencrypt/live/chat.example.org/privkey.pem --host 0.0.0.0":
+  "deno run --no-prompt --v8-flags=--max-semi-space-size=4 --allow-net --allow-read=certs,data,web,/etc/letsencrypt/live/chat.example.org/fullchain.pem,/etc/letsencrypt/live/chat.example.org/privkey.pem --allow-write=certs,data --allow-run=openssl --allow-env=CHAT_SERVER_PASSWORD,HOST,PORT,REDIS_URL main.ts --cert /etc/letsencrypt/live/chat.example.org/fullchain.pem --key /etc/letsencrypt/live/chat.example.org/privkey.pem --host 0.0.0.0":
     {
       // As certbot lays them out: live/ holds symlinks into archive/.
       substitute: (dir) => [["/etc/letsencrypt", `${dir}/letsencrypt`]],
@@ -413,6 +413,11 @@ const RUN_BY: Record<string, { file: string; test?: string; note?: string }> = {
     file: ".ci/run",
     test: "apt-get install -y -qq chromium",
     note: ".ci/run installs Debian's chromium when /usr/bin/chromium is missing",
+  },
+  "apt-get install redis-server": {
+    file: ".ci/run",
+    test: "apt-get install -y -qq redis-server",
+    note: ".ci/run installs Debian's redis-server when it is missing (for the cluster tests)",
   },
   "deno task compile": {
     file: "tests/cli_test.ts",

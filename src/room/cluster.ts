@@ -52,14 +52,16 @@ import type {
 } from "./room.ts";
 import type { StoredMessage } from "./store.ts";
 import { clockStartId } from "./store.ts";
-import { lockoutKey } from "../server/limits.ts";
 
-/** A lockout table shared by several servers (see {@link RedisRoom.lockout}). */
+/**
+ * A lockout table shared by several servers (see {@link RedisRoom.lockout}), by lockout key (an
+ * IPv4 address, or an IPv6 /64).
+ */
 export interface SharedLockout {
-  /** Whether `ip` is locked out; `false` when the shared table cannot be asked. */
-  isLocked(ip: string): Promise<boolean>;
-  /** Records a failed login from `ip`; whether it is now locked out (`false` when unreachable). */
-  fail(ip: string): Promise<boolean>;
+  /** Whether `key` is locked out; `false` when the shared table cannot be asked. */
+  isLocked(key: string): Promise<boolean>;
+  /** Records a failed login from `key`; whether it is now locked out (`false` when unreachable). */
+  fail(key: string): Promise<boolean>;
 }
 
 /** Options of {@link RedisRoom}. */
@@ -399,16 +401,15 @@ export class RedisRoom implements Room {
 
   /** The lockout table in Redis (each call bounded in time; `false` when unreachable). */
   readonly lockout: SharedLockout = {
-    isLocked: async (ip) => {
+    isLocked: async (key) => {
       if (!this.#up) return false;
-      const reply = await this.#call(["EXISTS", this.#prefix + "lock:" + lockoutKey(ip)], 1000)
+      const reply = await this.#call(["EXISTS", this.#prefix + "lock:" + key], 1000)
         .catch(() => 0);
       return Number(reply) === 1;
     },
-    fail: async (ip) => {
+    fail: async (key) => {
       const { windowMs, maxFailures } = this.#options.lockout;
       if (!this.#up || windowMs === 0) return false;
-      const key = lockoutKey(ip);
       const reply = await this.#eval(
         "fail",
         [this.#prefix + "fails:" + key, this.#prefix + "lock:" + key],
@@ -464,14 +465,19 @@ export class RedisRoom implements Room {
 
   history(member: RoomMember, query: HistoryQuery): void {
     const limit = query.limit;
-    const read = query.after !== undefined
-      ? this.#range("XRANGE", `(${query.after}-0`, "+", limit + 1)
-      : this.#range(
-        "XREVRANGE",
-        query.before !== undefined ? `(${query.before}-0` : "+",
-        "-",
-        limit + 1,
-      );
+    // Only the newest --history-keep messages are history (the stream keeps more for delivery).
+    const keep = this.#options.keep;
+    const oldest = `(${Math.max(0, this.#cursor - keep)}-0`;
+    let read: Promise<StoredMessage[]>;
+    if (keep === 0 || (query.before !== undefined && query.before <= 1)) {
+      read = Promise.resolve([]);
+    } else if (query.after !== undefined) {
+      const after = Math.max(query.after, this.#cursor - keep);
+      read = this.#range("XRANGE", `(${Math.max(0, after)}-0`, "+", limit + 1);
+    } else {
+      const before = query.before !== undefined ? `(${query.before}-0` : "+";
+      read = this.#range("XREVRANGE", before, oldest, limit + 1);
+    }
     read.then((rows) => {
       if (!this.#fanout.has(member)) return;
       this.#fanout.sendHistory(member, this.#page(rows, limit, query.after === undefined));

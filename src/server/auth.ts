@@ -7,7 +7,7 @@
  */
 import type { Logger } from "@logtape/logtape";
 import { ProtocolError } from "../protocol/mod.ts";
-import type { AuthLockout } from "./limits.ts";
+import { type AuthLockout, lockoutKey } from "./limits.ts";
 import type { PasswordVerifier } from "./password.ts";
 import type { SharedLockout } from "../room/cluster.ts";
 import type { ServerStats } from "./stats.ts";
@@ -57,7 +57,7 @@ export class Gatekeeper {
     const shared = this.#shared;
     const [ok, lockedElsewhere] = await Promise.all([
       this.#verifier.verify(password),
-      shared ? shared.isLocked(ip) : false,
+      shared ? shared.isLocked(lockoutKey(ip)) : false,
     ]);
     if (!current()) return null;
     this.#refuseLocked(ip);
@@ -69,7 +69,7 @@ export class Gatekeeper {
     this.#stats.authFailures++;
     // Not locked just above, at the same time: a lockout here is a new one.
     let locked = this.#lockout.fail(ip, this.#now());
-    if (shared) locked = (await shared.fail(ip)) || locked;
+    if (shared) locked = (await shared.fail(lockoutKey(ip))) || locked;
     if (locked) this.#stats.lockouts++;
     this.#logger.warn("Failed login from {ip}{lock}", { ip, lock: locked ? "; locked out" : "" });
     return "wrong";
