@@ -429,6 +429,8 @@ Deno.test({
       const [args, message] of [
         [["--redis", "http://localhost"], /redis:\/\/ or rediss:\/\//],
         [["--redis", "not a url"], /Invalid --redis/],
+        [["--redis", "redis://:p%zz@127.0.0.1:6379"], /not URL-encoded/],
+        [["--redis", "redis://127.0.0.1:6379/notanumber"], /numeric db/],
         [["--redis-prefix", "x:"], /--redis-prefix needs --redis/],
       ] as const
     ) {
@@ -569,5 +571,73 @@ Deno.test({
     // Delivered on B: to the reader, the browser, and what the stalled reader got queued.
     const deliveries = Number(/^chat_deliveries_total (\d+)$/m.exec(metrics)![1]);
     assert.ok(deliveries >= 2 * count, String(deliveries));
+  },
+});
+
+Deno.test({
+  name:
+    "cluster: Redis back with older data (a rewind): new ids stay above every id given, and are delivered",
+  ignore,
+  async fn() {
+    await using redis = await TestRedis.start();
+    await using a = await node(redis);
+    await using b = await node(redis);
+    await joined(a);
+    await joined(b);
+    const { client: alice } = await login(a.port, "alice", ["ids"]);
+    await using _alice = alice;
+    const { client: bob } = await login(b.port, "bob", ["ids"]);
+    await using _bob = bob;
+    const acks: Frame[] = [];
+    for (let i = 0; i < 5; i++) {
+      acks.push(await sendAcked(alice, `before ${i}`, `rw${i}`));
+      await next(bob, "message");
+    }
+    // What a restore from an older snapshot looks like: the last three messages and the counter
+    // as they were before them.
+    await redis.cli("XDEL", "chat:messages", ...acks.slice(2).map((a) => `${a.id}-0`));
+    await redis.cli("SET", "chat:seq", String(acks[1].id));
+    for (let i = 0; i < 3; i++) {
+      const ack = await sendAcked(alice, `after ${i}`, `rw-after${i}`);
+      assert.ok((ack.id as number) > (acks[4].id as number), `${ack.id} reuses an old id`);
+      const got = await next(bob, "message");
+      assert.equal(got.content, `after ${i}`);
+      assert.equal(got.id, ack.id);
+    }
+  },
+});
+
+Deno.test({
+  name:
+    "cluster: Redis down for longer than a node's lifetime: nobody is announced lost, presence stays whole",
+  ignore,
+  async fn() {
+    await using redis = await TestRedis.start();
+    await using a = await node(redis);
+    await using b = await node(redis);
+    await joined(a);
+    await joined(b);
+    const { client: alice } = await login(a.port, "alice", ["presence"]);
+    await using _alice = alice;
+    const { client: bob } = await login(b.port, "bob", ["presence"]);
+    await using _bob = bob;
+    await next(alice, "joined");
+    await redis.stop("SIGKILL");
+    await delay(9500); // every node key (8 s) has expired when Redis comes back
+    await redis.restart();
+    // Both nodes register again; neither may reap the other meanwhile.
+    assert.ok(
+      await waitFor(() => (a.output().match(/reachable again/g) ?? []).length > 0, 5000),
+    );
+    await delay(9000); // past the grace after reconnecting: a reap would have happened by now
+    for (const [client, names] of [[alice, ["alice", "bob"]], [bob, ["alice", "bob"]]] as const) {
+      await client.send({ type: "who" });
+      let frame = await client.recv();
+      while (frame.type !== "who") {
+        assert.notEqual(frame.type, "left", JSON.stringify(frame));
+        frame = await client.recv();
+      }
+      assert.deepEqual((frame.members as Frame[]).map((m) => m.name).sort(), names);
+    }
   },
 });

@@ -74,9 +74,11 @@ export interface RedisRoomOptions {
   replayBytes: number;
   /** A recipient's queue is full: pause the senders. */
   hold(mailbox: Mailbox): void;
-  /** Whether some recipient is full (this node then stops reading the stream). */
-  blocked(): boolean;
-  /** Calls `resume` once no recipient is full any more. */
+  /** `mailbox` is not full any more (flow control resumes the senders once nothing holds). */
+  release(mailbox: Mailbox): void;
+  /** Recipients (and other holders, such as this room's backlog) holding the senders back. */
+  holders(): number;
+  /** Calls `resume` once nothing holds the senders back any more. */
   whenFree(resume: () => void): void;
   /** Called after frames were queued (to write them out now). */
   delivered?: () => void;
@@ -95,11 +97,19 @@ const COMMAND_TIMEOUT_MS = 3000;
 /** `XREAD BLOCK` time; the reader also wakes this often when the room is quiet. */
 const READ_BLOCK_MS = 1000;
 /** Most entries taken from a stream in one read. */
-const READ_COUNT = 1024;
-/** Most messages numbered and appended in one script call. */
+const READ_COUNT = 256;
+/** Most messages numbered and appended in one script call, and most bytes of their text. */
 const MAX_BATCH = 256;
-/** Most messages waiting for Redis's answer; more are refused with `unavailable`. */
-const MAX_IN_FLIGHT = 8192;
+const MAX_BATCH_BYTES = 1024 * 1024;
+/**
+ * Bytes of message text waiting for Redis's answer above which this node's senders are paused
+ * (flow control, as for a full recipient); at twice this, messages are refused (`unavailable`).
+ */
+const MAX_IN_FLIGHT_BYTES = 8 * 1024 * 1024;
+/** Most commands queued on one connection (node-redis's own queue is unbounded otherwise). */
+const MAX_QUEUED_COMMANDS = 4096;
+/** How often (at most) a node tells the others how far it has read. */
+const CURSOR_EVERY_MS = 100;
 /** How long a `ref` is remembered for de-duplication. */
 const REF_TTL_MS = 10 * 60 * 1000;
 /** Fewest stream entries kept whatever `--history-keep` is: they carry the live delivery. */
@@ -109,19 +119,44 @@ const PRESENCE_LENGTH = 100_000;
 /** Node numbers are below this; a member id is `node * 2**32 + n`, a safe integer. */
 const NODE_LIMIT = 2 ** 21;
 const MEMBER_SPACE = 2 ** 32;
-/** A jump in ids at least this large is a new start of the counter, not missed messages. */
-const GAP_LIMIT = 1_000_000;
+/** Posts wait while a live node is within this many entries of the stream's trimmed end. */
+const LAG_MARGIN = 2000;
 
 const UNAVAILABLE = "Cannot store the message now; resend it later";
 
 /** Numbers, de-duplicates and appends a batch of messages. */
 const POST_SCRIPT = `
 local seq = redis.call('GET', KEYS[1])
-if seq then seq = tonumber(seq) else seq = tonumber(ARGV[5]) end
+local restarted = redis.call('GET', ARGV[1] .. 'restarted')
+if seq then seq = tonumber(seq) else
+  seq = tonumber(ARGV[5])
+  restarted = true
+end
+local cursor = tonumber(ARGV[6])
+if seq < cursor then
+  -- Redis came back with older data than this node has seen: start again from the clock.
+  seq = math.max(tonumber(ARGV[5]), cursor)
+  restarted = true
+end
+-- A live node that has read so little that the stream is about to be trimmed past it would
+-- miss messages: wait for it (its members are paused, or dropped if they do not read).
+local len = redis.call('XLEN', KEYS[2])
+if len >= tonumber(ARGV[7]) then
+  local first = redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', 1)[1]
+  if first then
+    local oldest = tonumber(string.match(first[1], '^(%d+)'))
+    for _, c in ipairs(redis.call('HVALS', KEYS[3])) do
+      local read = tonumber(c)
+      if read > 0 and read - oldest < tonumber(ARGV[8]) then
+        return redis.error_reply('LAGGING a node is catching up')
+      end
+    end
+  end
+end
 local t = redis.call('TIME')
 local ts = string.format('%.0f', tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000))
 local out = {}
-for i = 6, #ARGV, 5 do
+for i = 9, #ARGV, 5 do
   local ref = ARGV[i + 4]
   local known = false
   if ref ~= '' then known = redis.call('GET', ARGV[1] .. 'ref:' .. ref) end
@@ -130,8 +165,16 @@ for i = 6, #ARGV, 5 do
   else
     seq = seq + 1
     local id = string.format('%.0f', seq)
-    redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], id .. '-0', 'm', ARGV[i], 's', ARGV[i + 1],
-      'i', ARGV[i + 2], 'c', ARGV[i + 3], 'r', ref, 't', ts)
+    if restarted then
+      -- Readers see the jump of the counter as such, not as messages they missed.
+      redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], id .. '-0', 'm', ARGV[i],
+        's', ARGV[i + 1], 'i', ARGV[i + 2], 'c', ARGV[i + 3], 'r', ref, 't', ts, 'k', '1')
+      redis.call('DEL', ARGV[1] .. 'restarted')
+      restarted = false
+    else
+      redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], id .. '-0', 'm', ARGV[i],
+        's', ARGV[i + 1], 'i', ARGV[i + 2], 'c', ARGV[i + 3], 'r', ref, 't', ts)
+    end
     if ref ~= '' then redis.call('SET', ARGV[1] .. 'ref:' .. ref, id .. ':' .. ts, 'PX', ARGV[3]) end
     out[#out + 1] = id .. ':' .. ts .. ':new'
   end
@@ -152,9 +195,10 @@ else
   redis.call('SET', nodeKey, '1', 'PX', ARGV[3])
 end
 redis.call('SADD', KEYS[1], ARGV[2])
+redis.call('HSET', KEYS[3], ARGV[2], ARGV[6])
 local h = ARGV[1] .. 'members:' .. ARGV[2]
 redis.call('DEL', h)
-for i = 6, #ARGV, 2 do
+for i = 7, #ARGV, 2 do
   redis.call('HSET', h, ARGV[i], ARGV[i + 1])
   redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], '*', 'e', 'j', 'm', ARGV[i + 1])
 end
@@ -162,18 +206,27 @@ return 1
 `;
 
 /**
- * Renews this node's key (0 if it had expired: the node must register again), reaps nodes whose
- * key expired (their members leave with node_lost), and returns the live nodes and the history
- * length.
+ * Renews this node's key (0 if it had expired: the node must register again) and records how
+ * far it has read; starts the id counter again from the clock if Redis came back with older data
+ * than this node has seen; reaps nodes whose key expired (their members leave with node_lost),
+ * unless asked not to (a node that has just reconnected lets the others register first); returns
+ * the live nodes and the history length.
  */
 const HEARTBEAT_SCRIPT = `
 local alive = 1
 if not redis.call('SET', ARGV[1] .. 'node:' .. ARGV[2], '1', 'PX', ARGV[3], 'XX') then alive = 0 end
+local cursor = tonumber(ARGV[6])
+if alive == 1 then redis.call('HSET', KEYS[5], ARGV[2], ARGV[6]) end
+local seq = tonumber(redis.call('GET', KEYS[4]) or '0')
+if seq > 0 and seq < cursor then
+  redis.call('SET', KEYS[4], string.format('%.0f', math.max(tonumber(ARGV[7]), cursor)))
+  redis.call('SET', ARGV[1] .. 'restarted', '1')
+end
 local live = {}
 for _, n in ipairs(redis.call('SMEMBERS', KEYS[1])) do
   if redis.call('EXISTS', ARGV[1] .. 'node:' .. n) == 1 then
     live[#live + 1] = n
-  else
+  elseif alive == 1 and ARGV[5] == '1' then
     local h = ARGV[1] .. 'members:' .. n
     local members = redis.call('HVALS', h)
     for i = 1, #members do
@@ -181,7 +234,14 @@ for _, n in ipairs(redis.call('SMEMBERS', KEYS[1])) do
     end
     redis.call('DEL', h)
     redis.call('SREM', KEYS[1], n)
+    redis.call('HDEL', KEYS[5], n)
+  else
+    live[#live + 1] = n
   end
+end
+-- Cursors of nodes that are gone.
+for _, n in ipairs(redis.call('HKEYS', KEYS[5])) do
+  if redis.call('SISMEMBER', KEYS[1], n) == 0 then redis.call('HDEL', KEYS[5], n) end
 end
 return {alive, redis.call('XLEN', KEYS[3]), live}
 `;
@@ -224,6 +284,7 @@ for i = 1, #members do
 end
 redis.call('DEL', h, ARGV[1] .. 'node:' .. ARGV[2])
 redis.call('SREM', KEYS[1], ARGV[2])
+redis.call('HDEL', KEYS[3], ARGV[2])
 return 1
 `;
 
@@ -261,6 +322,8 @@ interface RemoteMember extends MemberInfo {
 interface Pending {
   member: RoomMember;
   post: Post;
+  /** What it costs in flight (its text, about). */
+  bytes: number;
 }
 
 /** A presence change of a member of this node, not yet in Redis. */
@@ -268,6 +331,8 @@ interface PresenceChange {
   op: "j" | "l";
   member: MemberInfo;
   reason?: LeaveReason;
+  /** Order of the change on this node. */
+  seq: number;
 }
 
 type Reply = unknown;
@@ -293,25 +358,54 @@ export class RedisRoom implements Room {
   #prefix: string;
   #fanout: Fanout;
   #delivered: () => void;
-  #keys: { seq: string; messages: string; presence: string; nodes: string };
+  #keys: {
+    seq: string;
+    messages: string;
+    presence: string;
+    nodes: string;
+    cursors: string;
+  };
   #streamLength: number;
+  #nodeTtl: number;
+  /** Posts and history reads. */
   #commands: Client;
+  /** Heartbeat, presence, lockout: never queued behind large posts. */
+  #control: Client;
+  /** The blocking stream reads. */
   #reader: Client;
   #scripts: Record<string, Script> | null = null;
+  #scriptsLoaded = false;
   #node = 1 + Math.floor(Math.random() * (NODE_LIMIT - 1));
   #registered = false;
   #nextMemberId = 0;
   #remote = new Map<number, RemoteMember>();
   /** Id of the last message delivered here (0: none yet); the next read starts after it. */
   #cursor = 0;
+  /** Where this node started reading, once known (a replay for an early member waits for it). */
+  #start: Promise<number> | null = null;
   #cursorKnown = false;
+  #cursorSent = 0;
   #presenceCursor: string | null = null;
   #pending: Pending[] = [];
+  #pendingBytes = 0;
   #scheduled = false;
   #inFlight = 0;
+  #inFlightBytes = 0;
+  /** Holds the senders while too much waits for Redis (a holder of flow control, like a full recipient). */
+  #backlog: Mailbox = { push: () => false, full: true };
+  #backlogHeld = false;
+  #lagLogged = -Infinity;
+  /** Acks of messages this node has not delivered yet: sent once it has (stream order). */
+  #acks: { member: RoomMember; frame: Uint8Array; id: number }[] = [];
+  #settled: (() => void) | null = null;
   #presenceQueue: PresenceChange[] = [];
-  #publishing = false;
+  #changes = 0;
+  /** Changes being published now. */
+  #sending = new Set<PresenceChange>();
+  /** Member ids a registration in flight is writing. */
+  #registering: Set<number> | null = null;
   #up = false;
+  #upSince = 0;
   #everUp = false;
   #downLogged = false;
   #closing = false;
@@ -333,8 +427,10 @@ export class RedisRoom implements Room {
       messages: prefix + "messages",
       presence: prefix + "presence",
       nodes: prefix + "nodes",
+      cursors: prefix + "cursors",
     };
     this.#streamLength = Math.max(options.keep, MIN_STREAM_LENGTH);
+    this.#nodeTtl = options.nodeTtlMs ?? 8000;
     this.#fanout = new Fanout(options.hold);
     this.#delivered = options.delivered ?? (() => {});
     const heartbeat = options.heartbeatMs ?? 1000;
@@ -343,6 +439,10 @@ export class RedisRoom implements Room {
       RESP: 2 as const,
       disableOfflineQueue: true,
       pingInterval: heartbeat,
+      commandsQueueMaxLength: MAX_QUEUED_COMMANDS,
+      // node-redis's own command timeout stops counting once a command is written, so it cannot
+      // tell a hung Redis; #call keeps its own deadline instead (and this saves a timer per call).
+      commandOptions: { timeout: 0 },
       socket: {
         connectTimeout: 2000,
         socketTimeout: READ_BLOCK_MS + COMMAND_TIMEOUT_MS,
@@ -350,14 +450,18 @@ export class RedisRoom implements Room {
       },
     };
     this.#commands = createClient(clientOptions);
+    this.#control = createClient(clientOptions);
     this.#reader = createClient(clientOptions);
-    // The command connection says whether Redis is up (with the heartbeat); the reader's own
-    // errors only make it retry (it may sit idle while flow control pauses it).
-    this.#commands.on("error", (error: Error) => this.#down(error));
-    this.#reader.on("error", (error: Error) => {
-      this.#logger.debug("Redis reader: {reason}", { reason: reasonOf(error) });
-    });
-    for (const client of [this.#commands, this.#reader]) client.on("ready", () => this.#beat());
+    // The control connection and the heartbeat say whether Redis is up; the other two only
+    // retry (the reader may sit idle while flow control pauses it).
+    this.#control.on("error", (error: Error) => this.#down(error));
+    for (const client of [this.#commands, this.#reader]) {
+      client.on("error", (error: Error) => {
+        this.#logger.debug("Redis: {reason}", { reason: reasonOf(error) });
+      });
+    }
+    this.#control.on("ready", () => this.#beat());
+    this.#reader.on("ready", () => this.#wakeReader?.());
   }
 
   /** Starts connecting in the background; the room works (refusing messages) until Redis answers. */
@@ -371,9 +475,10 @@ export class RedisRoom implements Room {
       goodbye: await script(GOODBYE_SCRIPT),
       fail: await script(FAIL_SCRIPT),
     };
-    // connect() rejects when the first attempt fails; the client goes on trying by itself.
-    this.#commands.connect().catch((error: Error) => this.#down(error));
-    this.#reader.connect().catch(() => {}); // its "error" events say why
+    // connect() rejects when the first attempt fails; the clients go on trying by themselves.
+    this.#control.connect().catch((error: Error) => this.#down(error));
+    this.#commands.connect().catch(() => {}); // their "error" events say why
+    this.#reader.connect().catch(() => {});
     this.#heartbeat = setInterval(() => this.#beat(), this.#options.heartbeatMs ?? 1000);
     this.#reading = this.#readLoop();
   }
@@ -403,7 +508,7 @@ export class RedisRoom implements Room {
   readonly lockout: SharedLockout = {
     isLocked: async (key) => {
       if (!this.#up) return false;
-      const reply = await this.#call(["EXISTS", this.#prefix + "lock:" + key], 1000)
+      const reply = await this.#call(this.#control, ["EXISTS", this.#prefix + "lock:" + key], 1000)
         .catch(() => 0);
       return Number(reply) === 1;
     },
@@ -411,6 +516,7 @@ export class RedisRoom implements Room {
       const { windowMs, maxFailures } = this.#options.lockout;
       if (!this.#up || windowMs === 0) return false;
       const reply = await this.#eval(
+        this.#control,
         "fail",
         [this.#prefix + "fails:" + key, this.#prefix + "lock:" + key],
         [String(windowMs), String(maxFailures)],
@@ -431,7 +537,7 @@ export class RedisRoom implements Room {
     fanout.welcome(member, request, () => this.#everyone());
     for (const notice of request.notices ?? []) fanout.reply(member, notice);
     fanout.presence(member.id, () => encodeJoined(member));
-    this.#publish({ op: "j", member });
+    this.#publish({ op: "j", member, seq: ++this.#changes });
     if (replay) this.#replay(member, request);
   }
 
@@ -439,17 +545,25 @@ export class RedisRoom implements Room {
     if (!this.#fanout.remove(member)) return;
     if (this.#closing) return; // the goodbye says it for everyone
     this.#fanout.presence(member.id, () => encodeLeft(member, reason));
-    this.#publish({ op: "l", member, reason });
+    this.#publish({ op: "l", member, reason, seq: ++this.#changes });
   }
 
   post(member: RoomMember, post: Post): void {
-    if (!this.#up || this.#inFlight + this.#pending.length >= MAX_IN_FLIGHT) {
+    const bytes = post.content.length + post.sender.length + 100;
+    const waiting = this.#inFlightBytes + this.#pendingBytes + bytes;
+    if (!this.#up || waiting > 2 * MAX_IN_FLIGHT_BYTES) {
       this.#stats.refused++;
       member.refused("unavailable", UNAVAILABLE, post.ref);
       return;
     }
-    this.#pending.push({ member, post });
-    if (this.#pending.length >= MAX_BATCH) {
+    this.#pending.push({ member, post, bytes });
+    this.#pendingBytes += bytes;
+    if (waiting > MAX_IN_FLIGHT_BYTES && !this.#backlogHeld) {
+      // Redis takes less than this node's senders give: pause them until it catches up.
+      this.#backlogHeld = true;
+      this.#options.hold(this.#backlog);
+    }
+    if (this.#pending.length >= MAX_BATCH || this.#pendingBytes >= MAX_BATCH_BYTES) {
       this.#flush();
       return;
     }
@@ -465,18 +579,22 @@ export class RedisRoom implements Room {
 
   history(member: RoomMember, query: HistoryQuery): void {
     const limit = query.limit;
-    // Only the newest --history-keep messages are history (the stream keeps more for delivery).
+    // Only the newest --history-keep messages are history (the stream keeps more for delivery),
+    // and only what this node has delivered (what comes later reaches the member live).
     const keep = this.#options.keep;
-    const oldest = `(${Math.max(0, this.#cursor - keep)}-0`;
+    const upTo = this.#cursor;
+    const oldest = Math.max(0, upTo - keep);
     let read: Promise<StoredMessage[]>;
-    if (keep === 0 || (query.before !== undefined && query.before <= 1)) {
+    if (keep === 0 || upTo === 0 || (query.before !== undefined && query.before <= 1)) {
       read = Promise.resolve([]);
     } else if (query.after !== undefined) {
-      const after = Math.max(query.after, this.#cursor - keep);
-      read = this.#range("XRANGE", `(${Math.max(0, after)}-0`, "+", limit + 1);
+      const after = Math.max(query.after, oldest);
+      read = after >= upTo
+        ? Promise.resolve([])
+        : this.#range("XRANGE", `(${after}-0`, `${upTo}-0`, limit + 1);
     } else {
-      const before = query.before !== undefined ? `(${query.before}-0` : "+";
-      read = this.#range("XREVRANGE", before, oldest, limit + 1);
+      const before = query.before !== undefined ? `(${query.before}-0` : `${upTo}-0`;
+      read = this.#range("XREVRANGE", before, `(${oldest}-0`, limit + 1);
     }
     read.then((rows) => {
       if (!this.#fanout.has(member)) return;
@@ -497,22 +615,46 @@ export class RedisRoom implements Room {
     this.#closing = true;
   }
 
+  /**
+   * Resolves once every message sent to Redis has its answer and every ack is queued (so the
+   * last messages before a shutdown are acked), or after `timeoutMs`.
+   */
+  settle(timeoutMs = 1000): Promise<void> {
+    if (this.#inFlight === 0 && this.#acks.length === 0) return Promise.resolve();
+    return new Promise((resolve) => {
+      const timer = setTimeout(done, timeoutMs);
+      const settled = this.#settled;
+      function done() {
+        clearTimeout(timer);
+        resolve();
+        settled?.();
+      }
+      this.#settled = done;
+    });
+  }
+
   async stop(): Promise<void> {
     if (this.#stopped) return;
     this.#closing = true;
     this.#stopped = true;
     clearInterval(this.#heartbeat);
     this.#wakeReader?.();
+    this.#settled?.();
+    if (this.#backlogHeld) {
+      this.#backlogHeld = false;
+      this.#options.release(this.#backlog);
+    }
     if (this.#up && this.#registered) {
       await this.#eval(
+        this.#control,
         "goodbye",
-        [this.#keys.nodes, this.#keys.presence],
+        [this.#keys.nodes, this.#keys.presence, this.#keys.cursors],
         [this.#prefix, String(this.#node), String(PRESENCE_LENGTH)],
         1000,
       ).catch(() => {});
     }
     this.#up = false;
-    for (const client of [this.#commands, this.#reader]) {
+    for (const client of [this.#commands, this.#control, this.#reader]) {
       try {
         client.destroy();
       } catch {
@@ -529,107 +671,145 @@ export class RedisRoom implements Room {
   /** Sends the messages posted so far to Redis, in batches; acks them when Redis has them. */
   #flush(): void {
     this.#scheduled = false;
-    while (this.#pending.length > 0) {
-      const batch = this.#pending.splice(0, MAX_BATCH);
-      this.#send(batch);
+    const pending = this.#pending;
+    let start = 0;
+    while (start < pending.length) {
+      let end = start;
+      let bytes = 0;
+      while (end < pending.length && end - start < MAX_BATCH && bytes < MAX_BATCH_BYTES) {
+        bytes += pending[end++].bytes;
+      }
+      this.#send(pending.slice(start, end), bytes);
+      start = end;
     }
+    this.#pending = [];
+    this.#pendingBytes = 0;
   }
 
-  #send(batch: Pending[]): void {
+  #send(batch: Pending[], bytes: number): void {
     const args = [
       this.#prefix,
       String(this.#streamLength),
       String(REF_TTL_MS),
       String(this.#node),
-      String(Math.max(clockStartId(), this.#cursor)),
+      String(clockStartId()),
+      String(this.#cursor),
+      String(this.#streamLength - LAG_MARGIN),
+      String(LAG_MARGIN),
     ];
     for (const { member, post } of batch) {
       args.push(String(member.id), post.sender, member.ip, post.content, post.ref ?? "");
     }
     this.#inFlight += batch.length;
-    this.#eval("post", [this.#keys.seq, this.#keys.messages], args, COMMAND_TIMEOUT_MS).then(
+    this.#inFlightBytes += bytes;
+    const { sha } = this.#scripts!.post;
+    this.#call(
+      this.#commands,
+      ["EVALSHA", sha, "3", this.#keys.seq, this.#keys.messages, this.#keys.cursors, ...args],
+      COMMAND_TIMEOUT_MS,
+    ).then(
       (reply) => {
-        this.#inFlight -= batch.length;
         const results = reply as string[];
         for (let i = 0; i < batch.length; i++) {
           const [id, ts, fresh] = String(results[i]).split(":");
           const { member, post } = batch[i];
           if (fresh) this.#stats.messages++;
           else this.#stats.duplicates++;
-          if (post.ref !== undefined && member.features & WANTS_IDS) {
-            this.#fanout.reply(member, encodeAck(post.ref, Number(id), Number(ts)));
-          }
+          if (post.ref === undefined || !(member.features & WANTS_IDS)) continue;
+          const frame = encodeAck(post.ref, Number(id), Number(ts));
+          // An ack goes out once this node has delivered its message: never ahead of a lower
+          // id from another node (a client may take an ack's id as "seen up to here").
+          if (Number(id) <= this.#cursor) this.#fanout.reply(member, frame);
+          else this.#acks.push({ member, frame, id: Number(id) });
         }
-        this.#delivered();
       },
       (error) => {
-        this.#inFlight -= batch.length;
-        this.#failed(error);
+        if (/NOSCRIPT/.test(String(error))) {
+          // Redis restarted and lost its scripts: reload them before anything is accepted (a
+          // later batch sent as EVAL could overtake this one).
+          this.#scriptsLoaded = false;
+          this.#down(error);
+        } else if (/LAGGING/.test(String(error))) {
+          this.#stats.storeErrors++;
+          const now = performance.now();
+          if (now - this.#lagLogged > 5000) {
+            this.#lagLogged = now;
+            this.#logger.warn("A node is catching up with the stream; refusing messages meanwhile");
+          }
+        } else this.#failed(error);
         for (const { member, post } of batch) {
           this.#stats.refused++;
           member.refused("unavailable", UNAVAILABLE, post.ref);
         }
-        this.#delivered();
       },
-    );
+    ).finally(() => {
+      this.#inFlight -= batch.length;
+      this.#inFlightBytes -= bytes;
+      if (this.#backlogHeld && this.#inFlightBytes + this.#pendingBytes < MAX_IN_FLIGHT_BYTES / 2) {
+        this.#backlogHeld = false;
+        this.#options.release(this.#backlog);
+      }
+      this.#delivered();
+      this.#checkSettled();
+    });
+  }
+
+  #checkSettled(): void {
+    if (this.#settled && this.#inFlight === 0 && this.#acks.length === 0) this.#settled();
   }
 
   /** Replays history to a member that has just joined; its room frames wait until then. */
-  #replay(member: RoomMember, request: JoinRequest): void {
+  async #replay(member: RoomMember, request: JoinRequest): Promise<void> {
     // Everything up to the cursor was delivered before this member joined; everything after it
-    // reaches the member live (deferred until the replay is queued): no gap, no duplicate.
-    const upTo = this.#cursor;
-    const keep = this.#options.keep;
-    const oldest = Math.max(0, upTo - keep); // ids are consecutive between restarts of Redis
-    let read: Promise<StoredMessage[]>;
-    let limit: number;
-    let fromNewest: boolean;
-    if (upTo === 0 || keep === 0) {
-      limit = 0;
-      fromNewest = true;
-      read = Promise.resolve([]);
-    } else if (request.after !== undefined) {
-      limit = MAX_REPLAY;
-      fromNewest = false;
-      const after = Math.max(request.after, oldest);
-      read = after >= upTo
-        ? Promise.resolve([])
-        : this.#range("XRANGE", `(${after}-0`, `${upTo}-0`, limit + 1);
-    } else {
-      limit = Math.min(request.history, keep);
-      fromNewest = true;
-      read = limit === 0
-        ? this.#range("XREVRANGE", `${upTo}-0`, `(${oldest}-0`, 1)
-        : this.#range("XREVRANGE", `${upTo}-0`, `(${oldest}-0`, limit + 1);
-    }
-    read.then((rows) => {
+    // reaches the member live (deferred until the replay is queued): no gap, no duplicate. Before
+    // this node knows where it starts reading, the member gets everything up to that point.
+    let upTo = this.#cursor;
+    try {
+      if (!this.#cursorKnown) upTo = await this.#findCursor();
+      const keep = this.#options.keep;
+      const oldest = Math.max(0, upTo - keep); // ids are consecutive between restarts of Redis
+      let rows: StoredMessage[] = [];
+      let limit = 0;
+      let fromNewest = true;
+      let more = false;
+      if (upTo > 0 && keep > 0) {
+        if (request.after !== undefined) {
+          limit = MAX_REPLAY;
+          fromNewest = false;
+          const after = Math.max(request.after, oldest);
+          if (after < upTo) {
+            rows = await this.#range("XRANGE", `(${after}-0`, `${upTo}-0`, limit + 1);
+          }
+        } else {
+          limit = Math.min(request.history, keep);
+          rows = await this.#range("XREVRANGE", `${upTo}-0`, `(${oldest}-0`, limit + 1);
+          if (limit === 0) more = rows.length > 0;
+        }
+      }
       if (!this.#fanout.has(member)) return;
-      this.#fanout.sendHistory(member, this.#page(rows, limit, fromNewest));
-      this.#fanout.undefer(member);
-      this.#delivered();
-    }, (error) => {
+      const page = this.#page(rows, limit, fromNewest);
+      if (more) page.more = true;
+      this.#fanout.sendHistory(member, page);
+    } catch (error) {
       this.#failed(error);
       if (!this.#fanout.has(member)) return;
       member.refused("unavailable", "Cannot read history now; page it later", undefined);
       this.#fanout.reply(member, encodeHistoryEnd(0, true));
-      this.#fanout.undefer(member);
-      this.#delivered();
-    });
+    }
+    this.#fanout.undefer(member);
+    this.#delivered();
   }
 
-  /** Rows (oldest first after a reverse read) as a page of at most `limit` messages. */
+  /** Rows (newest first when `fromNewest`) as a page of at most `limit` messages, oldest first. */
   #page(rows: StoredMessage[], limit: number, fromNewest: boolean) {
     const more = rows.length > limit;
-    if (fromNewest) {
-      rows = rows.slice(0, limit).reverse();
-    } else {
-      rows = rows.slice(0, limit);
-    }
+    rows = fromNewest ? rows.slice(0, limit).reverse() : rows.slice(0, limit);
     return encodePage(rows, this.#options.replayBytes, fromNewest, more);
   }
 
   async #range(command: string, from: string, to: string, count: number) {
     const reply = await this.#call(
+      this.#commands,
       [command, this.#keys.messages, from, to, "COUNT", String(count)],
       COMMAND_TIMEOUT_MS,
     );
@@ -646,19 +826,32 @@ export class RedisRoom implements Room {
 
   // ---- Redis ----
 
-  #call(args: string[], timeoutMs: number): Promise<Reply> {
-    return withTimeout(this.#commands.sendCommand(args), timeoutMs);
+  /** Sends a command; rejects after `timeoutMs` without an answer (0: no deadline of its own). */
+  #call(client: Client, args: string[], timeoutMs: number): Promise<Reply> {
+    const reply = client.sendCommand(args) as Promise<Reply>;
+    if (timeoutMs === 0) return reply;
+    let timer: ReturnType<typeof setTimeout>;
+    const deadline = new Promise<never>((_, reject) => {
+      timer = setTimeout(() => reject(new RedisTimeoutError(timeoutMs)), timeoutMs);
+    });
+    return Promise.race([reply, deadline]).finally(() => clearTimeout(timer));
   }
 
-  async #eval(name: string, keys: string[], args: string[], timeoutMs: number): Promise<Reply> {
+  async #eval(
+    client: Client,
+    name: string,
+    keys: string[],
+    args: string[],
+    timeoutMs: number,
+  ): Promise<Reply> {
     const { sha, source } = this.#scripts![name];
     const tail = [String(keys.length), ...keys, ...args];
     try {
-      return await this.#call(["EVALSHA", sha, ...tail], timeoutMs);
+      return await this.#call(client, ["EVALSHA", sha, ...tail], timeoutMs);
     } catch (error) {
       // Redis restarted (its script cache is empty): send the script itself.
       if (!/NOSCRIPT/.test(String(error))) throw error;
-      return await this.#call(["EVAL", source, ...tail], timeoutMs);
+      return await this.#call(client, ["EVAL", source, ...tail], timeoutMs);
     }
   }
 
@@ -672,6 +865,8 @@ export class RedisRoom implements Room {
       this.#downLogged = true; // once per outage
     }
     this.#up = false;
+    // Redis may come back without the scripts (a restart): load them again first.
+    this.#scriptsLoaded = false;
   }
 
   #failed(error: unknown): void {
@@ -684,21 +879,46 @@ export class RedisRoom implements Room {
 
   /** Keeps this node's key alive, registers it when needed, reaps lost nodes. */
   async #beat(): Promise<void> {
-    if (this.#beating || this.#stopped || !this.#commands.isReady) return;
+    if (this.#beating || this.#stopped || !this.#control.isReady) return;
     this.#beating = true;
     try {
-      const ttl = String(this.#options.nodeTtlMs ?? 8000);
+      if (!this.#scriptsLoaded) {
+        for (const { source } of Object.values(this.#scripts!)) {
+          await this.#call(this.#control, ["SCRIPT", "LOAD", source], COMMAND_TIMEOUT_MS);
+        }
+        this.#scriptsLoaded = true;
+      }
+      const ttl = String(this.#nodeTtl);
       const asked = performance.now();
+      // A node that has just reconnected does not reap: after an outage every node's key may
+      // have expired, and the live ones register again within a heartbeat or two.
+      const mayReap = this.#up && asked - this.#upSince > this.#nodeTtl;
       const reply = await this.#eval(
+        this.#control,
         "heartbeat",
-        [this.#keys.nodes, this.#keys.presence, this.#keys.messages],
-        [this.#prefix, String(this.#node), ttl, String(PRESENCE_LENGTH)],
+        [
+          this.#keys.nodes,
+          this.#keys.presence,
+          this.#keys.messages,
+          this.#keys.seq,
+          this.#keys.cursors,
+        ],
+        [
+          this.#prefix,
+          String(this.#node),
+          ttl,
+          String(PRESENCE_LENGTH),
+          mayReap ? "1" : "0",
+          String(this.#cursor),
+          String(clockStartId()),
+        ],
         COMMAND_TIMEOUT_MS,
       ) as [number, number, string[]];
-      if (Number(reply[0]) !== 1) await this.#register(ttl);
-      this.#nodes = reply[2].length + (Number(reply[0]) === 1 ? 0 : 1);
+      const alive = Number(reply[0]) === 1;
+      if (!alive) await this.#register(ttl);
+      this.#nodes = reply[2].length + (alive ? 0 : 1);
       this.#historySize = Number(reply[1]);
-      this.#forgetLostNodes(new Set(reply[2].map(Number)), asked);
+      if (alive && mayReap) this.#forgetLostNodes(new Set(reply[2].map(Number)), asked);
       if (!this.#up) {
         if (this.#everUp) this.#logger.warn("Redis is reachable again; accepting messages");
         else {
@@ -708,6 +928,7 @@ export class RedisRoom implements Room {
           });
         }
         this.#up = true;
+        this.#upSince = performance.now();
         this.#everUp = true;
         this.#downLogged = false;
         this.#wakeReader?.();
@@ -723,22 +944,39 @@ export class RedisRoom implements Room {
   /** Claims a node number (the first time) or registers again after this node was reaped. */
   async #register(ttl: string): Promise<void> {
     const members: string[] = [];
+    const covered = new Set<number>();
     for (const member of this.#fanout.members()) {
       members.push(String(member.id), this.#memberRecord(member));
+      covered.add(member.id);
     }
-    for (let attempt = 0;; attempt++) {
-      const claim = this.#registered ? "0" : "1";
-      const reply = await this.#eval(
-        "register",
-        [this.#keys.nodes, this.#keys.presence],
-        [this.#prefix, String(this.#node), ttl, String(PRESENCE_LENGTH), claim, ...members],
-        COMMAND_TIMEOUT_MS,
-      );
-      if (Number(reply) === 1) break;
-      if (attempt > 10) throw new Error("Cannot claim a node number");
-      // Another live node has this number: take another (members that logged in while Redis was
-      // unreachable keep theirs; a clash needs the same 1-in-2-million draw as well).
-      this.#node = 1 + Math.floor(Math.random() * (NODE_LIMIT - 1));
+    const mark = this.#changes;
+    this.#registering = covered;
+    try {
+      for (let attempt = 0;; attempt++) {
+        const claim = this.#registered ? "0" : "1";
+        const reply = await this.#eval(
+          this.#control,
+          "register",
+          [this.#keys.nodes, this.#keys.presence, this.#keys.cursors],
+          [
+            this.#prefix,
+            String(this.#node),
+            ttl,
+            String(PRESENCE_LENGTH),
+            claim,
+            String(this.#cursor),
+            ...members,
+          ],
+          COMMAND_TIMEOUT_MS,
+        );
+        if (Number(reply) === 1) break;
+        if (attempt > 10) throw new Error("Cannot claim a node number");
+        // Another live node has this number: take another (members that logged in while Redis
+        // was unreachable keep theirs; a clash needs the same 1-in-2-million draw as well).
+        this.#node = 1 + Math.floor(Math.random() * (NODE_LIMIT - 1));
+      }
+    } finally {
+      this.#registering = null;
     }
     if (this.#registered) {
       this.#logger.warn("Cluster node {node} registered again (it had been presumed lost)", {
@@ -746,14 +984,18 @@ export class RedisRoom implements Room {
       });
     }
     this.#registered = true;
-    // The joins are in; the leaves still to publish stay queued.
-    this.#presenceQueue = this.#presenceQueue.filter((change) => change.op === "l");
+    // The joins queued before the registration are in it (or their member has left since, and
+    // the leave is still queued); leaves, and anything queued meanwhile, still go out.
+    this.#presenceQueue = this.#presenceQueue.filter((change) =>
+      change.op === "l" || change.seq > mark
+    );
     await this.#snapshot();
   }
 
   /** Reloads the other nodes' members at one instant, and tells local members what changed. */
   async #snapshot(): Promise<void> {
     const reply = await this.#eval(
+      this.#control,
       "snapshot",
       [this.#keys.nodes, this.#keys.presence],
       [this.#prefix, String(this.#node)],
@@ -793,9 +1035,10 @@ export class RedisRoom implements Room {
   /** Queues a presence change of a local member for Redis. */
   #publish(change: PresenceChange): void {
     const queue = this.#presenceQueue;
-    if (change.op === "l" && !this.#publishing) {
-      // A join that never reached Redis needs no leave either.
-      const i = queue.findIndex((c) => c.op === "j" && c.member.id === change.member.id);
+    const id = change.member.id;
+    if (change.op === "l" && !this.#registering?.has(id)) {
+      // A join that never reached Redis (and is not on its way) needs no leave either.
+      const i = queue.findIndex((c) => c.op === "j" && c.member.id === id && !this.#sending.has(c));
       if (i >= 0) {
         queue.splice(i, 1);
         return;
@@ -806,27 +1049,39 @@ export class RedisRoom implements Room {
   }
 
   async #publishQueued(): Promise<void> {
-    if (this.#publishing || !this.#registered || this.#presenceQueue.length === 0) return;
-    this.#publishing = true;
+    if (this.#sending.size > 0 || this.#registering || !this.#registered) return;
     try {
-      while (this.#presenceQueue.length > 0 && this.#up) {
+      while (this.#presenceQueue.length > 0 && this.#up && !this.#registering) {
         const changes = this.#presenceQueue.slice(0, 512);
+        for (const change of changes) this.#sending.add(change);
         const args = [this.#prefix, String(this.#node), String(PRESENCE_LENGTH)];
         for (const { op, member, reason } of changes) {
           args.push(op, String(member.id), this.#memberRecord(member), reason ?? "");
         }
-        await this.#eval("presence", [this.#keys.presence], args, COMMAND_TIMEOUT_MS);
-        this.#presenceQueue.splice(0, changes.length);
+        await this.#eval(
+          this.#control,
+          "presence",
+          [this.#keys.presence],
+          args,
+          COMMAND_TIMEOUT_MS,
+        );
+        const sent = this.#sending;
+        this.#presenceQueue = this.#presenceQueue.filter((change) => !sent.has(change));
+        this.#sending = new Set();
       }
     } catch (error) {
       this.#failed(error);
     } finally {
-      this.#publishing = false;
+      this.#sending = new Set();
     }
   }
 
   #remoteJoined(member: RemoteMember): void {
-    if (this.#remote.has(member.id)) return;
+    const known = this.#remote.get(member.id);
+    if (known) {
+      known.seen = member.seen;
+      return;
+    }
     this.#remote.set(member.id, member);
     this.#fanout.presence(member.id, () => encodeJoined(member));
   }
@@ -846,33 +1101,36 @@ export class RedisRoom implements Room {
         await this.#sleep(READ_BLOCK_MS);
         continue;
       }
-      if (this.#options.blocked()) {
+      if (this.#recipientFull()) {
         // A recipient here is full: the stream waits for it (it is dropped within about 1 s if
-        // it reads nothing), and the senders here are paused meanwhile.
+        // it reads nothing), and the senders here are paused meanwhile. Looked at again every
+        // 50 ms too, in case only this room's own backlog still holds the senders.
         await new Promise<void>((resume) => {
-          this.#wakeReader = resume;
-          this.#options.whenFree(resume);
+          const timer = setTimeout(resume, 50);
+          const wake = () => {
+            clearTimeout(timer);
+            resume();
+          };
+          this.#wakeReader = wake;
+          this.#options.whenFree(wake);
         });
         this.#wakeReader = null;
         continue;
       }
       try {
         if (!this.#cursorKnown) await this.#findCursor();
-        const reply = await withTimeout(
-          this.#reader.sendCommand([
-            "XREAD",
-            "COUNT",
-            String(READ_COUNT),
-            "BLOCK",
-            String(READ_BLOCK_MS),
-            "STREAMS",
-            this.#keys.messages,
-            this.#keys.presence,
-            `${this.#cursor}-0`,
-            this.#presenceCursor,
-          ]),
-          READ_BLOCK_MS + COMMAND_TIMEOUT_MS,
-        ) as [string, [string, string[]][]][] | null;
+        const reply = await this.#call(this.#reader, [
+          "XREAD",
+          "COUNT",
+          String(READ_COUNT),
+          "BLOCK",
+          String(READ_BLOCK_MS),
+          "STREAMS",
+          this.#keys.messages,
+          this.#keys.presence,
+          `${this.#cursor}-0`,
+          this.#presenceCursor,
+        ], 0) as [string, [string, string[]][]][] | null; // a hung Redis: the socket times out
         if (reply && !this.#stopped) this.#deliver(reply);
       } catch (error) {
         if (this.#stopped) break;
@@ -883,34 +1141,51 @@ export class RedisRoom implements Room {
     }
   }
 
-  /** Where this node starts reading: after the last message now in the stream. */
-  async #findCursor(): Promise<void> {
-    const reply = await this.#call(
-      ["XREVRANGE", this.#keys.messages, "+", "-", "COUNT", "1"],
-      COMMAND_TIMEOUT_MS,
-    ) as [string, string[]][];
-    this.#cursor = reply.length > 0 ? entryId(reply[0][0]) : 0;
-    this.#cursorKnown = true;
+  /** Whether a recipient here is full (this room's backlog aside). */
+  #recipientFull(): boolean {
+    return this.#options.holders() > (this.#backlogHeld ? 1 : 0);
+  }
+
+  /**
+   * Where this node starts reading: after the last message in the stream when it first asks.
+   * Asked once; a replay for a member that joined before waits for the same answer.
+   */
+  #findCursor(): Promise<number> {
+    this.#start ??= (async () => {
+      const reply = await this.#call(
+        this.#commands,
+        ["XREVRANGE", this.#keys.messages, "+", "-", "COUNT", "1"],
+        COMMAND_TIMEOUT_MS,
+      ) as [string, string[]][];
+      const start = reply.length > 0 ? entryId(reply[0][0]) : 0;
+      if (!this.#cursorKnown) {
+        this.#cursor = Math.max(this.#cursor, start);
+        this.#cursorKnown = true;
+      }
+      return start;
+    })();
+    this.#start.catch(() => this.#start = null); // asked again next time
+    return this.#start;
   }
 
   #deliver(reply: [string, [string, string[]][]][]): void {
+    let gap = 0;
     for (const [stream, entries] of reply) {
       if (stream === this.#keys.messages) {
         for (const entry of entries) {
           const id = entryId(entry[0]);
           if (id <= this.#cursor) continue;
-          if (id > this.#cursor + 1 && this.#cursor > 0 && id - this.#cursor < GAP_LIMIT) {
-            // Ids are consecutive: the stream was trimmed past messages this node had not read
-            // (it fell more than the stream's length behind). A jump of GAP_LIMIT or more is
-            // Redis starting over from an empty dataset, where ids restart from the clock.
-            this.#logger.error("This node missed {count} messages: the stream was trimmed first", {
-              count: id - this.#cursor - 1,
-            });
+          // Ids are consecutive: a jump means the stream was trimmed past messages this node had
+          // not read, unless the entry says the counter started again (from the clock).
+          if (id > this.#cursor + 1 && this.#cursor > 0 && field(entry[1], "k") !== "1") {
+            gap += id - this.#cursor - 1;
           }
           this.#cursor = id;
-          const fields = entry[1];
           const record = toMessage(entry);
-          this.#stats.deliveries += this.#fanout.broadcast(record, Number(field(fields, "m")));
+          const from = Number(field(entry[1], "m"));
+          this.#stats.deliveries += this.#fanout.broadcast(record, from);
+          // A recipient is full: the rest of this read waits (it is read again from the cursor).
+          if (this.#recipientFull()) break;
         }
       } else {
         const now = performance.now();
@@ -923,7 +1198,39 @@ export class RedisRoom implements Room {
         }
       }
     }
+    if (gap > 0) this.#missed(gap);
+    const acks = this.#acks;
+    let n = 0;
+    while (n < acks.length && acks[n].id <= this.#cursor) {
+      this.#fanout.reply(acks[n].member, acks[n].frame);
+      n++;
+    }
+    if (n > 0) acks.splice(0, n);
+    this.#checkSettled();
     this.#delivered();
+    const now = performance.now();
+    if (now - this.#cursorSent >= CURSOR_EVERY_MS) {
+      // How far this node has read, so that posting nodes wait for it before the stream is
+      // trimmed past it.
+      this.#cursorSent = now;
+      this.#call(
+        this.#control,
+        ["HSET", this.#keys.cursors, String(this.#node), String(this.#cursor)],
+        COMMAND_TIMEOUT_MS,
+      ).catch(() => {});
+    }
+  }
+
+  /**
+   * This node missed messages (it fell further behind than the stream keeps): its members would
+   * not see the gap, so they are dropped, and reconnect to catch up from history.
+   */
+  #missed(count: number): void {
+    this.#logger.error(
+      "This node missed {count} messages (the stream was trimmed first); dropping its {members} members so they catch up from history",
+      { count, members: this.#fanout.size },
+    );
+    for (const member of [...this.#fanout.members()]) member.drop("missed messages");
   }
 
   #sleep(ms: number): Promise<void> {
@@ -977,18 +1284,15 @@ function parseMember(json: string, seen: number): RemoteMember | null {
   }
 }
 
-function withTimeout<T>(promise: Promise<T>, ms: number): Promise<T> {
-  let timer: ReturnType<typeof setTimeout>;
-  const timeout = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new RedisTimeoutError(`no answer in ${ms} ms`)), ms);
-  });
-  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
+/** Redis did not answer in time. */
+class RedisTimeoutError extends Error {
+  constructor(ms: number) {
+    super(`no answer in ${ms} ms`);
+    this.name = "RedisTimeoutError";
+  }
 }
 
-class RedisTimeoutError extends Error {}
-
 function isConnectionError(error: unknown): boolean {
-  if (error instanceof RedisTimeoutError) return true;
   const name = (error as Error)?.name ?? "";
   const message = String((error as Error)?.message ?? error);
   return /Offline|Closed|Socket|Connection|Timeout/i.test(name) ||

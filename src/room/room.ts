@@ -56,6 +56,8 @@ export interface RoomMember extends MemberInfo {
   readonly outbox: Mailbox;
   /** One of the member's messages was refused after it was posted (e.g. the store failed). */
   refused(code: ErrorCode, message: string, ref: string | undefined): void;
+  /** The room cannot serve the member any more (it missed messages): disconnect it now. */
+  drop(reason: string): void;
 }
 
 /** What a member asks for when it joins. */
@@ -124,6 +126,12 @@ export interface Room {
   flush(): void;
   /** The server is stopping: members leave without presence traffic. */
   close(): void;
+  /**
+   * After {@link Room.flush}: a promise that resolves once the messages accepted so far are
+   * stored and acked (at most about a second later), for the server to await before telling
+   * clients it is stopping; `undefined` when they already are.
+   */
+  settle(): Promise<void> | undefined;
   /**
    * After {@link Room.close}, once the sessions have closed: releases what the room holds (a
    * cluster node says goodbye to the others and disconnects from Redis). Never rejects.
@@ -288,6 +296,10 @@ export class LocalRoom implements Room {
 
   close(): void {
     this.#closing = true;
+  }
+
+  settle(): undefined {
+    return undefined; // flush() stores and acks synchronously
   }
 
   stop(): Promise<void> {

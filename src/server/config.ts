@@ -288,6 +288,19 @@ export function parseConfig(
         `Invalid --redis: the URL must start with redis:// or rediss:// (not ${url.protocol}//)`,
       );
     }
+    try {
+      decodeURIComponent(url.username);
+      decodeURIComponent(url.password);
+    } catch {
+      throw new ConfigError(
+        "Invalid --redis: the user or password is not URL-encoded properly (write % as %25)",
+      );
+    }
+    if (!/^\/?\d*$/.test(url.pathname) || url.hostname === "") {
+      throw new ConfigError(
+        "Invalid --redis: expected redis://[user:password@]host[:port][/db] with a numeric db",
+      );
+    }
   }
   const redisPrefix = flag("redis-prefix") ?? "chat:";
   if (redisPrefix === "" || redisPrefix.length > 64) {

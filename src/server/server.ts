@@ -245,8 +245,12 @@ export class ChatServer implements AsyncDisposable {
         keep: this.#limits.historyKeep,
         replayBytes: this.#limits.maxSendQueue,
         hold,
-        blocked: () => flow.blocked,
-        whenFree: (resume) => flow.wait({ resume }),
+        release: (mailbox: Mailbox) => flow.release(mailbox as Outbox),
+        holders: () => flow.holders,
+        whenFree: (resume) => {
+          if (flow.blocked) flow.wait({ resume });
+          else resume();
+        },
         delivered: flushOutboxes,
         lockout: { maxFailures: this.#limits.maxAuthFailures, windowMs: this.#limits.lockoutMs },
         logger: this.#logger,
@@ -588,6 +592,12 @@ export class ChatServer implements AsyncDisposable {
     // Messages accepted this turn are stored, broadcast and acked before the notice goes out;
     // then members leave without presence traffic (everyone is leaving).
     this.#room.flush();
+    const settling = this.#room.settle();
+    if (settling) {
+      // A cluster node: the last messages get their answer from Redis (and their acks).
+      await settling;
+      this.#room.flush();
+    }
     this.#room.close();
     const handshaking: Socket[] = [];
     for (const [socket, connection] of this.#connections) {

@@ -182,6 +182,17 @@ export class Session implements RoomMember, OutboxOwner, TransportHandler {
     }
   }
 
+  /** The room cannot serve this client any more: disconnect it at once, with a log line. */
+  drop(reason: string): void {
+    if (this.#state === State.Closing) return;
+    this.#ctx.logger.warn("Dropping client {id} from {ip}: {reason}", {
+      id: this.id,
+      ip: this.ip,
+      reason,
+    });
+    this.#drop(reason);
+  }
+
   /** Called by flow control when the room is free again. */
   resume(): void {
     if (!this.#paused || this.#state === State.Closing) return;
