@@ -77,6 +77,9 @@ const USAGE = `Usage: deno task bench [options]
   --baseline DIR       also run DIR/main.ts, a checkout of an earlier version of this project,
                        as "before" (started as its own deno task start runs it)
   --concurrency N      logins in flight at once (default 100)
+  --cpu-prof DIR       run our servers (not --baseline's) under deno run --cpu-prof: each
+                       writes a V8 CPU profile into DIR when it stops (progress says which
+                       process id is which server)
   --json               print the results as JSON instead of the Markdown table
   -h, --help           show this help
 
@@ -109,6 +112,8 @@ interface BenchOptions {
   sizes: Sizes;
   target?: { hostname: string; port: number; ca: string; pid?: number; webPort?: number };
   reference: string | null;
+  /** `--cpu-prof DIR`: where our servers write their CPU profiles. */
+  cpuProf?: string;
   /** A checkout of an earlier version, run beside ours as "before". */
   baseline?: string;
   json: boolean;
@@ -138,6 +143,7 @@ function parseOptions(args: string[]): BenchOptions | null {
       "target-web-port": { type: "string" },
       reference: { type: "string" },
       "no-reference": { type: "boolean", default: false },
+      "cpu-prof": { type: "string" },
       baseline: { type: "string" },
       concurrency: { type: "string" },
       json: { type: "boolean", default: false },
@@ -183,6 +189,7 @@ function parseOptions(args: string[]): BenchOptions | null {
     target,
     reference: values["no-reference"] || target ? null : values.reference ?? REFERENCE_PATH,
     baseline: target ? undefined : values.baseline,
+    cpuProf: values["cpu-prof"],
     json: values.json,
   };
 }
@@ -376,6 +383,23 @@ export async function main(args: string[]): Promise<number> {
       certDir = await Deno.makeTempDir({ prefix: "chat-bench-" });
       const pair = await ensureCertificates({ certDir, host: "127.0.0.1" });
       const common = { certDir, caCert: pair.certPem, password: BENCH_PASSWORD };
+      if (options.cpuProf) await Deno.mkdir(options.cpuProf, { recursive: true });
+      const cpuProf = options.cpuProf ? await Deno.realPath(options.cpuProf) : undefined;
+      if (cpuProf) notes.push(`our servers ran under --cpu-prof (profiles in ${cpuProf})`);
+      /**
+       * Tells which process is which server (and so which profile, with `--cpu-prof`), for a
+       * cluster always (to attach e.g. `perf record -p` to its nodes).
+       */
+      const profiled = (server: ServerHandle) => {
+        if (!cpuProf && !server.cluster) return server;
+        const nodes = server.cluster?.nodes ?? [];
+        const pids = [server, ...nodes].map((s) => `${s.name} pid ${s.pid}`);
+        if (server.cluster) {
+          pids.push(`Redis pid ${server.cluster.redis.pid} (${server.cluster.redis.url})`);
+        }
+        progress(`  processes: ${pids.join(", ")}`);
+        return server;
+      };
       const redis = options.scenarios.some((s) => s.cluster) ? await redisVersion() : null;
       if (options.scenarios.some((s) => s.cluster)) {
         notes.push(
@@ -391,12 +415,12 @@ export async function main(args: string[]): Promise<number> {
         web: true,
         cluster: redis !== null,
         start: async (opts) => {
-          const maxClients = MAX_CLIENTS;
-          if (!opts?.cluster) return startOurs({ ...common, maxClients, web: opts?.web });
+          const base = { ...common, maxClients: MAX_CLIENTS, cpuProf };
+          if (!opts?.cluster) return profiled(await startOurs({ ...base, web: opts?.web }));
           // The single node logs as the cluster's nodes must (at info: the bench waits for their
           // join line), so the two configurations differ only in the cluster.
-          const single = await startOurs({ ...common, maxClients, logLevel: "info" });
-          return withCluster(single, () => startCluster({ ...common, maxClients, nodes: 2 }));
+          const single = await startOurs({ ...base, logLevel: "info" });
+          return profiled(await withCluster(single, () => startCluster({ ...base, nodes: 2 })));
         },
       });
       if (options.baseline) {

@@ -335,7 +335,9 @@ const JOINED_LINE = /Cluster node \d+ on Redis at /;
  * data dir). With `redis`, the server is a node of the cluster of that Redis (`--redis URL`) and
  * is ready only once it has logged that it joined (an info line: `logLevel` must let it through);
  * without, a checkout that knows `--redis` gets `--redis off`, so that a `REDIS_URL` in the
- * bench's environment cannot make it one. `logLevel` is `warning` unless given.
+ * bench's environment cannot make it one. `logLevel` is `warning` unless given. With `cpuProf`,
+ * the server runs under `deno run --cpu-prof --cpu-prof-dir=DIR` and writes a V8 CPU profile
+ * (`*.cpuprofile`) into that directory when it stops.
  */
 export async function startOurs(
   options: StartOptions & {
@@ -345,6 +347,7 @@ export async function startOurs(
     web?: boolean;
     redis?: string;
     logLevel?: "info" | "warning";
+    cpuProf?: string;
   },
 ): Promise<ServerHandle> {
   const port = freePort();
@@ -382,6 +385,7 @@ export async function startOurs(
       "run",
       "--config",
       config,
+      ...(options.cpuProf ? ["--cpu-prof", `--cpu-prof-dir=${options.cpuProf}`] : []),
       ...task.flags,
       `${root}/main.ts`,
       "--port",
@@ -620,7 +624,7 @@ export interface ClusterHandle {
  * that it joined the cluster. If anything fails, stops what it started.
  */
 export async function startCluster(
-  options: StartOptions & { maxClients: number; nodes: number },
+  options: StartOptions & { maxClients: number; nodes: number; cpuProf?: string },
 ): Promise<ClusterHandle> {
   const redis = await startRedis();
   const started = await Promise.allSettled(
