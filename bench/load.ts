@@ -353,6 +353,11 @@ export class Tracker {
     return this.#latencies.slice(0, Math.min(this.received, this.#latencies.length)).sort();
   }
 
+  /** Whether the deliveries are grouped ({@link TrackerOptions.group}). */
+  get hasGroups(): boolean {
+    return this.#groupOf !== null;
+  }
+
   /**
    * The figures of group `group` (0 or 1) of {@link TrackerOptions.group}.
    *

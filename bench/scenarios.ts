@@ -72,7 +72,8 @@ export interface Sizes {
    * Scenario 10, a two-node cluster against a single node: `clients` split evenly over the two
    * nodes (every other client), `senders` of them (half on each node) at `rate` messages/s for
    * `seconds`; then `flood.clients`, split the same way, `flood.senders` x `flood.messages` as
-   * fast as flow control allows, `flood.rounds` bursts per run.
+   * fast as flow control allows, `flood.rounds` bursts per run. Each configuration gets each
+   * measurement in two halves (`seconds / 2`, `rounds / 2`), in the order ABBA.
    */
   cluster: {
     clients: number;
@@ -107,14 +108,14 @@ export const FULL_SIZES: Sizes = {
   web: { ws: 500, tls: 500, senders: 10, messages: 100, bytes: 64, rounds: 2 },
   // 8 senders x 20 messages/s x 125 recipients = 20,000 deliveries/s offered, 63 clients and 4
   // senders per node (20 messages/s per client is also the server's default --rate); the flood
-  // is scenario 1's.
+  // is scenario 1's bursts (6 of them: each measurement runs in two halves).
   cluster: {
     clients: 126,
     senders: 8,
     rate: 20,
     seconds: 4,
     bytes: 64,
-    flood: { clients: 100, senders: 10, messages: 100, rounds: 5 },
+    flood: { clients: 100, senders: 10, messages: 100, rounds: 6 },
   },
   concurrency: 100,
   stallMs: 3000,
@@ -139,7 +140,7 @@ export const QUICK_SIZES: Sizes = {
     rate: 20,
     seconds: 1,
     bytes: 64,
-    flood: { clients: 10, senders: 2, messages: 20, rounds: 1 },
+    flood: { clients: 10, senders: 2, messages: 20, rounds: 2 },
   },
   concurrency: 20,
   stallMs: 2000,
@@ -1136,8 +1137,8 @@ const cluster: Scenario = {
     `(${whole(offeredPerS(s))} deliveries/s offered); then ${s.flood.clients} clients split ` +
     `the same way, ${s.flood.senders} senders x ${s.flood.messages} messages as fast as flow ` +
     `control allows (${s.flood.rounds} bursts per run); both against a single node with the ` +
-    `same load in the same run (alternating which goes first); messages of ${s.bytes} B; ours ` +
-    `only`,
+    `same load in the same run, each in two halves run two-node, single, single, two-node ` +
+    `(mirrored in the next run); messages of ${s.bytes} B; ours only`,
   metrics: [
     { key: "cross_p99_ms", label: "paced cross-node p99", unit: "ms", digits: 2 },
     { key: "cross_p50_ms", label: "paced cross-node p50", unit: "ms", digits: 2 },
@@ -1200,7 +1201,7 @@ const cluster: Scenario = {
   freshServerPerRun: false,
   warmup: true,
   cluster: true,
-  // Each run takes about 12 s (two configurations, a 4 s paced phase and a flood each).
+  // Each run takes about 14 s (two configurations, each 4 s paced and a flood, in halves).
   runs: 3,
   clients: (sizes) => Math.max(sizes.cluster.clients, sizes.cluster.flood.clients),
   target: {
@@ -1217,34 +1218,46 @@ const cluster: Scenario = {
     }
     const s = sizes.cluster;
     const redis = [pair.redis.pid];
-    const configs = [
-      { name: "two-node", servers: pair.nodes, place: nodeOf, group: crossNode },
-      { name: "single", servers: [server], place: undefined, group: undefined },
-    ];
-    if (!clusterFirst) configs.reverse();
+    const two = { name: "two-node", servers: pair.nodes, place: nodeOf, group: crossNode };
+    const one = { name: "single", servers: [server], place: undefined, group: undefined };
+    // Each measurement in two halves, ABBA: a drift of the (shared) machine's load hits both
+    // configurations alike. The next run starts with the other one.
+    const order = clusterFirst ? [two, one, one, two] : [one, two, two, one];
     clusterFirst = !clusterFirst;
-    const paced: Record<string, FanOutResult> = {};
-    const flood: Record<string, FanOutResult> = {};
-    const pacedSpec = {
+    const pacedHalf = {
       clients: s.clients,
       senders: s.senders,
-      messages: Math.round(s.rate * s.seconds),
+      messages: Math.round(s.rate * s.seconds / 2),
       rate: s.rate,
       bytes: s.bytes,
     };
-    const floodSpec = { ...s.flood, bytes: s.bytes };
-    for (const { name, servers, place, group } of configs) {
-      paced[name] = await fanOut(servers, { ...pacedSpec, place, group }, sizes, redis);
-    }
-    for (const { name, servers, place, group } of configs) {
-      flood[name] = await fanOut(servers, { ...floodSpec, place, group }, sizes, redis);
+    const floodHalf = {
+      ...s.flood,
+      rounds: Math.max(1, Math.round(s.flood.rounds / 2)),
+      bytes: s.bytes,
+    };
+    const halves = {
+      paced: { "two-node": [], single: [] },
+      flood: { "two-node": [], single: [] },
+    } as Record<
+      "paced" | "flood",
+      Record<string, FanOutResult[]>
+    >;
+    for (const [phase, spec] of [["paced", pacedHalf], ["flood", floodHalf]] as const) {
+      for (const { name, servers, place, group } of order) {
+        halves[phase][name].push(await fanOut(servers, { ...spec, place, group }, sizes, redis));
+      }
     }
     const notes: string[] = [];
-    for (const [phase, results] of [["paced", paced], ["flood", flood]] as const) {
-      for (const [name, result] of Object.entries(results)) {
-        notes.push(...result.notes.map((note) => `${phase} ${name}: ${note}`));
-        const genPct = result.genCpu * 100 / (result.wallMs / 1000);
-        if (genPct >= GEN_SATURATED_PCT && result.wallMs >= MIN_CPU_WINDOW_MS) {
+    const runs: Record<string, Record<string, Combined>> = {};
+    for (const phase of ["paced", "flood"] as const) {
+      runs[phase] = {};
+      for (const name of ["two-node", "single"]) {
+        const clients = phase === "paced" ? s.clients : s.flood.clients;
+        const combined = runs[phase][name] = combine(halves[phase][name], clients);
+        notes.push(...combined.notes.map((note) => `${phase} ${name}: ${note}`));
+        const genPct = combined.genCpu * 100 / (combined.wallMs / 1000);
+        if (genPct >= GEN_SATURATED_PCT && combined.wallMs >= MIN_CPU_WINDOW_MS) {
           notes.push(
             `${phase} ${name}: the load generator used ${Math.round(genPct)} % of one core: ` +
               `it may be the limit`,
@@ -1252,49 +1265,36 @@ const cluster: Scenario = {
         }
       }
     }
-    /** Deliveries to the clients of node `node` (0 or 1) in a two-node result. */
-    const deliveredOn = (result: FanOutResult, clients: number, node: 0 | 1) => {
-      let count = 0;
-      for (let i = 0; i < clients; i++) {
-        if (nodeOf(i) === node) count += result.tracker.receivedBy(i);
-      }
-      return count;
-    };
-    const pct = (cpu: number, result: FanOutResult) => cpu * 100 / (result.wallMs / 1000);
-    const perS = (result: FanOutResult) => result.tracker.received / (result.elapsedMs / 1000);
-    const lost = (result: FanOutResult) => result.tracker.expected - result.tracker.received;
-    const pacedTwo = paced["two-node"];
-    const pacedOne = paced["single"];
-    const cross = pacedTwo.tracker.group(1);
-    const same = pacedTwo.tracker.group(0);
-    const [crossLatencies, sameLatencies] = [cross.latencies(), same.latencies()];
-    const singleLatencies = pacedOne.tracker.latencies();
-    const pacedMessages = s.senders * pacedSpec.messages;
-    const pacedOn = [0, 1].map((n) => deliveredOn(pacedTwo, s.clients, n as 0 | 1));
-    const floodTwo = flood["two-node"];
-    const floodOne = flood["single"];
-    const floodMessages = s.flood.senders * s.flood.messages * s.flood.rounds;
-    const floodOn = [0, 1].map((n) => deliveredOn(floodTwo, s.flood.clients, n as 0 | 1));
+    const pct = (cpu: number, run: Combined) => cpu * 100 / (run.wallMs / 1000);
+    const perS = (run: Combined) => run.received / (run.elapsedMs / 1000);
+    const lost = (run: Combined) => run.expected - run.received;
+    const pacedTwo = runs.paced["two-node"];
+    const pacedOne = runs.paced["single"];
+    const [same, cross] = pacedTwo.groups;
+    const pacedMessages = s.senders * pacedHalf.messages * 2;
+    const floodTwo = runs.flood["two-node"];
+    const floodOne = runs.flood["single"];
+    const floodMessages = s.flood.senders * s.flood.messages * floodHalf.rounds * 2;
     const twoRate = perS(floodTwo);
     const oneRate = perS(floodOne);
-    const clusterCpuUs = (floodTwo.cpu + floodTwo.alsoCpu[0]) * 1e6 / floodTwo.tracker.received;
-    const singleCpuUs = floodOne.cpu * 1e6 / floodOne.tracker.received;
+    const clusterCpuUs = (floodTwo.cpu + floodTwo.alsoCpu[0]) * 1e6 / floodTwo.received;
+    const singleCpuUs = floodOne.cpu * 1e6 / floodOne.received;
     return {
       metrics: {
-        cross_p50_ms: percentile(crossLatencies, 0.5),
-        cross_p99_ms: percentile(crossLatencies, 0.99),
-        same_p50_ms: percentile(sameLatencies, 0.5),
-        same_p99_ms: percentile(sameLatencies, 0.99),
-        single_p50_ms: percentile(singleLatencies, 0.5),
-        single_p99_ms: percentile(singleLatencies, 0.99),
+        cross_p50_ms: percentile(cross.latencies, 0.5),
+        cross_p99_ms: percentile(cross.latencies, 0.99),
+        same_p50_ms: percentile(same.latencies, 0.5),
+        same_p99_ms: percentile(same.latencies, 0.99),
+        single_p50_ms: percentile(pacedOne.latencies, 0.5),
+        single_p99_ms: percentile(pacedOne.latencies, 0.99),
         cross_per_s: cross.received / (pacedTwo.elapsedMs / 1000),
         paced_per_s: perS(pacedTwo),
         paced_single_per_s: perS(pacedOne),
         paced_lost: lost(pacedTwo),
         paced_single_lost: lost(pacedOne),
-        paced_node1_cpu_us: pacedTwo.cpus[0] * 1e6 / pacedOn[0],
-        paced_node2_cpu_us: pacedTwo.cpus[1] * 1e6 / pacedOn[1],
-        paced_single_cpu_us: pacedOne.cpu * 1e6 / pacedOne.tracker.received,
+        paced_node1_cpu_us: pacedTwo.cpus[0] * 1e6 / pacedTwo.deliveredOn[0],
+        paced_node2_cpu_us: pacedTwo.cpus[1] * 1e6 / pacedTwo.deliveredOn[1],
+        paced_single_cpu_us: pacedOne.cpu * 1e6 / pacedOne.received,
         paced_node1_cpu_pct: pct(pacedTwo.cpus[0], pacedTwo),
         paced_node2_cpu_pct: pct(pacedTwo.cpus[1], pacedTwo),
         paced_single_cpu_pct: pct(pacedOne.cpu, pacedOne),
@@ -1306,11 +1306,11 @@ const cluster: Scenario = {
         deliveries_per_s: twoRate,
         single_deliveries_per_s: oneRate,
         two_vs_single: twoRate / oneRate,
-        p50_ms: percentile(floodTwo.tracker.latencies(), 0.5),
-        p99_ms: percentile(floodTwo.tracker.latencies(), 0.99),
-        single_flood_p99_ms: percentile(floodOne.tracker.latencies(), 0.99),
-        node1_cpu_us: floodTwo.cpus[0] * 1e6 / floodOn[0],
-        node2_cpu_us: floodTwo.cpus[1] * 1e6 / floodOn[1],
+        p50_ms: percentile(floodTwo.latencies, 0.5),
+        p99_ms: percentile(floodTwo.latencies, 0.99),
+        single_flood_p99_ms: percentile(floodOne.latencies, 0.99),
+        node1_cpu_us: floodTwo.cpus[0] * 1e6 / floodTwo.deliveredOn[0],
+        node2_cpu_us: floodTwo.cpus[1] * 1e6 / floodTwo.deliveredOn[1],
         single_cpu_us: singleCpuUs,
         cluster_cpu_us: clusterCpuUs,
         cpu_cluster_vs_single: clusterCpuUs / singleCpuUs,
@@ -1322,8 +1322,8 @@ const cluster: Scenario = {
         single_redis_cpu_pct: pct(floodOne.alsoCpu[0], floodOne),
         gen_cpu_pct: pct(floodTwo.genCpu, floodTwo),
         single_gen_cpu_pct: pct(floodOne.genCpu, floodOne),
-        gen_cpu_us: floodTwo.genCpu * 1e6 / floodTwo.tracker.received,
-        single_gen_cpu_us: floodOne.genCpu * 1e6 / floodOne.tracker.received,
+        gen_cpu_us: floodTwo.genCpu * 1e6 / floodTwo.received,
+        single_gen_cpu_us: floodOne.genCpu * 1e6 / floodOne.received,
         total_cpu_pct: pct(floodTwo.cpu + floodTwo.alsoCpu[0] + floodTwo.genCpu, floodTwo),
         single_total_cpu_pct: pct(floodOne.cpu + floodOne.genCpu, floodOne),
         lost: lost(pacedTwo) + lost(pacedOne) + lost(floodTwo) + lost(floodOne),
@@ -1332,6 +1332,73 @@ const cluster: Scenario = {
     };
   },
 };
+
+/** Several {@link fanOut}s of one configuration of scenario 10, taken together. */
+interface Combined {
+  expected: number;
+  received: number;
+  /** Summed over the parts, as are the CPU times and `wallMs`. */
+  elapsedMs: number;
+  wallMs: number;
+  cpu: number;
+  cpus: number[];
+  alsoCpu: number[];
+  genCpu: number;
+  /** All the parts' latencies, sorted. */
+  latencies: Float64Array;
+  /** Groups 0 and 1 of the parts' trackers (all zero without groups). */
+  groups: { received: number; latencies: Float64Array }[];
+  /** Deliveries to the clients of node 0 and of node 1 (by {@link nodeOf}). */
+  deliveredOn: [number, number];
+  notes: string[];
+}
+
+function sorted(arrays: Float64Array[]): Float64Array {
+  const all = new Float64Array(arrays.reduce((sum, a) => sum + a.length, 0));
+  let at = 0;
+  for (const array of arrays) {
+    all.set(array, at);
+    at += array.length;
+  }
+  return all.sort();
+}
+
+function sum(values: number[]): number {
+  return values.reduce((total, value) => total + value, 0);
+}
+
+/** Takes `parts` (each with `clients` clients) together. */
+function combine(parts: FanOutResult[], clients: number): Combined {
+  const grouped = parts[0].tracker.hasGroups;
+  const groups = ([0, 1] as const).map((group) => {
+    if (!grouped) return { received: 0, latencies: new Float64Array(0) };
+    const figures = parts.map((part) => part.tracker.group(group));
+    return {
+      received: sum(figures.map((f) => f.received)),
+      latencies: sorted(figures.map((f) => f.latencies())),
+    };
+  });
+  const deliveredOn: [number, number] = [0, 0];
+  for (const part of parts) {
+    for (let i = 0; i < clients; i++) deliveredOn[nodeOf(i)] += part.tracker.receivedBy(i);
+  }
+  const servers = parts[0].cpus.length;
+  const also = parts[0].alsoCpu.length;
+  return {
+    expected: sum(parts.map((part) => part.tracker.expected)),
+    received: sum(parts.map((part) => part.tracker.received)),
+    elapsedMs: sum(parts.map((part) => part.elapsedMs)),
+    wallMs: sum(parts.map((part) => part.wallMs)),
+    cpu: sum(parts.map((part) => part.cpu)),
+    cpus: Array.from({ length: servers }, (_, i) => sum(parts.map((part) => part.cpus[i]))),
+    alsoCpu: Array.from({ length: also }, (_, i) => sum(parts.map((part) => part.alsoCpu[i]))),
+    genCpu: sum(parts.map((part) => part.genCpu)),
+    latencies: sorted(parts.map((part) => part.tracker.latencies())),
+    groups,
+    deliveredOn,
+    notes: [...new Set(parts.flatMap((part) => part.notes))],
+  };
+}
 
 /** Every scenario, by id. */
 export const SCENARIOS: readonly Scenario[] = [
