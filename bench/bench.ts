@@ -6,11 +6,12 @@
  * run, the Node.js reference server from `../shared/reference/`. The memory scenario also
  * measures two transport floors (`floor_server.ts`: idle TLS connections on `node:tls` and on
  * `Deno.listenTls`, in Deno). Scenarios 7 (stored acks) and 8 (history join) use version 2 of
- * the protocol, and scenario 9 (WebSocket and TLS clients in one room) our server's web port:
- * only our server runs them.
+ * the protocol, scenario 9 (WebSocket and TLS clients in one room) our server's web port, and
+ * scenario 10 (two-node cluster) two of our servers on a private `redis-server` next to a
+ * single one: only our server runs them.
  *
  * ```sh
- * deno task bench                          # all nine scenarios, 3 or 5 runs each, ours vs reference
+ * deno task bench                          # all ten scenarios, 3 or 5 runs each, ours vs reference
  * deno task bench --scenarios 1,3 --runs 5
  * deno task bench --quick --json           # seconds-long smoke run, JSON on stdout
  * CHAT_SERVER_PASSWORD=... deno task bench --target 127.0.0.1:4000 --ca certs/cert.pem --pid 1234
@@ -34,12 +35,15 @@ import {
   openFileLimit,
   openFiles,
   readProc,
+  redisVersion,
   REFERENCE_PATH,
   type ServerHandle,
+  startCluster,
   startFloor,
   startOurs,
   startReference,
   stopAll,
+  withCluster,
 } from "./servers.ts";
 import {
   FULL_SIZES,
@@ -60,7 +64,7 @@ import {
 
 const USAGE = `Usage: deno task bench [options]
 
-  --scenarios LIST     scenarios to run, e.g. 1,2,5 (default 1,2,3,4,5,6,7,8,9)
+  --scenarios LIST     scenarios to run, e.g. 1,2,5 (default 1,2,3,4,5,6,7,8,9,10)
   --runs N             measured runs per scenario and server; the report shows medians
                        (default 5 for the short scenarios 1, 5, 8 and 9, 3 for the others)
   --quick              seconds-long sizes and 1 run, no warm-up (the smoke test)
@@ -73,6 +77,9 @@ const USAGE = `Usage: deno task bench [options]
   --baseline DIR       also run DIR/main.ts, a checkout of an earlier version of this project,
                        as "before" (started as its own deno task start runs it)
   --concurrency N      logins in flight at once (default 100)
+  --cpu-prof DIR       run our servers (not --baseline's) under deno run --cpu-prof: each
+                       writes a V8 CPU profile into DIR when it stops (progress says which
+                       process id is which server)
   --json               print the results as JSON instead of the Markdown table
   -h, --help           show this help
 
@@ -82,7 +89,9 @@ Scenarios 7 (stored acks) and 8 (history join) need version 2 of the protocol: t
 server (or the --target) only, not on the reference or the --baseline. Scenario 9 (500 WebSocket
 and 500 TLS clients in one room, against 1000 TLS clients in the same run) needs the web port of
 the server the bench starts, or --target-web-port: it runs on ours (or such a --target) only, not
-on the reference or the --baseline.`;
+on the reference or the --baseline. Scenario 10 (a two-node cluster against a single node, in the
+same run) starts its own private redis-server (from PATH; skipped with a note without one) and
+three of our servers: it runs on ours only, never with --target.`;
 
 /** How long closed clients may take to give their sockets back before the next run. */
 const RELEASE_TIMEOUT_MS = 15_000;
@@ -103,6 +112,8 @@ interface BenchOptions {
   sizes: Sizes;
   target?: { hostname: string; port: number; ca: string; pid?: number; webPort?: number };
   reference: string | null;
+  /** `--cpu-prof DIR`: where our servers write their CPU profiles. */
+  cpuProf?: string;
   /** A checkout of an earlier version, run beside ours as "before". */
   baseline?: string;
   json: boolean;
@@ -132,6 +143,7 @@ function parseOptions(args: string[]): BenchOptions | null {
       "target-web-port": { type: "string" },
       reference: { type: "string" },
       "no-reference": { type: "boolean", default: false },
+      "cpu-prof": { type: "string" },
       baseline: { type: "string" },
       concurrency: { type: "string" },
       json: { type: "boolean", default: false },
@@ -177,6 +189,7 @@ function parseOptions(args: string[]): BenchOptions | null {
     target,
     reference: values["no-reference"] || target ? null : values.reference ?? REFERENCE_PATH,
     baseline: target ? undefined : values.baseline,
+    cpuProf: values["cpu-prof"],
     json: values.json,
   };
 }
@@ -192,8 +205,13 @@ interface ServerKind {
   v2: boolean;
   /** Whether it can serve the web client's WebSocket (`--web-port`) for {@link Scenario.web}. */
   web: boolean;
-  /** Starts it; with `web`, with its web port on (in `endpoint.webPort`). */
-  start(options?: { web?: boolean }): Promise<ServerHandle>;
+  /** Whether it can start with a cluster beside it, for {@link Scenario.cluster}. */
+  cluster: boolean;
+  /**
+   * Starts it; with `web`, with its web port on (in `endpoint.webPort`); with `cluster`, with a
+   * two-node cluster of the same server beside it (in `cluster`).
+   */
+  start(options?: { web?: boolean; cluster?: boolean }): Promise<ServerHandle>;
 }
 
 /** Lowers the client counts to what `ulimit -n` allows; returns the notes to print. */
@@ -246,12 +264,16 @@ async function runScenario(
   scenario: Scenario,
   all: { kinds: ServerKind[]; floors: ServerKind[] },
   options: BenchOptions,
-): Promise<ScenarioReport> {
+): Promise<ScenarioReport | null> {
   const { sizes } = options;
   const able = all.kinds.filter((kind) =>
-    (!scenario.v2Only || kind.v2) && (!scenario.web || kind.web)
+    (!scenario.v2Only || kind.v2) && (!scenario.web || kind.web) &&
+    (!scenario.cluster || kind.cluster)
   );
-  const start = (kind: ServerKind) => kind.start({ web: scenario.web ?? false });
+  // No server can run it (a note says why): no row.
+  if (able.length === 0) return null;
+  const start = (kind: ServerKind) =>
+    kind.start({ web: scenario.web ?? false, cluster: scenario.cluster ?? false });
   const kinds = scenario.floors ? [...able, ...all.floors] : able;
   const count = options.runs ?? scenario.runs;
   const runs: Record<string, RunResult[]> = Object.fromEntries(kinds.map((k) => [k.name, []]));
@@ -338,7 +360,13 @@ export async function main(args: string[]): Promise<number> {
       );
       primary = server.name;
       const web = target.webPort !== undefined;
-      kinds.push({ name: server.name, v2: true, web, start: () => Promise.resolve(server) });
+      kinds.push({
+        name: server.name,
+        v2: true,
+        web,
+        cluster: false,
+        start: () => Promise.resolve(server),
+      });
       if (target.pid === undefined) notes.push("no --pid: CPU and memory figures are n/a");
       if (options.scenarios.some((s) => s.floors)) {
         notes.push("--target: the transport floors are not measured");
@@ -346,15 +374,54 @@ export async function main(args: string[]): Promise<number> {
       if (!web && options.scenarios.some((s) => s.web)) {
         notes.push("--target without --target-web-port: scenario 9 is not run");
       }
+      if (options.scenarios.some((s) => s.cluster)) {
+        notes.push(
+          "--target: scenario 10 is not run (it starts its own Redis and three of our servers)",
+        );
+      }
     } else {
       certDir = await Deno.makeTempDir({ prefix: "chat-bench-" });
       const pair = await ensureCertificates({ certDir, host: "127.0.0.1" });
       const common = { certDir, caCert: pair.certPem, password: BENCH_PASSWORD };
+      if (options.cpuProf) await Deno.mkdir(options.cpuProf, { recursive: true });
+      const cpuProf = options.cpuProf ? await Deno.realPath(options.cpuProf) : undefined;
+      if (cpuProf) notes.push(`our servers ran under --cpu-prof (profiles in ${cpuProf})`);
+      /**
+       * Tells which process is which server (and so which profile, with `--cpu-prof`), for a
+       * cluster always (to attach e.g. `perf record -p` to its nodes).
+       */
+      const profiled = (server: ServerHandle) => {
+        if (!cpuProf && !server.cluster) return server;
+        const nodes = server.cluster?.nodes ?? [];
+        const pids = [server, ...nodes].map((s) => `${s.name} pid ${s.pid}`);
+        if (server.cluster) {
+          pids.push(`Redis pid ${server.cluster.redis.pid} (${server.cluster.redis.url})`);
+        }
+        progress(`  processes: ${pids.join(", ")}`);
+        return server;
+      };
+      const redis = options.scenarios.some((s) => s.cluster) ? await redisVersion() : null;
+      if (options.scenarios.some((s) => s.cluster)) {
+        notes.push(
+          redis
+            ? `scenario 10: redis-server ${redis}, private to the bench (--save '' ` +
+              `--appendonly no), on a free loopback port`
+            : "redis-server is not on PATH: scenario 10 (two-node cluster) is not run",
+        );
+      }
       kinds.push({
         name: "ours",
         v2: true,
         web: true,
-        start: (opts) => startOurs({ ...common, maxClients: MAX_CLIENTS, web: opts?.web }),
+        cluster: redis !== null,
+        start: async (opts) => {
+          const base = { ...common, maxClients: MAX_CLIENTS, cpuProf };
+          if (!opts?.cluster) return profiled(await startOurs({ ...base, web: opts?.web }));
+          // The single node logs as the cluster's nodes must (at info: the bench waits for their
+          // join line), so the two configurations differ only in the cluster.
+          const single = await startOurs({ ...base, logLevel: "info" });
+          return profiled(await withCluster(single, () => startCluster({ ...base, nodes: 2 })));
+        },
       });
       if (options.baseline) {
         const checkout = options.baseline;
@@ -366,6 +433,7 @@ export async function main(args: string[]): Promise<number> {
           name: "before",
           v2: false,
           web: false,
+          cluster: false,
           start: () => startOurs({ ...common, maxClients: MAX_CLIENTS, checkout, name: "before" }),
         });
         notes.push(`before: ${checkout}/main.ts, started as its own deno task start runs it`);
@@ -375,6 +443,7 @@ export async function main(args: string[]): Promise<number> {
           name: FLOOR_NAMES[transport],
           v2: false,
           web: false,
+          cluster: false,
           start: () => startFloor({ ...common, transport }),
         });
       }
@@ -386,6 +455,7 @@ export async function main(args: string[]): Promise<number> {
           name: referenceName,
           v2: false,
           web: false,
+          cluster: false,
           start: () => startReference({ ...common, script }),
         });
         notes.push(`reference: ${script} on node ${node}`);
@@ -401,7 +471,9 @@ export async function main(args: string[]): Promise<number> {
     const started = new Date();
     const reports: ScenarioReport[] = [];
     for (const scenario of options.scenarios) {
-      reports.push(await runScenario(scenario, { kinds, floors }, options));
+      const report = await runScenario(scenario, { kinds, floors }, options);
+      if (report) reports.push(report);
+      else progress(`\n[${scenario.id}] ${scenario.title}: not run (see the notes)`);
     }
     const servers = { primary, reference: referenceName, quick: options.quick };
     if (options.json) {

@@ -149,19 +149,18 @@ export interface TrackerOptions {
   /** Messages per sender. */
   messages: number;
   /**
-   * Splits the receivers into groups 0 and 1 (e.g. TLS and WebSocket clients) whose deliveries
-   * are also counted and timed apart: see {@link Tracker.group}.
+   * Splits the deliveries into groups 0 and 1, by receiver (e.g. TLS and WebSocket clients) or
+   * by sender and receiver (e.g. same-node and cross-node deliveries of a cluster), which are
+   * also counted and timed apart: see {@link Tracker.group}.
    */
-  group?: (receiver: number) => 0 | 1;
+  group?: (receiver: number, sender: number) => 0 | 1;
 }
 
-/** The deliveries of one group of receivers (see {@link TrackerOptions.group}). */
+/** The deliveries of one group (see {@link TrackerOptions.group}). */
 export interface GroupFigures {
-  /** Receivers in the group. */
-  receivers: number;
-  /** Deliveries the group's receivers should get. */
+  /** Deliveries of the group that should be made. */
   expected: number;
-  /** Deliveries they got. */
+  /** Deliveries of the group made. */
   received: number;
   /** `performance.now()` (ms) of the group's latest delivery. */
   lastDelivery: number;
@@ -208,9 +207,8 @@ export class Tracker {
   #released = false;
   #goal = Infinity;
   #reached: (() => void) | null = null;
-  /** Each receiver's group, or null without groups. */
+  /** The group of each receiver and sender (at `receiver * senders + sender`), or null. */
   #groupOf: Uint8Array | null = null;
-  #groupReceivers = new Uint32Array(2);
   #groupExpected = new Float64Array(2);
   #groupReceived = new Float64Array(2);
   #groupLast = new Float64Array(2);
@@ -228,13 +226,13 @@ export class Tracker {
     this.#acks = new Uint32Array(options.senders * options.messages);
     this.#completed = new Int32Array(options.senders);
     if (options.group) {
-      this.#groupOf = new Uint8Array(options.receivers);
+      this.#groupOf = new Uint8Array(options.receivers * options.senders);
       for (let receiver = 0; receiver < options.receivers; receiver++) {
-        const group = options.group(receiver);
-        this.#groupOf[receiver] = group;
-        this.#groupReceivers[group]++;
-        const own = receiver < options.senders ? options.messages : 0;
-        this.#groupExpected[group] += options.senders * options.messages - own;
+        for (let sender = 0; sender < options.senders; sender++) {
+          const group = options.group(receiver, sender);
+          this.#groupOf[receiver * options.senders + sender] = group;
+          if (sender !== receiver) this.#groupExpected[group] += options.messages;
+        }
       }
       this.#groupLatencies = [0, 1].map((group) =>
         new Float64Array(Math.max(1, this.#groupExpected[group]))
@@ -258,7 +256,7 @@ export class Tracker {
     if (this.received < this.#latencies.length) this.#latencies[this.received] = latency;
     this.received++;
     if (this.#groupOf !== null) {
-      const group = this.#groupOf[receiver];
+      const group = this.#groupOf[slot];
       const n = this.#groupReceived[group]++;
       const latencies = this.#groupLatencies[group];
       if (n < latencies.length) latencies[n] = latency;
@@ -345,9 +343,19 @@ export class Tracker {
     return gap;
   }
 
+  /** Deliveries `receiver` has seen. */
+  receivedBy(receiver: number): number {
+    return this.#counts[receiver];
+  }
+
   /** The recorded latencies in milliseconds, sorted ascending. */
   latencies(): Float64Array {
     return this.#latencies.slice(0, Math.min(this.received, this.#latencies.length)).sort();
+  }
+
+  /** Whether the deliveries are grouped ({@link TrackerOptions.group}). */
+  get hasGroups(): boolean {
+    return this.#groupOf !== null;
   }
 
   /**
@@ -360,7 +368,6 @@ export class Tracker {
     const latencies = this.#groupLatencies[group];
     const received = this.#groupReceived[group];
     return {
-      receivers: this.#groupReceivers[group],
       expected: this.#groupExpected[group],
       received,
       lastDelivery: this.#groupLast[group],
@@ -747,6 +754,8 @@ export interface ConnectOptions {
   onFrame?: FrameHandler | null;
   /** Which clients speak WebSocket on the web port (see {@link ClientOptions.web}); none if unset. */
   web?: (index: number) => boolean;
+  /** Where each client connects (e.g. the nodes of a cluster); `endpoint` for all if unset. */
+  endpointOf?: (index: number) => Endpoint;
 }
 
 /**
@@ -765,7 +774,7 @@ export async function connectMany(
     while (next < count && failure === undefined) {
       const index = next++;
       try {
-        clients[index] = await BenchClient.connect(endpoint, index, {
+        clients[index] = await BenchClient.connect(options.endpointOf?.(index) ?? endpoint, index, {
           tracker: options.tracker,
           login: options.login,
           auth: options.auth,

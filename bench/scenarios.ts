@@ -1,5 +1,5 @@
 /**
- * The nine benchmark scenarios. Each run measures one server once and returns named figures;
+ * The ten benchmark scenarios. Each run measures one server once and returns named figures;
  * the bench takes the median of each figure over the runs (or, for a figure that says so, the
  * largest).
  *
@@ -18,7 +18,7 @@ import {
   sendWindowed,
   Tracker,
 } from "./load.ts";
-import { cpuSeconds, FLOOR_NAMES, rssBytes, type ServerHandle } from "./servers.ts";
+import { cpuSeconds, cpuSecondsOf, FLOOR_NAMES, rssBytes, type ServerHandle } from "./servers.ts";
 import { ServerWatch } from "./watch.ts";
 
 /** Figures of one run, by metric key. `NaN` when not measurable (no server pid). */
@@ -68,6 +68,21 @@ export interface Sizes {
     bytes: number;
     rounds: number;
   };
+  /**
+   * Scenario 10, a two-node cluster against a single node: `clients` split evenly over the two
+   * nodes (every other client), `senders` of them (half on each node) at `rate` messages/s for
+   * `seconds`; then `flood.clients`, split the same way, `flood.senders` x `flood.messages` as
+   * fast as flow control allows, `flood.rounds` bursts per run. Each configuration gets each
+   * measurement in two halves (`seconds / 2`, `rounds / 2`), in the order ABBA.
+   */
+  cluster: {
+    clients: number;
+    senders: number;
+    rate: number;
+    seconds: number;
+    bytes: number;
+    flood: { clients: number; senders: number; messages: number; rounds: number };
+  };
   /** Logins in flight at once. */
   concurrency: number;
   /** Deliveries missing after this long without progress count as lost. */
@@ -91,6 +106,17 @@ export const FULL_SIZES: Sizes = {
   join: { prefill: 1000, clients: 100, replay: 1000, bytes: 64 },
   // 10 x 100 messages to 999 recipients: about 1 M deliveries per burst, 2 M per phase.
   web: { ws: 500, tls: 500, senders: 10, messages: 100, bytes: 64, rounds: 2 },
+  // 8 senders x 20 messages/s x 125 recipients = 20,000 deliveries/s offered, 63 clients and 4
+  // senders per node (20 messages/s per client is also the server's default --rate); the flood
+  // is scenario 1's bursts (6 of them: each measurement runs in two halves).
+  cluster: {
+    clients: 126,
+    senders: 8,
+    rate: 20,
+    seconds: 4,
+    bytes: 64,
+    flood: { clients: 100, senders: 10, messages: 100, rounds: 6 },
+  },
   concurrency: 100,
   stallMs: 3000,
   waitIdle: true,
@@ -108,6 +134,14 @@ export const QUICK_SIZES: Sizes = {
   acks: { senders: 10, messages: 300, bytes: 64, window: 200 },
   join: { prefill: 200, clients: 10, replay: 200, bytes: 64 },
   web: { ws: 5, tls: 5, senders: 2, messages: 20, bytes: 64, rounds: 1 },
+  cluster: {
+    clients: 10,
+    senders: 2,
+    rate: 20,
+    seconds: 1,
+    bytes: 64,
+    flood: { clients: 10, senders: 2, messages: 20, rounds: 2 },
+  },
   concurrency: 20,
   stallMs: 2000,
   waitIdle: false,
@@ -136,6 +170,12 @@ export interface Scenario {
    * started by the bench with `--web-port`, runs it.
    */
   web?: boolean;
+  /**
+   * Whether the scenario needs a cluster of our server beside it (`ServerHandle.cluster`: two
+   * nodes on a private Redis): then only our server, started by the bench, runs it, and only
+   * where `redis-server` is installed.
+   */
+  cluster?: boolean;
   /** Measured runs per server unless `--runs` says otherwise (the short, noisy ones get more). */
   runs: number;
   /** Clients the scenario holds open at once. */
@@ -221,6 +261,13 @@ interface FanOut {
    * tracker then counts and times them apart as group 1, the TLS clients as group 0.
    */
   web?: (index: number) => boolean;
+  /**
+   * With several servers: which one client `index` connects to (an index into them); all
+   * connect to the first if unset.
+   */
+  place?: (index: number) => number;
+  /** Groups the deliveries by receiver and sender instead of by `web` (see `Tracker.group`). */
+  group?: (receiver: number, sender: number) => 0 | 1;
 }
 
 interface FanOutResult {
@@ -229,8 +276,12 @@ interface FanOutResult {
   genCpu: number;
   /** From the first send to the last delivery (summed over rounds), ms. */
   elapsedMs: number;
-  /** Server CPU over the run, s. */
+  /** Server CPU over the run, s (all the servers' together). */
   cpu: number;
+  /** Each server's CPU over the run, s. */
+  cpus: number[];
+  /** The CPU over the run of each process of `also` (e.g. Redis), s. */
+  alsoCpu: number[];
   /** With `web`: like `elapsedMs`, to the last delivery of group 0 (TLS) and 1 (WebSocket). */
   groupElapsedMs: [number, number];
   /** From the first send to the end of the CPU measurement, ms. */
@@ -238,28 +289,40 @@ interface FanOutResult {
   notes: string[];
 }
 
-/** Logs in the clients, lets the senders send, and waits until every delivery arrived or stalled. */
-async function fanOut(server: ServerHandle, spec: FanOut, sizes: Sizes): Promise<FanOutResult> {
+/**
+ * Logs in the clients (on `target`, or spread over several servers as `spec.place` says), lets
+ * the senders send, and waits until every delivery arrived or stalled. Measures the CPU of the
+ * servers, of the load generator and of the processes `also` over the same window.
+ */
+async function fanOut(
+  target: ServerHandle | readonly ServerHandle[],
+  spec: FanOut,
+  sizes: Sizes,
+  also: readonly number[] = [],
+): Promise<FanOutResult> {
+  const servers = Array.isArray(target) ? target : [target as ServerHandle];
   const rounds = spec.rounds ?? 1;
   const web = spec.web;
+  const place = spec.place;
   const tracker = new Tracker({
     receivers: spec.clients,
     senders: spec.senders,
     messages: spec.messages * rounds,
-    group: web ? (receiver) => web(receiver) ? 1 : 0 : undefined,
+    group: spec.group ?? (web ? (receiver) => web(receiver) ? 1 : 0 : undefined),
   });
-  const clients = await connectMany(server.endpoint, spec.clients, {
+  const clients = await connectMany(servers[0].endpoint, spec.clients, {
     concurrency: sizes.concurrency,
     tracker,
     web,
+    endpointOf: place ? (index) => servers[place(index)].endpoint : undefined,
   });
   try {
     const templates = clients.slice(0, spec.senders).map((client) =>
       new MessageTemplate(client.index, spec.bytes, { web: client.web })
     );
-    await quiesce(server, sizes);
-    const cpu0 = await cpuOf(server);
-    const gen0 = await cpuSeconds(Deno.pid);
+    for (const server of servers) await quiesce(server, sizes);
+    const pids = [Deno.pid, ...servers.map((server) => server.pid), ...also];
+    const before = await cpuSecondsOf(pids);
     const first = performance.now();
     let elapsedMs = 0;
     const groupElapsedMs: [number, number] = [0, 0];
@@ -295,16 +358,18 @@ async function fanOut(server: ServerHandle, spec: FanOut, sizes: Sizes): Promise
       }
       if (tracker.received < until) break;
     }
-    const cpu = await cpuOf(server) - cpu0;
-    const genCpu = await cpuSeconds(Deno.pid) - gen0;
+    const used = (await cpuSecondsOf(pids)).map((after, i) => after - before[i]);
     const wallMs = performance.now() - first;
+    const cpus = used.slice(1, 1 + servers.length);
     return {
       tracker,
       elapsedMs,
       groupElapsedMs,
       wallMs,
-      cpu,
-      genCpu,
+      cpu: cpus.reduce((sum, cpu) => sum + cpu, 0),
+      cpus,
+      alsoCpu: used.slice(1 + servers.length),
+      genCpu: used[0],
       notes: problems(tracker, clients),
     };
   } finally {
@@ -1029,6 +1094,312 @@ const webAndTls: Scenario = {
   },
 };
 
+/** Scenario 10's targets: cross-node p99 at the paced load, and two-node/single deliveries/s. */
+const CLUSTER_P99_TARGET_MS = 25;
+const CLUSTER_RATIO_TARGET = 0.7;
+/** A phase in which the load generator used this much of one core may be limited by it. */
+const GEN_SATURATED_PCT = 90;
+/** Shortest phase whose CPU share is told (CPU time comes in 10 ms clock ticks). */
+const MIN_CPU_WINDOW_MS = 500;
+
+/**
+ * Which node of a two-node cluster client `index` is on (0 or 1): every other client, so that
+ * the senders (the first clients) are split evenly too.
+ */
+export function nodeOf(index: number): 0 | 1 {
+  return (index % 2) as 0 | 1;
+}
+
+/** Group 1: a cross-node delivery (sender and receiver on different nodes); group 0: same node. */
+function crossNode(receiver: number, sender: number): 0 | 1 {
+  return nodeOf(receiver) === nodeOf(sender) ? 0 : 1;
+}
+
+/** Offered deliveries per second of scenario 10's paced load. */
+function offeredPerS(s: Sizes["cluster"]): number {
+  return s.senders * s.rate * (s.clients - 1);
+}
+
+/** Which configuration of scenario 10 goes first in its next run (they alternate). */
+let clusterFirst = true;
+
+/** `value` formatted as a whole number with separators. */
+function whole(value: number): string {
+  return Math.round(value).toLocaleString("en-US");
+}
+
+const cluster: Scenario = {
+  id: 10,
+  title: "Two-node cluster",
+  describe: ({ cluster: s }) =>
+    `${s.clients} clients split evenly over 2 nodes of one room on a private Redis, ` +
+    `${s.senders} senders (half on each node) at ${s.rate} messages/s each for ${s.seconds} s ` +
+    `(${whole(offeredPerS(s))} deliveries/s offered); then ${s.flood.clients} clients split ` +
+    `the same way, ${s.flood.senders} senders x ${s.flood.messages} messages as fast as flow ` +
+    `control allows (${s.flood.rounds} bursts per run); both against a single node with the ` +
+    `same load in the same run, each in two halves run two-node, single, single, two-node ` +
+    `(mirrored in the next run); messages of ${s.bytes} B; ours only`,
+  metrics: [
+    { key: "cross_p99_ms", label: "paced cross-node p99", unit: "ms", digits: 2 },
+    { key: "cross_p50_ms", label: "paced cross-node p50", unit: "ms", digits: 2 },
+    { key: "same_p99_ms", label: "paced same-node p99", unit: "ms", digits: 2 },
+    { key: "same_p50_ms", label: "paced same-node p50", unit: "ms", digits: 2 },
+    { key: "single_p99_ms", label: "paced single-node p99", unit: "ms", digits: 2 },
+    { key: "single_p50_ms", label: "paced single-node p50", unit: "ms", digits: 2 },
+    { key: "cross_per_s", label: "paced cross-node deliveries/s", unit: "", digits: 0 },
+    { key: "paced_per_s", label: "paced two-node deliveries/s", unit: "", digits: 0 },
+    { key: "paced_lost", label: "paced two-node lost", unit: "", digits: 0 },
+    { key: "paced_node1_cpu_us", label: "paced CPU/delivery node 1", unit: "µs", digits: 2 },
+    { key: "paced_node2_cpu_us", label: "node 2", unit: "µs", digits: 2 },
+    { key: "paced_single_cpu_us", label: "single node", unit: "µs", digits: 2 },
+    { key: "paced_node1_cpu_pct", label: "paced CPU node 1", unit: "%", digits: 0 },
+    { key: "paced_node2_cpu_pct", label: "node 2", unit: "%", digits: 0 },
+    { key: "paced_single_cpu_pct", label: "single node", unit: "%", digits: 0 },
+    { key: "paced_redis_cpu_pct", label: "paced Redis CPU", unit: "%", digits: 1 },
+    { key: "paced_redis_us_per_msg", label: "paced Redis CPU/message", unit: "µs", digits: 1 },
+    {
+      key: "idle_redis_cpu_pct",
+      label: "Redis CPU during the single-node run (cluster idle)",
+      unit: "%",
+      digits: 1,
+    },
+    { key: "paced_gen_cpu_pct", label: "paced load generator CPU two-node", unit: "%", digits: 0 },
+    { key: "paced_single_gen_cpu_pct", label: "single", unit: "%", digits: 0 },
+    { key: "deliveries_per_s", label: "flood two-node deliveries/s", unit: "", digits: 0 },
+    { key: "single_deliveries_per_s", label: "single-node deliveries/s", unit: "", digits: 0 },
+    ratioMetric("two_vs_single", "two-node/single"),
+    { key: "p99_ms", label: "flood two-node p99", unit: "ms", digits: 2 },
+    { key: "single_flood_p99_ms", label: "single-node p99", unit: "ms", digits: 2 },
+    { key: "node1_cpu_us", label: "flood CPU/delivery node 1", unit: "µs", digits: 2 },
+    { key: "node2_cpu_us", label: "node 2", unit: "µs", digits: 2 },
+    { key: "single_cpu_us", label: "single node", unit: "µs", digits: 2 },
+    {
+      key: "cluster_cpu_us",
+      label: "flood CPU/delivery two nodes + Redis",
+      unit: "µs",
+      digits: 2,
+    },
+    ratioMetric("cpu_cluster_vs_single", "(two nodes + Redis)/single"),
+    { key: "node1_cpu_pct", label: "flood CPU node 1", unit: "%", digits: 0 },
+    { key: "node2_cpu_pct", label: "node 2", unit: "%", digits: 0 },
+    { key: "single_cpu_pct", label: "single node", unit: "%", digits: 0 },
+    { key: "redis_cpu_pct", label: "flood Redis CPU", unit: "%", digits: 0 },
+    { key: "redis_us_per_msg", label: "flood Redis CPU/message", unit: "µs", digits: 1 },
+    { key: "gen_cpu_pct", label: "flood load generator CPU two-node", unit: "%", digits: 0 },
+    { key: "single_gen_cpu_pct", label: "single", unit: "%", digits: 0 },
+    {
+      key: "gen_cpu_us",
+      label: "flood load generator CPU/delivery two-node",
+      unit: "µs",
+      digits: 2,
+    },
+    { key: "single_gen_cpu_us", label: "single", unit: "µs", digits: 2 },
+    { key: "total_cpu_pct", label: "flood all processes two-node", unit: "%", digits: 0 },
+    { key: "single_total_cpu_pct", label: "single", unit: "%", digits: 0 },
+    LOST,
+  ],
+  freshServerPerRun: false,
+  warmup: true,
+  cluster: true,
+  // Each run takes about 14 s (two configurations, each 4 s paced and a flood, in halves).
+  runs: 3,
+  clients: (sizes) => Math.max(sizes.cluster.clients, sizes.cluster.flood.clients),
+  target: {
+    text: `paced cross-node p99 <= ${CLUSTER_P99_TARGET_MS} ms, flood two-node deliveries/s ` +
+      `>= ${CLUSTER_RATIO_TARGET}x the single node, 0 lost`,
+    check: (ours) =>
+      ours.cross_p99_ms <= CLUSTER_P99_TARGET_MS && ours.two_vs_single >= CLUSTER_RATIO_TARGET &&
+      ours.lost === 0,
+  },
+  async run(server, sizes) {
+    const pair = server.cluster;
+    if (!pair || pair.nodes.length !== 2) {
+      throw new Error("Scenario 10 needs a two-node cluster beside the server");
+    }
+    const s = sizes.cluster;
+    const redis = [pair.redis.pid];
+    const two = { name: "two-node", servers: pair.nodes, place: nodeOf, group: crossNode };
+    const one = { name: "single", servers: [server], place: undefined, group: undefined };
+    // Each measurement in two halves, ABBA: a drift of the (shared) machine's load hits both
+    // configurations alike. The next run starts with the other one.
+    const order = clusterFirst ? [two, one, one, two] : [one, two, two, one];
+    clusterFirst = !clusterFirst;
+    const pacedHalf = {
+      clients: s.clients,
+      senders: s.senders,
+      messages: Math.round(s.rate * s.seconds / 2),
+      rate: s.rate,
+      bytes: s.bytes,
+    };
+    const floodHalf = {
+      ...s.flood,
+      rounds: Math.max(1, Math.round(s.flood.rounds / 2)),
+      bytes: s.bytes,
+    };
+    const halves = {
+      paced: { "two-node": [], single: [] },
+      flood: { "two-node": [], single: [] },
+    } as Record<
+      "paced" | "flood",
+      Record<string, FanOutResult[]>
+    >;
+    for (const [phase, spec] of [["paced", pacedHalf], ["flood", floodHalf]] as const) {
+      for (const { name, servers, place, group } of order) {
+        halves[phase][name].push(await fanOut(servers, { ...spec, place, group }, sizes, redis));
+      }
+    }
+    const notes: string[] = [];
+    const runs: Record<string, Record<string, Combined>> = {};
+    for (const phase of ["paced", "flood"] as const) {
+      runs[phase] = {};
+      for (const name of ["two-node", "single"]) {
+        const clients = phase === "paced" ? s.clients : s.flood.clients;
+        const combined = runs[phase][name] = combine(halves[phase][name], clients);
+        notes.push(...combined.notes.map((note) => `${phase} ${name}: ${note}`));
+        const genPct = combined.genCpu * 100 / (combined.wallMs / 1000);
+        if (genPct >= GEN_SATURATED_PCT && combined.wallMs >= MIN_CPU_WINDOW_MS) {
+          notes.push(
+            `${phase} ${name}: the load generator used ${Math.round(genPct)} % of one core: ` +
+              `it may be the limit`,
+          );
+        }
+      }
+    }
+    const pct = (cpu: number, run: Combined) => cpu * 100 / (run.wallMs / 1000);
+    const perS = (run: Combined) => run.received / (run.elapsedMs / 1000);
+    const lost = (run: Combined) => run.expected - run.received;
+    const pacedTwo = runs.paced["two-node"];
+    const pacedOne = runs.paced["single"];
+    const [same, cross] = pacedTwo.groups;
+    const pacedMessages = s.senders * pacedHalf.messages * 2;
+    const floodTwo = runs.flood["two-node"];
+    const floodOne = runs.flood["single"];
+    const floodMessages = s.flood.senders * s.flood.messages * floodHalf.rounds * 2;
+    const twoRate = perS(floodTwo);
+    const oneRate = perS(floodOne);
+    const clusterCpuUs = (floodTwo.cpu + floodTwo.alsoCpu[0]) * 1e6 / floodTwo.received;
+    const singleCpuUs = floodOne.cpu * 1e6 / floodOne.received;
+    return {
+      metrics: {
+        cross_p50_ms: percentile(cross.latencies, 0.5),
+        cross_p99_ms: percentile(cross.latencies, 0.99),
+        same_p50_ms: percentile(same.latencies, 0.5),
+        same_p99_ms: percentile(same.latencies, 0.99),
+        single_p50_ms: percentile(pacedOne.latencies, 0.5),
+        single_p99_ms: percentile(pacedOne.latencies, 0.99),
+        cross_per_s: cross.received / (pacedTwo.elapsedMs / 1000),
+        paced_per_s: perS(pacedTwo),
+        paced_single_per_s: perS(pacedOne),
+        paced_lost: lost(pacedTwo),
+        paced_single_lost: lost(pacedOne),
+        paced_node1_cpu_us: pacedTwo.cpus[0] * 1e6 / pacedTwo.deliveredOn[0],
+        paced_node2_cpu_us: pacedTwo.cpus[1] * 1e6 / pacedTwo.deliveredOn[1],
+        paced_single_cpu_us: pacedOne.cpu * 1e6 / pacedOne.received,
+        paced_node1_cpu_pct: pct(pacedTwo.cpus[0], pacedTwo),
+        paced_node2_cpu_pct: pct(pacedTwo.cpus[1], pacedTwo),
+        paced_single_cpu_pct: pct(pacedOne.cpu, pacedOne),
+        paced_redis_cpu_pct: pct(pacedTwo.alsoCpu[0], pacedTwo),
+        paced_redis_us_per_msg: pacedTwo.alsoCpu[0] * 1e6 / pacedMessages,
+        idle_redis_cpu_pct: pct(pacedOne.alsoCpu[0], pacedOne),
+        paced_gen_cpu_pct: pct(pacedTwo.genCpu, pacedTwo),
+        paced_single_gen_cpu_pct: pct(pacedOne.genCpu, pacedOne),
+        deliveries_per_s: twoRate,
+        single_deliveries_per_s: oneRate,
+        two_vs_single: twoRate / oneRate,
+        p50_ms: percentile(floodTwo.latencies, 0.5),
+        p99_ms: percentile(floodTwo.latencies, 0.99),
+        single_flood_p99_ms: percentile(floodOne.latencies, 0.99),
+        node1_cpu_us: floodTwo.cpus[0] * 1e6 / floodTwo.deliveredOn[0],
+        node2_cpu_us: floodTwo.cpus[1] * 1e6 / floodTwo.deliveredOn[1],
+        single_cpu_us: singleCpuUs,
+        cluster_cpu_us: clusterCpuUs,
+        cpu_cluster_vs_single: clusterCpuUs / singleCpuUs,
+        node1_cpu_pct: pct(floodTwo.cpus[0], floodTwo),
+        node2_cpu_pct: pct(floodTwo.cpus[1], floodTwo),
+        single_cpu_pct: pct(floodOne.cpu, floodOne),
+        redis_cpu_pct: pct(floodTwo.alsoCpu[0], floodTwo),
+        redis_us_per_msg: floodTwo.alsoCpu[0] * 1e6 / floodMessages,
+        single_redis_cpu_pct: pct(floodOne.alsoCpu[0], floodOne),
+        gen_cpu_pct: pct(floodTwo.genCpu, floodTwo),
+        single_gen_cpu_pct: pct(floodOne.genCpu, floodOne),
+        gen_cpu_us: floodTwo.genCpu * 1e6 / floodTwo.received,
+        single_gen_cpu_us: floodOne.genCpu * 1e6 / floodOne.received,
+        total_cpu_pct: pct(floodTwo.cpu + floodTwo.alsoCpu[0] + floodTwo.genCpu, floodTwo),
+        single_total_cpu_pct: pct(floodOne.cpu + floodOne.genCpu, floodOne),
+        lost: lost(pacedTwo) + lost(pacedOne) + lost(floodTwo) + lost(floodOne),
+      },
+      notes,
+    };
+  },
+};
+
+/** Several {@link fanOut}s of one configuration of scenario 10, taken together. */
+interface Combined {
+  expected: number;
+  received: number;
+  /** Summed over the parts, as are the CPU times and `wallMs`. */
+  elapsedMs: number;
+  wallMs: number;
+  cpu: number;
+  cpus: number[];
+  alsoCpu: number[];
+  genCpu: number;
+  /** All the parts' latencies, sorted. */
+  latencies: Float64Array;
+  /** Groups 0 and 1 of the parts' trackers (all zero without groups). */
+  groups: { received: number; latencies: Float64Array }[];
+  /** Deliveries to the clients of node 0 and of node 1 (by {@link nodeOf}). */
+  deliveredOn: [number, number];
+  notes: string[];
+}
+
+function sorted(arrays: Float64Array[]): Float64Array {
+  const all = new Float64Array(arrays.reduce((sum, a) => sum + a.length, 0));
+  let at = 0;
+  for (const array of arrays) {
+    all.set(array, at);
+    at += array.length;
+  }
+  return all.sort();
+}
+
+function sum(values: number[]): number {
+  return values.reduce((total, value) => total + value, 0);
+}
+
+/** Takes `parts` (each with `clients` clients) together. */
+function combine(parts: FanOutResult[], clients: number): Combined {
+  const grouped = parts[0].tracker.hasGroups;
+  const groups = ([0, 1] as const).map((group) => {
+    if (!grouped) return { received: 0, latencies: new Float64Array(0) };
+    const figures = parts.map((part) => part.tracker.group(group));
+    return {
+      received: sum(figures.map((f) => f.received)),
+      latencies: sorted(figures.map((f) => f.latencies())),
+    };
+  });
+  const deliveredOn: [number, number] = [0, 0];
+  for (const part of parts) {
+    for (let i = 0; i < clients; i++) deliveredOn[nodeOf(i)] += part.tracker.receivedBy(i);
+  }
+  const servers = parts[0].cpus.length;
+  const also = parts[0].alsoCpu.length;
+  return {
+    expected: sum(parts.map((part) => part.tracker.expected)),
+    received: sum(parts.map((part) => part.tracker.received)),
+    elapsedMs: sum(parts.map((part) => part.elapsedMs)),
+    wallMs: sum(parts.map((part) => part.wallMs)),
+    cpu: sum(parts.map((part) => part.cpu)),
+    cpus: Array.from({ length: servers }, (_, i) => sum(parts.map((part) => part.cpus[i]))),
+    alsoCpu: Array.from({ length: also }, (_, i) => sum(parts.map((part) => part.alsoCpu[i]))),
+    genCpu: sum(parts.map((part) => part.genCpu)),
+    latencies: sorted(parts.map((part) => part.tracker.latencies())),
+    groups,
+    deliveredOn,
+    notes: [...new Set(parts.flatMap((part) => part.notes))],
+  };
+}
+
 /** Every scenario, by id. */
 export const SCENARIOS: readonly Scenario[] = [
   burst,
@@ -1040,4 +1411,5 @@ export const SCENARIOS: readonly Scenario[] = [
   storedAcks,
   historyJoin,
   webAndTls,
+  cluster,
 ];

@@ -34,6 +34,11 @@ export interface ServerHandle extends AsyncDisposable {
   transportOnly?: boolean;
   /** The server's temporary data dir (`--data-dir`), if it keeps history there. */
   dataDir?: string;
+  /**
+   * A cluster of the same server started beside it, for a scenario that compares the two (see
+   * {@link withCluster}); stopped with it.
+   */
+  cluster?: ClusterHandle;
   /** Stops the server if the bench started it; waits for it to exit. */
   stop(): Promise<void>;
 }
@@ -59,7 +64,24 @@ export async function readProc(...paths: string[]): Promise<string> {
 
 /** Server CPU time (user + system, all threads) in seconds, from `/proc/<pid>/stat`. */
 export async function cpuSeconds(pid: number): Promise<number> {
-  const stat = await readProc(`/proc/${pid}/stat`);
+  return statCpuSeconds(await readProc(`/proc/${pid}/stat`));
+}
+
+/**
+ * The CPU time of several processes, read at one instant (one `cat` of their `/proc/<pid>/stat`
+ * files); NaN for an undefined pid.
+ */
+export async function cpuSecondsOf(pids: readonly (number | undefined)[]): Promise<number[]> {
+  const known = pids.filter((pid): pid is number => pid !== undefined);
+  const lines = known.length === 0
+    ? []
+    : (await readProc(...known.map((pid) => `/proc/${pid}/stat`))).split("\n");
+  let next = 0;
+  return pids.map((pid) => pid === undefined ? NaN : statCpuSeconds(lines[next++]));
+}
+
+/** utime + stime of one `/proc/<pid>/stat` line, in seconds. */
+function statCpuSeconds(stat: string): number {
   // Fields after the command name, which is in parentheses and may contain spaces.
   const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
   // utime and stime are fields 14 and 15 of the whole line, 12 and 13 after the name.
@@ -129,8 +151,8 @@ export async function nodeVersion(): Promise<string | null> {
   }
 }
 
-/** Servers started and not yet stopped, for {@link stopAll}. */
-const running = new Set<ServerHandle>();
+/** Servers (and Redis) started and not yet stopped, for {@link stopAll}. */
+const running = new Set<{ stop(): Promise<void> }>();
 
 /** Stops every server the bench started (on Ctrl-C or SIGTERM). */
 export async function stopAll(): Promise<void> {
@@ -151,6 +173,8 @@ interface SpawnOptions {
   cleanup?: () => Promise<void>;
   /** See {@link ServerHandle.dataDir}. */
   dataDir?: string;
+  /** The server is ready only once its output matches this too (e.g. a log line). */
+  ready?: RegExp;
 }
 
 /** Starts a server process and waits until its port accepts TCP connections. */
@@ -210,14 +234,16 @@ async function spawnServer(options: SpawnOptions): Promise<ServerHandle> {
   const deadline = Date.now() + START_TIMEOUT_MS;
   while (!exited && Date.now() < deadline) {
     if (
+      (options.ready === undefined || options.ready.test(output)) &&
       await accepts(options.port) &&
       (options.webPort === undefined || await accepts(options.webPort))
     ) return handle;
     await new Promise((resolve) => setTimeout(resolve, 50));
   }
   await stop();
+  const what = options.ready ? ` (or its log never matched ${options.ready})` : "";
   throw new Error(
-    `${options.name} server did not start on port ${options.port}:\n${output.slice(-2000)}`,
+    `${options.name} server did not start on port ${options.port}${what}:\n${output.slice(-2000)}`,
   );
 }
 
@@ -278,14 +304,20 @@ export async function startTaskFlags(
   return { flags, mapped };
 }
 
-/** Whether the `main.ts` of the checkout at `root` knows `--web-port` (the web client's port). */
-async function knowsWebPort(root: string): Promise<boolean> {
+/**
+ * Whether the `main.ts` of the checkout at `root` knows the flag `--name` (e.g. `web-port`, the
+ * web client's port, or `redis`).
+ */
+async function knowsFlag(root: string, name: string): Promise<boolean> {
   try {
-    return (await Deno.readTextFile(`${root}/src/server/config.ts`)).includes(`"web-port"`);
+    return (await Deno.readTextFile(`${root}/src/server/config.ts`)).includes(`"${name}"`);
   } catch {
     return false;
   }
 }
+
+/** The info line a cluster node logs once it has joined (`src/room/cluster.ts`). */
+const JOINED_LINE = /Cluster node \d+ on Redis at /;
 
 /**
  * Starts the project's server with the limits the bench needs relaxed (`--rate 0
@@ -300,14 +332,34 @@ async function knowsWebPort(root: string): Promise<boolean> {
  * (granted in its place and passed as `--data-dir`), removed once the server has stopped. With
  * `checkout`, starts that checkout of the project instead (an earlier version, for before/after
  * figures), as its own `deno task start` runs it (a version whose task has no `data` gets no
- * data dir).
+ * data dir). With `redis`, the server is a node of the cluster of that Redis (`--redis URL`) and
+ * is ready only once it has logged that it joined (an info line: `logLevel` must let it through);
+ * without, a checkout that knows `--redis` gets `--redis off`, so that a `REDIS_URL` in the
+ * bench's environment cannot make it one. `logLevel` is `warning` unless given. With `cpuProf`,
+ * the server runs under `deno run --cpu-prof --cpu-prof-dir=DIR` and writes a V8 CPU profile
+ * (`*.cpuprofile`) into that directory when it stops.
  */
 export async function startOurs(
-  options: StartOptions & { maxClients: number; checkout?: string; name?: string; web?: boolean },
+  options: StartOptions & {
+    maxClients: number;
+    checkout?: string;
+    name?: string;
+    web?: boolean;
+    redis?: string;
+    logLevel?: "info" | "warning";
+    cpuProf?: string;
+  },
 ): Promise<ServerHandle> {
   const port = freePort();
   const root = (options.checkout ?? REPO_ROOT).replace(/\/$/, "");
-  const hasWeb = await knowsWebPort(root);
+  const hasWeb = await knowsFlag(root, "web-port");
+  const hasRedis = await knowsFlag(root, "redis");
+  if (options.redis !== undefined && !hasRedis) throw new Error(`${root}/main.ts has no --redis`);
+  const logLevel = options.logLevel ?? "warning";
+  if (options.redis !== undefined && logLevel !== "info") {
+    throw new Error("A cluster node must log at info: the bench waits for its join line");
+  }
+  const redis = !hasRedis ? [] : ["--redis", options.redis ?? "off"];
   if (options.web && !hasWeb) throw new Error(`${root}/main.ts has no --web-port`);
   let webPort: number | undefined;
   if (options.web) {
@@ -333,6 +385,7 @@ export async function startOurs(
       "run",
       "--config",
       config,
+      ...(options.cpuProf ? ["--cpu-prof", `--cpu-prof-dir=${options.cpuProf}`] : []),
       ...task.flags,
       `${root}/main.ts`,
       "--port",
@@ -347,11 +400,13 @@ export async function startOurs(
       "--max-clients",
       String(options.maxClients),
       "--log-level",
-      "warning",
+      logLevel,
       ...web,
+      ...redis,
     ],
     port,
     webPort,
+    ready: options.redis !== undefined ? JOINED_LINE : undefined,
     caCert: options.caCert,
     password: options.password,
     cleanup: history.length > 0 ? removeData : undefined,
@@ -418,4 +473,201 @@ export async function startFloor(
 export function externalServer(endpoint: Endpoint, pid?: number): ServerHandle {
   const stop = () => Promise.resolve();
   return { name: "target", endpoint, pid, stop, [Symbol.asyncDispose]: stop };
+}
+
+/** A private `redis-server` started by {@link startRedis}. */
+export interface RedisHandle {
+  /** `redis://127.0.0.1:PORT`. */
+  url: string;
+  /** The `redis-server` process (for its CPU time). */
+  pid: number;
+  /** Its version, e.g. `7.0.15`. */
+  version: string;
+  /** Stops it and removes its directory; waits for both. Idempotent. */
+  stop(): Promise<void>;
+}
+
+/** The `redis-server` the bench runs. */
+const REDIS_SERVER = "redis-server";
+const REDIS_START_TIMEOUT_MS = 10_000;
+
+/** The version of `redis-server` on PATH (e.g. `7.0.15`), or null if there is none. */
+export async function redisVersion(): Promise<string | null> {
+  try {
+    const out = await new Deno.Command(REDIS_SERVER, {
+      args: ["--version"],
+      stdin: "null",
+      stdout: "piped",
+      stderr: "null",
+    }).output();
+    if (!out.success) return null;
+    return /v=(\S+)/.exec(new TextDecoder().decode(out.stdout))?.[1] ?? "unknown";
+  } catch {
+    return null;
+  }
+}
+
+/**
+ * Keeps `redis-server` (its arguments after the script's) running while its standard input is
+ * open, then stops it and removes the directory `$REDIS_BENCH_DIR`: Redis and its directory go
+ * away when the bench closes the pipe, and also when the bench dies without closing it.
+ */
+const REDIS_WRAPPER = `${REDIS_SERVER} "$@" &
+pid=$!
+echo "redis-pid $pid"
+read _ || true
+kill "$pid" 2>/dev/null
+wait "$pid"
+rm -rf "$REDIS_BENCH_DIR"`;
+
+/**
+ * Starts a private `redis-server` for the bench on a free loopback port, in a fresh temporary
+ * directory, with no persistence (`--save '' --appendonly no`), and waits until it accepts
+ * connections. It runs under a small `sh` wrapper that stops it and removes its directory once
+ * the bench closes the wrapper's standard input (or exits, however it exits).
+ */
+export async function startRedis(): Promise<RedisHandle> {
+  const version = await redisVersion();
+  if (version === null) throw new Error(`${REDIS_SERVER} is not on PATH`);
+  const port = freePort();
+  const dir = await Deno.makeTempDir({ prefix: "chat-bench-redis-" });
+  const child = new Deno.Command("sh", {
+    args: [
+      "-c",
+      REDIS_WRAPPER,
+      "sh",
+      "--port",
+      String(port),
+      "--bind",
+      "127.0.0.1",
+      "--dir",
+      dir,
+      "--save",
+      "",
+      "--appendonly",
+      "no",
+      "--daemonize",
+      "no",
+    ],
+    env: { REDIS_BENCH_DIR: dir },
+    stdin: "piped",
+    stdout: "piped",
+    stderr: "piped",
+  }).spawn();
+  const stdin = child.stdin.getWriter();
+  let output = "";
+  const decoder = new TextDecoder();
+  const collect = async (stream: ReadableStream<Uint8Array>) => {
+    for await (const chunk of stream) {
+      output = (output + decoder.decode(chunk, { stream: true })).slice(-OUTPUT_TAIL);
+    }
+  };
+  const collecting = Promise.all([collect(child.stdout), collect(child.stderr)]);
+  let exited = false;
+  const status = child.status.then((status) => {
+    exited = true;
+    return status;
+  });
+  let pid = NaN;
+  let stopping: Promise<void> | null = null;
+  const stop = () => {
+    stopping ??= (async () => {
+      // Closing the pipe is the wrapper's signal; it kills Redis and removes the directory.
+      await stdin.close().catch(() => {});
+      let timer: ReturnType<typeof setTimeout> | undefined;
+      const late = new Promise<void>((resolve) => timer = setTimeout(resolve, STOP_TIMEOUT_MS));
+      await Promise.race([status, late]);
+      clearTimeout(timer);
+      if (!exited) {
+        child.kill("SIGKILL");
+        if (Number.isInteger(pid)) {
+          try {
+            Deno.kill(pid, "SIGKILL");
+          } catch {
+            // Already gone.
+          }
+        }
+      }
+      await status;
+      await collecting;
+      await Deno.remove(dir, { recursive: true }).catch(() => {});
+      running.delete(handle);
+    })();
+    return stopping;
+  };
+  const handle = { stop };
+  running.add(handle);
+  const deadline = Date.now() + REDIS_START_TIMEOUT_MS;
+  while (!exited && Date.now() < deadline) {
+    pid = Number(/^redis-pid (\d+)$/m.exec(output)?.[1] ?? NaN);
+    if (Number.isInteger(pid) && /Ready to accept connections/.test(output)) {
+      return { url: `redis://127.0.0.1:${port}`, pid, version, stop };
+    }
+    await new Promise((resolve) => setTimeout(resolve, 20));
+  }
+  await stop();
+  throw new Error(`${REDIS_SERVER} did not start on port ${port}:\n${output.slice(-2000)}`);
+}
+
+/** Two (or more) of our servers serving one room through a private Redis. */
+export interface ClusterHandle {
+  /** The nodes, in the order they were asked for (named `node 1`, `node 2`, ...). */
+  nodes: ServerHandle[];
+  redis: RedisHandle;
+  /** Stops the nodes, then Redis. */
+  stop(): Promise<void>;
+}
+
+/**
+ * Starts a private Redis ({@link startRedis}) and `nodes` of our servers with `--redis` on it
+ * (as {@link startOurs} starts them, at `--log-level info`), and waits until each has logged
+ * that it joined the cluster. If anything fails, stops what it started.
+ */
+export async function startCluster(
+  options: StartOptions & { maxClients: number; nodes: number; cpuProf?: string },
+): Promise<ClusterHandle> {
+  const redis = await startRedis();
+  const started = await Promise.allSettled(
+    Array.from({ length: options.nodes }, (_, i) =>
+      startOurs({
+        ...options,
+        name: `node ${i + 1}`,
+        redis: redis.url,
+        logLevel: "info",
+      })),
+  );
+  const nodes = started.flatMap((result) => result.status === "fulfilled" ? [result.value] : []);
+  const stop = async () => {
+    await Promise.all(nodes.map((node) => node.stop()));
+    await redis.stop();
+  };
+  const failed = started.find((result) => result.status === "rejected");
+  if (failed) {
+    await stop();
+    throw (failed as PromiseRejectedResult).reason;
+  }
+  return { nodes, redis, stop };
+}
+
+/**
+ * Starts a cluster ({@link startCluster}) beside `server` and returns `server` with it as
+ * {@link ServerHandle.cluster}, stopped along with it; if the cluster cannot start, stops
+ * `server` and throws.
+ */
+export async function withCluster(
+  server: ServerHandle,
+  start: () => Promise<ClusterHandle>,
+): Promise<ServerHandle> {
+  let cluster: ClusterHandle;
+  try {
+    cluster = await start();
+  } catch (error) {
+    await server.stop();
+    throw error;
+  }
+  const stopServer = server.stop;
+  const stop = async () => {
+    await Promise.all([stopServer(), cluster.stop()]);
+  };
+  return { ...server, cluster, stop, [Symbol.asyncDispose]: stop };
 }

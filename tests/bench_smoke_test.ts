@@ -7,6 +7,7 @@
 import assert from "node:assert/strict";
 import { join } from "node:path";
 import { PASSWORD, startServer, testCerts } from "./_helpers.ts";
+import { hasRedis } from "./_redis.ts";
 
 const BENCH = new URL("../bench/bench.ts", import.meta.url).pathname;
 const PERMISSIONS = [
@@ -108,11 +109,41 @@ function assertSaneWeb(report: BenchJson): void {
   assert.ok(Number.isFinite(ours.cpu_us_per_delivery));
 }
 
+/**
+ * Checks scenario 10 (a two-node cluster on a private Redis against a single node), which only
+ * our server runs, and only where `redis-server` is installed (else a note says it was not run):
+ * every delivery on both configurations, cross-node deliveries timed apart, every process's CPU.
+ */
+function assertSaneCluster(report: BenchJson): void {
+  if (!hasRedis()) {
+    assert.ok(!report.scenarios.some((s) => s.id === 10), "no scenario 10 without redis-server");
+    assert.ok(
+      report.notes.some((note) => note.includes("scenario 10 (two-node cluster) is not run")),
+    );
+    return;
+  }
+  const cluster = scenario(report, 10);
+  assert.deepEqual(Object.keys(cluster), ["ours"], "scenario 10 runs on our server only");
+  const ours = cluster.ours;
+  assert.equal(ours.lost, 0);
+  assert.equal(ours.paced_lost, 0);
+  assert.ok(ours.cross_per_s > 0, "cross-node deliveries were made");
+  assert.ok(ours.cross_p50_ms >= 0 && ours.cross_p99_ms >= ours.cross_p50_ms);
+  assert.ok(ours.same_p50_ms >= 0 && ours.same_p99_ms >= ours.same_p50_ms);
+  assert.ok(ours.single_p50_ms >= 0 && ours.single_p99_ms >= ours.single_p50_ms);
+  assert.ok(ours.deliveries_per_s > 0 && ours.single_deliveries_per_s > 0);
+  assert.ok(ours.two_vs_single > 0);
+  for (const key of ["paced_node1_cpu_pct", "paced_node2_cpu_pct", "paced_redis_cpu_pct"]) {
+    assert.ok(Number.isFinite(ours[key]), `${key} measured`);
+  }
+}
+
 Deno.test("bench --quick measures our server (and the reference, if present) in every scenario", async () => {
   const report = await runBench([]);
   assertSane(report, "ours", true);
   assertSaneV2(report);
   assertSaneWeb(report);
+  assertSaneCluster(report);
   for (const floor of ["node:tls floor", "Deno.listenTls floor"]) {
     assert.ok(Number.isFinite(scenario(report, 4)[floor]?.kib_per_client), `${floor} measured`);
   }
