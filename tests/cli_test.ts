@@ -510,7 +510,11 @@ Deno.test({
       await client.close();
       assert.equal(reply.success, true, "the typed password was not the one set");
       assert.ok(!output.includes(PASSWORD), "the password was echoed");
-      child.kill("SIGTERM");
+      // Ctrl-C on the terminal stops the server (SIGINT to the terminal's foreground job); a
+      // SIGTERM to `script` would leave it running (the SIGHUP it then gets means "reload").
+      await writer.write(new TextEncoder().encode("\x03"));
+      const timer = setTimeout(() => child.kill("SIGKILL"), 5000);
+      await child.status.finally(() => clearTimeout(timer));
       await writer.close().catch(() => {});
       await child.stderr.cancel();
       await reading;
