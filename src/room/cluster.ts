@@ -138,23 +138,27 @@ if seq < cursor then
   seq = math.max(tonumber(ARGV[5]), cursor)
   restarted = true
 end
--- A live node that has read so little that the stream is about to be trimmed past it would
--- miss messages: wait for it (its members are paused, or dropped if they do not read).
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local ts = string.format('%.0f', now)
+-- A node that is reading but has read so little that the stream is about to be trimmed past it
+-- would miss messages: wait for it (its members are paused, or dropped if they do not read). A
+-- node whose reader has said nothing for 10 s is not waited for: one sick node must not stop
+-- the room (should it miss messages, it drops its members, who catch up from history).
 local len = redis.call('XLEN', KEYS[2])
 if len >= tonumber(ARGV[7]) then
   local first = redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', 1)[1]
   if first then
     local oldest = tonumber(string.match(first[1], '^(%d+)'))
     for _, c in ipairs(redis.call('HVALS', KEYS[3])) do
-      local read = tonumber(c)
-      if read > 0 and read - oldest < tonumber(ARGV[8]) then
+      local read, at = string.match(c, '^(%d+):(%d+)$')
+      if read and tonumber(read) > 0 and now - tonumber(at) < 10000 and
+        tonumber(read) - oldest < tonumber(ARGV[8]) then
         return redis.error_reply('LAGGING a node is catching up')
       end
     end
   end
 end
-local t = redis.call('TIME')
-local ts = string.format('%.0f', tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000))
 local out = {}
 for i = 9, #ARGV, 5 do
   local ref = ARGV[i + 4]
@@ -195,7 +199,6 @@ else
   redis.call('SET', nodeKey, '1', 'PX', ARGV[3])
 end
 redis.call('SADD', KEYS[1], ARGV[2])
-redis.call('HSET', KEYS[3], ARGV[2], ARGV[6])
 local h = ARGV[1] .. 'members:' .. ARGV[2]
 redis.call('DEL', h)
 for i = 7, #ARGV, 2 do
@@ -206,8 +209,7 @@ return 1
 `;
 
 /**
- * Renews this node's key (0 if it had expired: the node must register again) and records how
- * far it has read; starts the id counter again from the clock if Redis came back with older data
+ * Renews this node's key (0 if it had expired: the node must register again); starts the id counter again from the clock if Redis came back with older data
  * than this node has seen; reaps nodes whose key expired (their members leave with node_lost),
  * unless asked not to (a node that has just reconnected lets the others register first); returns
  * the live nodes and the history length.
@@ -216,7 +218,6 @@ const HEARTBEAT_SCRIPT = `
 local alive = 1
 if not redis.call('SET', ARGV[1] .. 'node:' .. ARGV[2], '1', 'PX', ARGV[3], 'XX') then alive = 0 end
 local cursor = tonumber(ARGV[6])
-if alive == 1 then redis.call('HSET', KEYS[5], ARGV[2], ARGV[6]) end
 local seq = tonumber(redis.call('GET', KEYS[4]) or '0')
 if seq > 0 and seq < cursor then
   redis.call('SET', KEYS[4], string.format('%.0f', math.max(tonumber(ARGV[7]), cursor)))
@@ -285,6 +286,14 @@ end
 redis.call('DEL', h, ARGV[1] .. 'node:' .. ARGV[2])
 redis.call('SREM', KEYS[1], ARGV[2])
 redis.call('HDEL', KEYS[3], ARGV[2])
+return 1
+`;
+
+/** Records how far a node has read, stamped with Redis's clock. */
+const CURSOR_SCRIPT = `
+local t = redis.call('TIME')
+redis.call('HSET', KEYS[1], ARGV[1],
+  ARGV[2] .. ':' .. string.format('%.0f', tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)))
 return 1
 `;
 
@@ -474,6 +483,7 @@ export class RedisRoom implements Room {
       snapshot: await script(SNAPSHOT_SCRIPT),
       goodbye: await script(GOODBYE_SCRIPT),
       fail: await script(FAIL_SCRIPT),
+      cursor: await script(CURSOR_SCRIPT),
     };
     // connect() rejects when the first attempt fails; the clients go on trying by themselves.
     this.#control.connect().catch((error: Error) => this.#down(error));
@@ -1213,9 +1223,11 @@ export class RedisRoom implements Room {
       // How far this node has read, so that posting nodes wait for it before the stream is
       // trimmed past it.
       this.#cursorSent = now;
-      this.#call(
+      this.#eval(
         this.#control,
-        ["HSET", this.#keys.cursors, String(this.#node), String(this.#cursor)],
+        "cursor",
+        [this.#keys.cursors],
+        [String(this.#node), String(this.#cursor)],
         COMMAND_TIMEOUT_MS,
       ).catch(() => {});
     }
