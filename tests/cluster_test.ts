@@ -604,6 +604,30 @@ Deno.test({
       assert.equal(got.content, `after ${i}`);
       assert.equal(got.id, ack.id);
     }
+    // History still has what Redis kept, across the jump of the counter.
+    const carol = await TestClient.connect(b.port);
+    await using _carol = carol;
+    await carol.send({ type: "auth", password: PASSWORD, features: ["history"], history: 10 });
+    await next(carol, "welcome");
+    assert.deepEqual((await replayOf(carol)).map((m) => m.content), [
+      "before 0",
+      "before 1",
+      "after 0",
+      "after 1",
+      "after 2",
+    ]);
+    await carol.send({
+      type: "history",
+      before: (await sendAcked(alice, "x", "rw-x")).id,
+      limit: 3,
+    });
+    const page: Frame[] = [];
+    let end: Frame;
+    while ((end = await carol.recv()).type !== "history_end") {
+      if (end.replay) page.push(end);
+    }
+    assert.deepEqual(page.map((m) => m.content), ["after 0", "after 1", "after 2"]);
+    assert.equal(end.more, true);
   },
 });
 

@@ -51,7 +51,6 @@ import type {
   RoomStats,
 } from "./room.ts";
 import type { StoredMessage } from "./store.ts";
-import { clockStartId } from "./store.ts";
 
 /**
  * A lockout table shared by several servers (see {@link RedisRoom.lockout}), by lockout key (an
@@ -78,8 +77,11 @@ export interface RedisRoomOptions {
   release(mailbox: Mailbox): void;
   /** Recipients (and other holders, such as this room's backlog) holding the senders back. */
   holders(): number;
-  /** Calls `resume` once nothing holds the senders back any more. */
-  whenFree(resume: () => void): void;
+  /**
+   * Calls `resume` once nothing holds the senders back any more (at once if nothing does);
+   * returns a function that cancels the wait.
+   */
+  whenFree(resume: () => void): () => void;
   /** Called after frames were queued (to write them out now). */
   delivered?: () => void;
   /** Lockout rules (`--max-auth-failures`, `--lockout`). */
@@ -121,46 +123,53 @@ const NODE_LIMIT = 2 ** 21;
 const MEMBER_SPACE = 2 ** 32;
 /** Posts wait while a live node is within this many entries of the stream's trimmed end. */
 const LAG_MARGIN = 2000;
+/** How often a batch that waits for a lagging node is tried again, and for how long at most. */
+const LAG_RETRY_MS = 50;
+const LAG_WAIT_MS = 5000;
+/** A reader that has completed no read for this long (not paused by flow control) is stuck. */
+const READER_STUCK_MS = READ_BLOCK_MS + 4000;
 
 const UNAVAILABLE = "Cannot store the message now; resend it later";
 
 /** Numbers, de-duplicates and appends a batch of messages. */
 const POST_SCRIPT = `
-local seq = redis.call('GET', KEYS[1])
-local restarted = redis.call('GET', ARGV[1] .. 'restarted')
-if seq then seq = tonumber(seq) else
-  seq = tonumber(ARGV[5])
-  restarted = true
-end
-local cursor = tonumber(ARGV[6])
-if seq < cursor then
-  -- Redis came back with older data than this node has seen: start again from the clock.
-  seq = math.max(tonumber(ARGV[5]), cursor)
-  restarted = true
-end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local ts = string.format('%.0f', now)
+-- A counter started afresh starts from the clock (ms x 1000), above every id given before.
+local clock = now * 1000
+local seq = redis.call('GET', KEYS[1])
+local restarted = redis.call('GET', ARGV[1] .. 'restarted')
+if seq then seq = tonumber(seq) else
+  seq = clock
+  restarted = true
+end
+local cursor = tonumber(ARGV[5])
+if seq < cursor then
+  -- Redis came back with older data than this node has seen: start again from the clock.
+  seq = math.max(clock, cursor)
+  restarted = true
+end
 -- A node that is reading but has read so little that the stream is about to be trimmed past it
 -- would miss messages: wait for it (its members are paused, or dropped if they do not read). A
 -- node whose reader has said nothing for 10 s is not waited for: one sick node must not stop
 -- the room (should it miss messages, it drops its members, who catch up from history).
 local len = redis.call('XLEN', KEYS[2])
-if len >= tonumber(ARGV[7]) then
+if len >= tonumber(ARGV[6]) then
   local first = redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', 1)[1]
   if first then
     local oldest = tonumber(string.match(first[1], '^(%d+)'))
     for _, c in ipairs(redis.call('HVALS', KEYS[3])) do
       local read, at = string.match(c, '^(%d+):(%d+)$')
       if read and tonumber(read) > 0 and now - tonumber(at) < 10000 and
-        tonumber(read) - oldest < tonumber(ARGV[8]) then
+        tonumber(read) - oldest < tonumber(ARGV[7]) then
         return redis.error_reply('LAGGING a node is catching up')
       end
     end
   end
 end
 local out = {}
-for i = 9, #ARGV, 5 do
+for i = 8, #ARGV, 5 do
   local ref = ARGV[i + 4]
   local known = false
   if ref ~= '' then known = redis.call('GET', ARGV[1] .. 'ref:' .. ref) end
@@ -220,7 +229,9 @@ if not redis.call('SET', ARGV[1] .. 'node:' .. ARGV[2], '1', 'PX', ARGV[3], 'XX'
 local cursor = tonumber(ARGV[6])
 local seq = tonumber(redis.call('GET', KEYS[4]) or '0')
 if seq > 0 and seq < cursor then
-  redis.call('SET', KEYS[4], string.format('%.0f', math.max(tonumber(ARGV[7]), cursor)))
+  local t = redis.call('TIME')
+  local clock = (tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)) * 1000
+  redis.call('SET', KEYS[4], string.format('%.0f', math.max(clock, cursor)))
   redis.call('SET', ARGV[1] .. 'restarted', '1')
 end
 local live = {}
@@ -244,7 +255,15 @@ end
 for _, n in ipairs(redis.call('HKEYS', KEYS[5])) do
   if redis.call('SISMEMBER', KEYS[1], n) == 0 then redis.call('HDEL', KEYS[5], n) end
 end
-return {alive, redis.call('XLEN', KEYS[3]), live}
+-- The oldest message that is still history, when --history-keep is less than the stream holds
+-- (ids are not consecutive across a restart of the counter: count entries, not ids).
+local floor = '0'
+local keep = tonumber(ARGV[7])
+if keep > 0 then
+  local newest = redis.call('XREVRANGE', KEYS[3], '+', '-', 'COUNT', keep + 1)
+  if #newest == keep + 1 then floor = string.match(newest[keep + 1][1], '^(%d+)') end
+end
+return {alive, redis.call('XLEN', KEYS[3]), live, floor}
 `;
 
 /** Publishes this node's joins and leaves, in order. */
@@ -404,6 +423,17 @@ export class RedisRoom implements Room {
   #backlog: Mailbox = { push: () => false, full: true };
   #backlogHeld = false;
   #lagLogged = -Infinity;
+  /** A batch waits for a node that is catching up with the stream. */
+  #lagging = false;
+  /** The reader has not completed a read for too long (see #beat): messages are refused. */
+  #readerStuck = false;
+  /** When the reader last completed a read, or began or ended a wait for flow control. */
+  #readerOkAt = 0;
+  /** Oldest message id that is still history (exclusive bound; 0: the whole stream). */
+  #historyFloor = 0;
+  /** The reader's one waiter in flow control. */
+  #readerWaiter: { cancel: () => void } | null = null;
+  #cursorTimer: ReturnType<typeof setTimeout> | undefined;
   /** Acks of messages this node has not delivered yet: sent once it has (stream order). */
   #acks: { member: RoomMember; frame: Uint8Array; id: number }[] = [];
   #settled: (() => void) | null = null;
@@ -509,6 +539,7 @@ export class RedisRoom implements Room {
     return {
       node: this.#node,
       redisUp: this.#up,
+      backlogHeld: this.#backlogHeld,
       nodes: this.#nodes,
       remoteMembers: this.#remote.size,
     };
@@ -561,26 +592,37 @@ export class RedisRoom implements Room {
   post(member: RoomMember, post: Post): void {
     const bytes = post.content.length + post.sender.length + 100;
     const waiting = this.#inFlightBytes + this.#pendingBytes + bytes;
-    if (!this.#up || waiting > 2 * MAX_IN_FLIGHT_BYTES) {
+    if (!this.#accepting() || waiting > 2 * MAX_IN_FLIGHT_BYTES) {
       this.#stats.refused++;
       member.refused("unavailable", UNAVAILABLE, post.ref);
       return;
     }
     this.#pending.push({ member, post, bytes });
     this.#pendingBytes += bytes;
-    if (waiting > MAX_IN_FLIGHT_BYTES && !this.#backlogHeld) {
-      // Redis takes less than this node's senders give: pause them until it catches up.
-      this.#backlogHeld = true;
-      this.#options.hold(this.#backlog);
-    }
-    if (this.#pending.length >= MAX_BATCH || this.#pendingBytes >= MAX_BATCH_BYTES) {
-      this.#flush();
-      return;
-    }
-    if (!this.#scheduled) {
+    this.#checkBacklog();
+    if (!this.#scheduled && this.#inFlight === 0) {
       this.#scheduled = true;
       setImmediate(RedisRoom.#flushRoom, this);
     }
+  }
+
+  /** Whether messages can go to Redis now: it answers, and this node's reader works. */
+  #accepting(): boolean {
+    return this.#up && !this.#readerStuck;
+  }
+
+  /**
+   * Pauses this node's senders (a holder of flow control, like a full recipient) while too much
+   * waits for Redis or a node is catching up with the stream; resumes them after.
+   */
+  #checkBacklog(): void {
+    const waiting = this.#inFlightBytes + this.#pendingBytes;
+    const hold = this.#lagging || waiting > MAX_IN_FLIGHT_BYTES ||
+      (this.#backlogHeld && waiting > MAX_IN_FLIGHT_BYTES / 2);
+    if (hold === this.#backlogHeld || this.#stopped) return;
+    this.#backlogHeld = hold;
+    if (hold) this.#options.hold(this.#backlog);
+    else this.#options.release(this.#backlog);
   }
 
   who(member: RoomMember): void {
@@ -593,7 +635,7 @@ export class RedisRoom implements Room {
     // and only what this node has delivered (what comes later reaches the member live).
     const keep = this.#options.keep;
     const upTo = this.#cursor;
-    const oldest = Math.max(0, upTo - keep);
+    const oldest = this.#historyFloor;
     let read: Promise<StoredMessage[]>;
     if (keep === 0 || upTo === 0 || (query.before !== undefined && query.before <= 1)) {
       read = Promise.resolve([]);
@@ -650,6 +692,8 @@ export class RedisRoom implements Room {
     clearInterval(this.#heartbeat);
     this.#wakeReader?.();
     this.#settled?.();
+    clearTimeout(this.#cursorTimer);
+    this.#readerWaiter?.cancel();
     if (this.#backlogHeld) {
       this.#backlogHeld = false;
       this.#options.release(this.#backlog);
@@ -678,31 +722,33 @@ export class RedisRoom implements Room {
     room.#flush();
   }
 
-  /** Sends the messages posted so far to Redis, in batches; acks them when Redis has them. */
+  /**
+   * Sends the oldest posted messages to Redis as one batch, unless a batch is on its way: one
+   * batch at a time keeps the order of every sender's messages whatever Redis answers (a batch
+   * to retry goes again before anything posted after it), and batches grow with the load.
+   */
   #flush(): void {
     this.#scheduled = false;
+    if (this.#inFlight > 0 || this.#pending.length === 0) return;
     const pending = this.#pending;
-    let start = 0;
-    while (start < pending.length) {
-      let end = start;
-      let bytes = 0;
-      while (end < pending.length && end - start < MAX_BATCH && bytes < MAX_BATCH_BYTES) {
-        bytes += pending[end++].bytes;
-      }
-      this.#send(pending.slice(start, end), bytes);
-      start = end;
+    let end = 0;
+    let bytes = 0;
+    while (end < pending.length && end < MAX_BATCH && bytes < MAX_BATCH_BYTES) {
+      bytes += pending[end++].bytes;
     }
-    this.#pending = [];
-    this.#pendingBytes = 0;
+    const batch = pending.splice(0, end);
+    this.#pendingBytes -= bytes;
+    this.#inFlight = batch.length;
+    this.#inFlightBytes = bytes;
+    this.#send(batch, bytes, performance.now());
   }
 
-  #send(batch: Pending[], bytes: number): void {
+  #send(batch: Pending[], bytes: number, since: number): void {
     const args = [
       this.#prefix,
       String(this.#streamLength),
       String(REF_TTL_MS),
       String(this.#node),
-      String(clockStartId()),
       String(this.#cursor),
       String(this.#streamLength - LAG_MARGIN),
       String(LAG_MARGIN),
@@ -710,8 +756,6 @@ export class RedisRoom implements Room {
     for (const { member, post } of batch) {
       args.push(String(member.id), post.sender, member.ip, post.content, post.ref ?? "");
     }
-    this.#inFlight += batch.length;
-    this.#inFlightBytes += bytes;
     const { sha } = this.#scripts!.post;
     this.#call(
       this.#commands,
@@ -719,6 +763,7 @@ export class RedisRoom implements Room {
       COMMAND_TIMEOUT_MS,
     ).then(
       (reply) => {
+        this.#lagging = false;
         const results = reply as string[];
         for (let i = 0; i < batch.length; i++) {
           const [id, ts, fresh] = String(results[i]).split(":");
@@ -732,36 +777,54 @@ export class RedisRoom implements Room {
           if (Number(id) <= this.#cursor) this.#fanout.reply(member, frame);
           else this.#acks.push({ member, frame, id: Number(id) });
         }
+        this.#sent();
       },
       (error) => {
-        if (/NOSCRIPT/.test(String(error))) {
-          // Redis restarted and lost its scripts: reload them before anything is accepted (a
-          // later batch sent as EVAL could overtake this one).
-          this.#scriptsLoaded = false;
-          this.#down(error);
-        } else if (/LAGGING/.test(String(error))) {
-          this.#stats.storeErrors++;
+        const text = String(error);
+        if (/LAGGING/.test(text) && performance.now() - since < LAG_WAIT_MS && !this.#stopped) {
+          // A node is catching up with the stream: the senders here wait (flow control) and
+          // this batch goes again shortly, before anything posted after it.
+          this.#lagging = true;
+          this.#checkBacklog();
           const now = performance.now();
           if (now - this.#lagLogged > 5000) {
             this.#lagLogged = now;
-            this.#logger.warn("A node is catching up with the stream; refusing messages meanwhile");
+            this.#logger.warn("A node is catching up with the stream; senders here wait");
           }
+          setTimeout(() => this.#send(batch, bytes, since), LAG_RETRY_MS);
+          return;
+        }
+        this.#lagging = false;
+        if (/NOSCRIPT/.test(text)) {
+          // Redis restarted and lost its scripts: reload them before anything is accepted.
+          this.#scriptsLoaded = false;
+          this.#down(error);
+        } else if (/LAGGING/.test(text)) {
+          this.#stats.storeErrors++;
+          this.#logger.warn("A node is still catching up after {s} s; refusing messages", {
+            s: LAG_WAIT_MS / 1000,
+          });
         } else this.#failed(error);
         for (const { member, post } of batch) {
           this.#stats.refused++;
           member.refused("unavailable", UNAVAILABLE, post.ref);
         }
+        this.#sent();
       },
-    ).finally(() => {
-      this.#inFlight -= batch.length;
-      this.#inFlightBytes -= bytes;
-      if (this.#backlogHeld && this.#inFlightBytes + this.#pendingBytes < MAX_IN_FLIGHT_BYTES / 2) {
-        this.#backlogHeld = false;
-        this.#options.release(this.#backlog);
-      }
-      this.#delivered();
-      this.#checkSettled();
-    });
+    );
+  }
+
+  /** The batch on its way has its answer: the next one may go. */
+  #sent(): void {
+    this.#inFlight = 0;
+    this.#inFlightBytes = 0;
+    this.#checkBacklog();
+    this.#delivered();
+    this.#checkSettled();
+    if (this.#pending.length > 0 && !this.#scheduled) {
+      this.#scheduled = true;
+      setImmediate(RedisRoom.#flushRoom, this);
+    }
   }
 
   #checkSettled(): void {
@@ -777,7 +840,7 @@ export class RedisRoom implements Room {
     try {
       if (!this.#cursorKnown) upTo = await this.#findCursor();
       const keep = this.#options.keep;
-      const oldest = Math.max(0, upTo - keep); // ids are consecutive between restarts of Redis
+      const oldest = this.#historyFloor;
       let rows: StoredMessage[] = [];
       let limit = 0;
       let fromNewest = true;
@@ -920,15 +983,19 @@ export class RedisRoom implements Room {
           String(PRESENCE_LENGTH),
           mayReap ? "1" : "0",
           String(this.#cursor),
-          String(clockStartId()),
+          String(this.#options.keep < this.#streamLength ? this.#options.keep : 0),
         ],
         COMMAND_TIMEOUT_MS,
-      ) as [number, number, string[]];
+      ) as [number, number, string[], string];
       const alive = Number(reply[0]) === 1;
+      this.#historyFloor = Number(reply[3]);
       if (!alive) await this.#register(ttl);
       this.#nodes = reply[2].length + (alive ? 0 : 1);
       this.#historySize = Number(reply[1]);
       if (alive && mayReap) this.#forgetLostNodes(new Set(reply[2].map(Number)), asked);
+      // The first presence snapshot failed (e.g. timed out): the reader waits for it.
+      if (this.#registered && this.#presenceCursor === null) await this.#snapshot();
+      this.#checkReader();
       if (!this.#up) {
         if (this.#everUp) this.#logger.warn("Redis is reachable again; accepting messages");
         else {
@@ -939,6 +1006,7 @@ export class RedisRoom implements Room {
         }
         this.#up = true;
         this.#upSince = performance.now();
+        this.#readerOkAt = this.#upSince; // the reader gets its own time to come back
         this.#everUp = true;
         this.#downLogged = false;
         this.#wakeReader?.();
@@ -949,6 +1017,21 @@ export class RedisRoom implements Room {
     } finally {
       this.#beating = false;
     }
+  }
+
+  /**
+   * A reader that completes no read for a while (its connection cannot come back, or Redis does
+   * not answer it) would leave this node's clients without messages and its acks unsent: the
+   * node refuses messages until it reads again.
+   */
+  #checkReader(): void {
+    const stuck = this.#up && this.#readerWaiter === null &&
+      performance.now() - this.#readerOkAt > READER_STUCK_MS;
+    if (stuck === this.#readerStuck) return;
+    this.#readerStuck = stuck;
+    if (stuck) {
+      this.#logger.error("Cannot read the stream from Redis; refusing messages until it works");
+    } else this.#logger.warn("Reading the stream again; accepting messages");
   }
 
   /** Claims a node number (the first time) or registers again after this node was reaped. */
@@ -1116,15 +1199,24 @@ export class RedisRoom implements Room {
         // it reads nothing), and the senders here are paused meanwhile. Looked at again every
         // 50 ms too, in case only this room's own backlog still holds the senders.
         await new Promise<void>((resume) => {
-          const timer = setTimeout(resume, 50);
+          let done = false;
+          let cancel = () => {};
           const wake = () => {
+            if (done) return;
+            done = true;
             clearTimeout(timer);
+            cancel();
             resume();
           };
+          const timer = setTimeout(wake, 50);
           this.#wakeReader = wake;
-          this.#options.whenFree(wake);
+          this.#readerWaiter = { cancel: () => cancel() };
+          cancel = this.#options.whenFree(wake);
+          if (done) cancel();
         });
+        this.#readerWaiter = null;
         this.#wakeReader = null;
+        this.#readerOkAt = performance.now();
         continue;
       }
       try {
@@ -1141,6 +1233,8 @@ export class RedisRoom implements Room {
           `${this.#cursor}-0`,
           this.#presenceCursor,
         ], 0) as [string, [string, string[]][]][] | null; // a hung Redis: the socket times out
+        this.#readerOkAt = performance.now();
+        if (this.#readerStuck) this.#checkReader();
         if (reply && !this.#stopped) this.#deliver(reply);
       } catch (error) {
         if (this.#stopped) break;
@@ -1218,19 +1312,31 @@ export class RedisRoom implements Room {
     if (n > 0) acks.splice(0, n);
     this.#checkSettled();
     this.#delivered();
-    const now = performance.now();
-    if (now - this.#cursorSent >= CURSOR_EVERY_MS) {
-      // How far this node has read, so that posting nodes wait for it before the stream is
-      // trimmed past it.
-      this.#cursorSent = now;
-      this.#eval(
-        this.#control,
-        "cursor",
-        [this.#keys.cursors],
-        [String(this.#node), String(this.#cursor)],
-        COMMAND_TIMEOUT_MS,
-      ).catch(() => {});
+    this.#publishCursor();
+  }
+
+  /**
+   * Tells the other nodes how far this node has read (so that posting waits for it before the
+   * stream is trimmed past it): at most every CURSOR_EVERY_MS, and once more after the last read.
+   */
+  #publishCursor(): void {
+    if (this.#cursorTimer !== undefined || this.#stopped) return;
+    const wait = this.#cursorSent + CURSOR_EVERY_MS - performance.now();
+    if (wait > 0) {
+      this.#cursorTimer = setTimeout(() => {
+        this.#cursorTimer = undefined;
+        this.#publishCursor();
+      }, wait);
+      return;
     }
+    this.#cursorSent = performance.now();
+    this.#eval(
+      this.#control,
+      "cursor",
+      [this.#keys.cursors],
+      [String(this.#node), String(this.#cursor)],
+      COMMAND_TIMEOUT_MS,
+    ).catch(() => {});
   }
 
   /**

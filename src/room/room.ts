@@ -145,6 +145,11 @@ export interface ClusterStatus {
   node: number;
   /** Whether Redis answers right now. */
   redisUp: boolean;
+  /**
+   * Whether this node's senders are paused for Redis (too much waits for its answer, or a node
+   * is catching up with the stream); a holder of flow control besides the full recipients.
+   */
+  backlogHeld: boolean;
   /** Live nodes seen at the last check (this one included), 0 before the first. */
   nodes: number;
   /** Members on the other nodes, as this node knows them. */

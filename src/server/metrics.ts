@@ -169,6 +169,11 @@ export function chatRegistry(source: () => ServerSnapshot): {
           "Members logged in on the other nodes, as this node knows them",
           (c) => c.remoteMembers,
         ],
+        [
+          "chat_cluster_senders_held",
+          "1 while this node's senders wait for Redis (a backlog, or a node catching up), else 0",
+          (c) => +c.backlogHeld,
+        ],
       ] as [string, string, (status: ClusterStatus) => number][]
     ) {
       new Gauge({

@@ -190,6 +190,7 @@ export class ChatServer implements AsyncDisposable {
   #flow = new FlowControl();
   #room: Room;
   #redisRoom: RedisRoom | null = null;
+  #roomWaiters = new Set<object>();
   #roomStarted = false;
   #ownStore: HistoryStore | null = null;
   #lockout: AuthLockout;
@@ -239,6 +240,8 @@ export class ChatServer implements AsyncDisposable {
     const flow = this.#flow;
     const hold = (mailbox: Mailbox) => flow.hold(mailbox as Outbox);
     if (options.redis) {
+      // The room's stream reader waits in flow control too; it is not a paused sender.
+      const roomWaiters = this.#roomWaiters;
       this.#room = this.#redisRoom = new RedisRoom({
         url: options.redis.url,
         prefix: options.redis.prefix,
@@ -248,8 +251,22 @@ export class ChatServer implements AsyncDisposable {
         release: (mailbox: Mailbox) => flow.release(mailbox as Outbox),
         holders: () => flow.holders,
         whenFree: (resume) => {
-          if (flow.blocked) flow.wait({ resume });
-          else resume();
+          if (!flow.blocked) {
+            resume();
+            return () => {};
+          }
+          const waiter = {
+            resume: () => {
+              roomWaiters.delete(waiter);
+              resume();
+            },
+          };
+          roomWaiters.add(waiter);
+          flow.wait(waiter);
+          return () => {
+            roomWaiters.delete(waiter);
+            flow.forget(waiter);
+          };
         },
         delivered: flushOutboxes,
         lockout: { maxFailures: this.#limits.maxAuthFailures, windowMs: this.#limits.lockoutMs },
@@ -331,8 +348,9 @@ export class ChatServer implements AsyncDisposable {
       cluster: this.#room.cluster,
       refusing: this.#refusing,
       sockets: this.#connections.size,
-      holders: this.#flow.holders,
-      pausedSenders: this.#flow.waiting,
+      // Recipients only: a cluster node's Redis backlog is reported apart (`cluster`).
+      holders: this.#flow.holders - (this.#room.cluster?.backlogHeld ? 1 : 0),
+      pausedSenders: this.#flow.waiting - this.#roomWaiters.size,
       queuedBytes,
       states,
     };
