@@ -177,6 +177,37 @@ interface SpawnOptions {
   ready?: RegExp;
 }
 
+/** A child process's status and the tail of its output, collected in the background. */
+interface Watched {
+  /** The last OUTPUT_TAIL characters of stdout and stderr. */
+  output(): string;
+  /** Whether it has exited. */
+  exited(): boolean;
+  status: Promise<Deno.CommandStatus>;
+  /** Resolves once both streams have ended. */
+  collecting: Promise<unknown>;
+}
+
+function watch(child: Deno.ChildProcess): Watched {
+  let output = "";
+  let exited = false;
+  const decoder = new TextDecoder();
+  const collect = async (stream: ReadableStream<Uint8Array>) => {
+    for await (const chunk of stream) {
+      output = (output + decoder.decode(chunk, { stream: true })).slice(-OUTPUT_TAIL);
+    }
+  };
+  return {
+    output: () => output,
+    exited: () => exited,
+    status: child.status.then((status) => {
+      exited = true;
+      return status;
+    }),
+    collecting: Promise.all([collect(child.stdout), collect(child.stderr)]),
+  };
+}
+
 /** Starts a server process and waits until its port accepts TCP connections. */
 async function spawnServer(options: SpawnOptions): Promise<ServerHandle> {
   const child = new Deno.Command(options.command, {
@@ -187,28 +218,16 @@ async function spawnServer(options: SpawnOptions): Promise<ServerHandle> {
     stdout: "piped",
     stderr: "piped",
   }).spawn();
-  let output = "";
-  const decoder = new TextDecoder();
-  const collect = async (stream: ReadableStream<Uint8Array>) => {
-    for await (const chunk of stream) {
-      output = (output + decoder.decode(chunk, { stream: true })).slice(-OUTPUT_TAIL);
-    }
-  };
-  const collecting = Promise.all([collect(child.stdout), collect(child.stderr)]);
-  let exited = false;
-  const status = child.status.then((status) => {
-    exited = true;
-    return status;
-  });
+  const { output, exited, status, collecting } = watch(child);
   let stopping: Promise<void> | null = null;
   const stop = () => {
     stopping ??= (async () => {
-      if (!exited) child.kill("SIGTERM");
+      if (!exited()) child.kill("SIGTERM");
       let timer: ReturnType<typeof setTimeout> | undefined;
       const late = new Promise<void>((resolve) => timer = setTimeout(resolve, STOP_TIMEOUT_MS));
       await Promise.race([status, late]);
       clearTimeout(timer);
-      if (!exited) child.kill("SIGKILL");
+      if (!exited()) child.kill("SIGKILL");
       await status;
       await collecting;
       await options.cleanup?.();
@@ -232,9 +251,9 @@ async function spawnServer(options: SpawnOptions): Promise<ServerHandle> {
   if (options.webPort !== undefined) handle.endpoint.webPort = options.webPort;
   running.add(handle);
   const deadline = Date.now() + START_TIMEOUT_MS;
-  while (!exited && Date.now() < deadline) {
+  while (!exited() && Date.now() < deadline) {
     if (
-      (options.ready === undefined || options.ready.test(output)) &&
+      (options.ready === undefined || options.ready.test(output())) &&
       await accepts(options.port) &&
       (options.webPort === undefined || await accepts(options.webPort))
     ) return handle;
@@ -243,7 +262,9 @@ async function spawnServer(options: SpawnOptions): Promise<ServerHandle> {
   await stop();
   const what = options.ready ? ` (or its log never matched ${options.ready})` : "";
   throw new Error(
-    `${options.name} server did not start on port ${options.port}${what}:\n${output.slice(-2000)}`,
+    `${options.name} server did not start on port ${options.port}${what}:\n${
+      output().slice(-2000)
+    }`,
   );
 }
 
@@ -555,19 +576,7 @@ export async function startRedis(): Promise<RedisHandle> {
     stderr: "piped",
   }).spawn();
   const stdin = child.stdin.getWriter();
-  let output = "";
-  const decoder = new TextDecoder();
-  const collect = async (stream: ReadableStream<Uint8Array>) => {
-    for await (const chunk of stream) {
-      output = (output + decoder.decode(chunk, { stream: true })).slice(-OUTPUT_TAIL);
-    }
-  };
-  const collecting = Promise.all([collect(child.stdout), collect(child.stderr)]);
-  let exited = false;
-  const status = child.status.then((status) => {
-    exited = true;
-    return status;
-  });
+  const { output, exited, status, collecting } = watch(child);
   let pid = NaN;
   let stopping: Promise<void> | null = null;
   const stop = () => {
@@ -578,7 +587,7 @@ export async function startRedis(): Promise<RedisHandle> {
       const late = new Promise<void>((resolve) => timer = setTimeout(resolve, STOP_TIMEOUT_MS));
       await Promise.race([status, late]);
       clearTimeout(timer);
-      if (!exited) {
+      if (!exited()) {
         child.kill("SIGKILL");
         if (Number.isInteger(pid)) {
           try {
@@ -598,15 +607,15 @@ export async function startRedis(): Promise<RedisHandle> {
   const handle = { stop };
   running.add(handle);
   const deadline = Date.now() + REDIS_START_TIMEOUT_MS;
-  while (!exited && Date.now() < deadline) {
-    pid = Number(/^redis-pid (\d+)$/m.exec(output)?.[1] ?? NaN);
-    if (Number.isInteger(pid) && /Ready to accept connections/.test(output)) {
+  while (!exited() && Date.now() < deadline) {
+    pid = Number(/^redis-pid (\d+)$/m.exec(output())?.[1] ?? NaN);
+    if (Number.isInteger(pid) && /Ready to accept connections/.test(output())) {
       return { url: `redis://127.0.0.1:${port}`, pid, version, stop };
     }
     await new Promise((resolve) => setTimeout(resolve, 20));
   }
   await stop();
-  throw new Error(`${REDIS_SERVER} did not start on port ${port}:\n${output.slice(-2000)}`);
+  throw new Error(`${REDIS_SERVER} did not start on port ${port}:\n${output().slice(-2000)}`);
 }
 
 /** Two (or more) of our servers serving one room through a private Redis. */

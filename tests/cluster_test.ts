@@ -53,6 +53,25 @@ async function joined(server: SpawnedServer): Promise<void> {
   );
 }
 
+/** Two nodes on `redis` (with `extra` arguments each) that have joined the cluster. */
+async function twoNodes(
+  redis: TestRedis,
+  extra: [string[], string[]] = [[], []],
+): Promise<[SpawnedServer, SpawnedServer] & AsyncDisposable> {
+  const started = await Promise.allSettled([node(redis, extra[0]), node(redis, extra[1])]);
+  const nodes = started.flatMap((result) => result.status === "fulfilled" ? [result.value] : []);
+  const dispose = () => Promise.all(nodes.map((n) => n[Symbol.asyncDispose]())).then(() => {});
+  const failed = started.find((result) => result.status === "rejected");
+  if (failed) {
+    await dispose();
+    throw (failed as PromiseRejectedResult).reason;
+  }
+  await Promise.all(nodes.map(joined));
+  return Object.assign(nodes as [SpawnedServer, SpawnedServer], {
+    [Symbol.asyncDispose]: dispose,
+  });
+}
+
 /** Logs in with version-2 features; returns the client and its welcome. */
 async function login(
   port: number,
@@ -104,10 +123,8 @@ Deno.test({
   ignore,
   async fn() {
     await using redis = await TestRedis.start();
-    await using a = await node(redis);
-    await using b = await node(redis);
-    await joined(a);
-    await joined(b);
+    await using nodes = await twoNodes(redis);
+    const [a, b] = nodes;
     const { client: alice } = await login(a.port, "alice", ["ids"]);
     await using _alice = alice;
     const { client: bob } = await login(b.port, "bob", ["ids"]);
@@ -176,10 +193,8 @@ Deno.test({
   ignore,
   async fn() {
     await using redis = await TestRedis.start();
-    await using a = await node(redis);
-    await using b = await node(redis);
-    await joined(a);
-    await joined(b);
+    await using nodes = await twoNodes(redis);
+    const [a, b] = nodes;
     const { client: alice, welcome: wa } = await login(a.port, "alice", ["presence"]);
     await using _alice = alice;
     const self = wa.member as Frame;
@@ -228,10 +243,8 @@ Deno.test({
   ignore,
   async fn() {
     await using redis = await TestRedis.start();
-    await using a = await node(redis);
-    await using b = await node(redis);
-    await joined(a);
-    await joined(b);
+    await using nodes = await twoNodes(redis);
+    const [a, b] = nodes;
     const { client: alice } = await login(a.port, "alice", ["ids"]);
     await using _alice = alice;
     const acks: Frame[] = [];
@@ -295,10 +308,9 @@ Deno.test({
   ignore,
   async fn() {
     await using redis = await TestRedis.start();
-    await using a = await node(redis, ["--max-auth-failures", "5", "--lockout", "60"]);
-    await using b = await node(redis, ["--max-auth-failures", "5", "--lockout", "60"]);
-    await joined(a);
-    await joined(b);
+    const lockout = ["--max-auth-failures", "5", "--lockout", "60"];
+    await using nodes = await twoNodes(redis, [lockout, lockout]);
+    const [a, b] = nodes;
     for (let i = 0; i < 5; i++) {
       const { client, reply } = await TestClient.login(a.port, "wrong password");
       assert.deepEqual(reply.success, false);
@@ -351,10 +363,8 @@ Deno.test({
   ignore,
   async fn() {
     await using redis = await TestRedis.start();
-    await using a = await node(redis);
-    await using b = await node(redis);
-    await joined(a);
-    await joined(b);
+    await using nodes = await twoNodes(redis);
+    const [a, b] = nodes;
     const { client: alice } = await login(a.port, "alice", ["ids"]);
     await using _alice = alice;
     const { client: bob } = await login(b.port, "bob", ["ids"]);
@@ -502,10 +512,11 @@ Deno.test({
   ignore,
   async fn() {
     await using redis = await TestRedis.start();
-    await using a = await node(redis, ["--rate", "0"]);
-    await using b = await node(redis, ["--rate", "0", "--web-port", "0", "--metrics-port", "0"]);
-    await joined(a);
-    await joined(b);
+    await using nodes = await twoNodes(redis, [
+      ["--rate", "0"],
+      ["--rate", "0", "--web-port", "0", "--metrics-port", "0"],
+    ]);
+    const [a, b] = nodes;
     const { client: reader } = await login(b.port, "reader", ["ids"]);
     await using _reader = reader;
     await using ws = await WsClient.login(b.webPort, {
@@ -580,10 +591,8 @@ Deno.test({
   ignore,
   async fn() {
     await using redis = await TestRedis.start();
-    await using a = await node(redis);
-    await using b = await node(redis);
-    await joined(a);
-    await joined(b);
+    await using nodes = await twoNodes(redis);
+    const [a, b] = nodes;
     const { client: alice } = await login(a.port, "alice", ["ids"]);
     await using _alice = alice;
     const { client: bob } = await login(b.port, "bob", ["ids"]);
@@ -637,10 +646,8 @@ Deno.test({
   ignore,
   async fn() {
     await using redis = await TestRedis.start();
-    await using a = await node(redis);
-    await using b = await node(redis);
-    await joined(a);
-    await joined(b);
+    await using nodes = await twoNodes(redis);
+    const [a, b] = nodes;
     const { client: alice } = await login(a.port, "alice", ["presence"]);
     await using _alice = alice;
     const { client: bob } = await login(b.port, "bob", ["presence"]);
