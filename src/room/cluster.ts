@@ -672,7 +672,9 @@ export class RedisRoom implements Room {
    * last messages before a shutdown are acked), or after `timeoutMs`.
    */
   settle(timeoutMs = 1000): Promise<void> {
-    if (this.#inFlight === 0 && this.#acks.length === 0) return Promise.resolve();
+    if (this.#inFlight === 0 && this.#pending.length === 0 && this.#acks.length === 0) {
+      return Promise.resolve();
+    }
     return new Promise((resolve) => {
       const timer = setTimeout(done, timeoutMs);
       const settled = this.#settled;
@@ -828,7 +830,9 @@ export class RedisRoom implements Room {
   }
 
   #checkSettled(): void {
-    if (this.#settled && this.#inFlight === 0 && this.#acks.length === 0) this.#settled();
+    if (
+      this.#settled && this.#inFlight === 0 && this.#pending.length === 0 && this.#acks.length === 0
+    ) this.#settled();
   }
 
   /** Replays history to a member that has just joined; its room frames wait until then. */
