@@ -3,14 +3,17 @@
  * the second implementation of {@link Room}; sessions do not know which one they talk to.
  *
  * **Where things live in Redis** (every key starts with the prefix, `chat:` by default):
- * - `messages`: a stream, the room's one order and its history. A node posts the messages of one
- *   event-loop turn in one script call, which numbers them from `seq` (so ids strictly increase
+ * - `messages`: a stream, the room's one order and its history. A node posts its messages in
+ *   batches, one script call each and one batch in flight at a time (so each sender's order
+ *   holds whatever Redis answers; batches grow with the load). The script numbers them from `seq` (so ids strictly increase
  *   across nodes and restarts), records each `ref` for ten minutes (`ref:<ref>`, for
  *   de-duplication) and appends them with their id as the entry id (`<id>-0`). The entry time
  *   is Redis's clock, one clock for the cluster.
  * - Every node reads the stream (`XREAD BLOCK`, a batch per read) and delivers each message to
  *   its own members through the same {@link Fanout} as the single-node room. While one of its
  *   recipients is full, a node stops reading: the stream waits for it, nothing is skipped.
+ * - `cursors`: how far each node has read. Posting waits (flow control) while a reading node is
+ *   about to fall off the stream's trimmed end.
  * - `presence`: a stream of joins and leaves; `members:<node>`: a hash of each node's members;
  *   `nodes`: the set of live node numbers; `node:<n>`: a node's heartbeat key, which expires
  *   when the node stops refreshing it. A node whose key has expired is reaped by the first node
