@@ -44,6 +44,11 @@ export interface HistoryPage {
 /** This server's members of a room, and the fan-out to them. */
 export class Fanout {
   #members = new Map<number, RoomMember>();
+  /**
+   * The members that asked for presence, in order of joining: a join or a leave visits only
+   * them, not every member (10,000 seed clients logging in would otherwise cost 50 M visits).
+   */
+  #watchers = new Set<RoomMember>();
   #idsMembers = 0;
   #seedMembers = 0;
   /** Members whose room frames wait (their replay is being read), with what waits. */
@@ -84,6 +89,7 @@ export class Fanout {
   add(member: RoomMember, deferred = false): boolean {
     if (this.#members.has(member.id)) return false;
     this.#members.set(member.id, member);
+    if (member.features & WANTS_PRESENCE) this.#watchers.add(member);
     if (member.features & WANTS_IDS) this.#idsMembers++;
     else this.#seedMembers++;
     if (deferred) (this.#deferred ??= new Map()).set(member, []);
@@ -94,6 +100,7 @@ export class Fanout {
   remove(member: RoomMember): boolean {
     if (this.#members.get(member.id) !== member) return false;
     this.#members.delete(member.id);
+    this.#watchers.delete(member);
     if (member.features & WANTS_IDS) this.#idsMembers--;
     else this.#seedMembers--;
     this.#undeferred(member);
@@ -174,8 +181,8 @@ export class Fanout {
   presence(aboutId: number, encode: () => Uint8Array): void {
     let frame: Uint8Array | undefined;
     const deferred = this.#deferred;
-    for (const member of this.#members.values()) {
-      if (member.id === aboutId || !(member.features & WANTS_PRESENCE)) continue;
+    for (const member of this.#watchers) {
+      if (member.id === aboutId) continue;
       frame ??= encode();
       const waiting = deferred?.get(member);
       if (waiting) {
