@@ -53,6 +53,10 @@ import {
   SCENARIOS,
   type Sizes,
 } from "./scenarios.ts";
+
+/** Every scenario: the ten of `scenarios.ts`, then the scale scenarios 11 to 14 of `scale.ts`. */
+const ALL_SCENARIOS: readonly Scenario[] = [...SCENARIOS, ...SCALE_SCENARIOS];
+import { SCALE_SCENARIOS } from "./scale.ts";
 import {
   formatMetrics,
   medians,
@@ -64,7 +68,7 @@ import {
 
 const USAGE = `Usage: deno task bench [options]
 
-  --scenarios LIST     scenarios to run, e.g. 1,2,5 (default 1,2,3,4,5,6,7,8,9,10)
+  --scenarios LIST     scenarios to run, e.g. 1,2,5 (default 1 to 14)
   --runs N             measured runs per scenario and server; the report shows medians
                        (default 5 for the short scenarios 1, 5, 8 and 9, 3 for the others)
   --quick              seconds-long sizes and 1 run, no warm-up (the smoke test)
@@ -81,6 +85,11 @@ const USAGE = `Usage: deno task bench [options]
                        writes a V8 CPU profile into DIR when it stops (progress says which
                        process id is which server)
   --json               print the results as JSON instead of the Markdown table
+  --scale-steps LIST   client counts of scenario 12's steps (default 1000,2500,5000,10000); the
+                       largest is also the client count of scenarios 11 and 13
+  --agents N           load-agent processes of scenarios 11 to 14 (default 4)
+  --plot FILE          where scenario 12 writes its growth plot (SVG; default docs/growth.svg
+                       for a full run, none with --quick; "none" for none)
   -h, --help           show this help
 
 --target takes the password from CHAT_SERVER_PASSWORD; it measures no transport floors, and
@@ -91,7 +100,11 @@ and 500 TLS clients in one room, against 1000 TLS clients in the same run) needs
 the server the bench starts, or --target-web-port: it runs on ours (or such a --target) only, not
 on the reference or the --baseline. Scenario 10 (a two-node cluster against a single node, in the
 same run) starts its own private redis-server (from PATH; skipped with a note without one) and
-three of our servers: it runs on ours only, never with --target.`;
+three of our servers: it runs on ours only, never with --target. Scenarios 11 to 14 hold up to
+10,000 clients in several load-agent processes (bench/agent.ts); the bench raises its soft
+ulimit -n (up to the hard limit) for itself, the agents and the servers. Scenario 13 (half of
+10,000 clients on WebSockets) runs on ours only; 14 (churn) puts WebSocket clients on ours and
+TLS clients only on the reference.`;
 
 /** How long closed clients may take to give their sockets back before the next run. */
 const RELEASE_TIMEOUT_MS = 15_000;
@@ -117,7 +130,14 @@ interface BenchOptions {
   /** A checkout of an earlier version, run beside ours as "before". */
   baseline?: string;
   json: boolean;
+  /** The command line, for a run again under a raised `ulimit -n`. */
+  args: string[];
+  /** Where scenario 12 writes its growth plot (SVG), or null for nowhere. */
+  plot: string | null;
 }
+
+/** Where scenario 12's plot goes unless `--plot` says otherwise (full sizes only). */
+const DEFAULT_PLOT = new URL("../docs/growth.svg", import.meta.url).pathname;
 
 /** Thrown for a bad command line; printed without a stack. */
 class UsageError extends Error {}
@@ -147,16 +167,19 @@ function parseOptions(args: string[]): BenchOptions | null {
       baseline: { type: "string" },
       concurrency: { type: "string" },
       json: { type: "boolean", default: false },
+      plot: { type: "string" },
+      "scale-steps": { type: "string" },
+      agents: { type: "string" },
       help: { type: "boolean", short: "h", default: false },
     },
     strict: true,
     allowPositionals: false,
   });
   if (values.help) return null;
-  const all = SCENARIOS.map((s) => s.id);
+  const all = ALL_SCENARIOS.map((s) => s.id);
   const ids = values.scenarios?.split(",").map((id) => id.trim()) ?? all.map(String);
   const scenarios = ids.map((id) => {
-    const scenario = SCENARIOS.find((s) => String(s.id) === id);
+    const scenario = ALL_SCENARIOS.find((s) => String(s.id) === id);
     if (!scenario) {
       throw new UsageError(
         `Unknown scenario ${JSON.stringify(id)}: expected ${all[0]} to ${all[all.length - 1]}`,
@@ -167,6 +190,12 @@ function parseOptions(args: string[]): BenchOptions | null {
   const quick = values.quick;
   const sizes: Sizes = structuredClone(quick ? QUICK_SIZES : FULL_SIZES);
   if (values.concurrency) sizes.concurrency = positiveInt("concurrency", values.concurrency);
+  if (values["scale-steps"]) {
+    const steps = values["scale-steps"].split(",").map((step) => positiveInt("scale-steps", step));
+    sizes.scale.steps = steps.sort((a, b) => a - b);
+    sizes.scale.clients = steps[steps.length - 1];
+  }
+  if (values.agents) sizes.scale.agents = positiveInt("agents", values.agents);
   let target: BenchOptions["target"];
   if (values.target) {
     const match = /^(.+):(\d+)$/.exec(values.target);
@@ -191,6 +220,9 @@ function parseOptions(args: string[]): BenchOptions | null {
     baseline: target ? undefined : values.baseline,
     cpuProf: values["cpu-prof"],
     json: values.json,
+    args,
+    // The growth plot goes into the docs only from a full run.
+    plot: values.plot === "none" ? null : values.plot ?? (quick ? null : DEFAULT_PLOT),
   };
 }
 
@@ -214,6 +246,61 @@ interface ServerKind {
   start(options?: { web?: boolean; cluster?: boolean }): Promise<ServerHandle>;
 }
 
+/** Set in the bench that {@link raiseFileLimit} started, so that it does not start another. */
+const RAISED_ENV = "CHAT_BENCH_FILE_LIMIT_RAISED";
+
+/**
+ * If the soft `ulimit -n` is below what the scenarios need and the hard limit allows more, runs
+ * the bench again under `sh -c 'ulimit -n N; exec deno run ...'` (Deno cannot raise it itself),
+ * so that the bench, its load agents and its servers all get it; returns that run's exit code.
+ * Returns null where nothing needs raising or nothing can be (then {@link fitFileLimit} scales
+ * the scenarios down).
+ */
+async function raiseFileLimit(options: BenchOptions): Promise<number | null> {
+  if (Deno.env.get(RAISED_ENV) || Deno.build.os !== "linux") return null;
+  const wanted = Math.max(...options.scenarios.map((s) => s.clients(options.sizes))) +
+    SPARE_FILES * 5;
+  const soft = await openFileLimit();
+  if (soft >= wanted) return null;
+  const limits = await readProc("/proc/self/limits").catch(() => "");
+  const match = /^Max open files\s+\S+\s+(\d+|unlimited)/m.exec(limits);
+  const hard = !match ? soft : match[1] === "unlimited" ? Infinity : Number(match[1]);
+  const limit = Math.min(hard, wanted);
+  if (limit <= soft) return null;
+  progress(`note: raising ulimit -n from ${soft} to ${limit} for the bench and its servers`);
+  const child = new Deno.Command("sh", {
+    args: [
+      "-c",
+      'ulimit -n "$1" || exit 97; shift; exec "$@"',
+      "sh",
+      String(limit),
+      Deno.execPath(),
+      "run",
+      "--no-prompt",
+      "--allow-net",
+      "--allow-read",
+      "--allow-write",
+      "--allow-run",
+      "--allow-env",
+      new URL(import.meta.url).pathname,
+      ...options.args,
+    ],
+    env: { [RAISED_ENV]: "1" },
+    stdin: "inherit",
+    stdout: "inherit",
+    stderr: "inherit",
+  }).spawn();
+  // Ctrl-C reaches the child too (one process group): it stops its servers; this one waits.
+  const ignore = () => {};
+  Deno.addSignalListener("SIGINT", ignore);
+  try {
+    const status = await child.status;
+    return status.code === 97 ? null : status.code;
+  } finally {
+    Deno.removeSignalListener("SIGINT", ignore);
+  }
+}
+
 /** Lowers the client counts to what `ulimit -n` allows; returns the notes to print. */
 async function fitFileLimit(sizes: Sizes, scenarios: Scenario[]): Promise<string[]> {
   const limit = await openFileLimit();
@@ -224,7 +311,13 @@ async function fitFileLimit(sizes: Sizes, scenarios: Scenario[]): Promise<string
     const fit = Math.max(1, limit - SPARE_FILES);
     if (scenario.id === 3) sizes.connect.clients = fit;
     else if (scenario.id === 4) sizes.idle.clients = fit;
-    else continue;
+    else if (SCALE_SCENARIOS.includes(scenario)) {
+      const scale = sizes.scale;
+      scale.clients = Math.min(scale.clients, fit);
+      const steps = scale.steps.filter((step) => step < fit);
+      scale.steps = [...steps, fit];
+      scale.churn.steady = Math.min(scale.churn.steady, fit);
+    } else continue;
     notes.push(
       `ulimit -n is ${limit}: scenario ${scenario.id} uses ${fit} clients instead of ${want} ` +
         `(raise it with \`ulimit -n 65535\` before \`deno task bench\`)`,
@@ -273,7 +366,10 @@ async function runScenario(
   // No server can run it (a note says why): no row.
   if (able.length === 0) return null;
   const start = (kind: ServerKind) =>
-    kind.start({ web: scenario.web ?? false, cluster: scenario.cluster ?? false });
+    kind.start({
+      web: (scenario.web || (scenario.webOptional && kind.web)) ?? false,
+      cluster: scenario.cluster ?? false,
+    });
   const kinds = scenario.floors ? [...able, ...all.floors] : able;
   const count = options.runs ?? scenario.runs;
   const runs: Record<string, RunResult[]> = Object.fromEntries(kinds.map((k) => [k.name, []]));
@@ -331,6 +427,8 @@ export async function main(args: string[]): Promise<number> {
     console.log(USAGE);
     return 0;
   }
+  const raised = await raiseFileLimit(options);
+  if (raised !== null) return raised;
   const notes = await fitFileLimit(options.sizes, options.scenarios);
   const kinds: ServerKind[] = [];
   const floors: ServerKind[] = [];
@@ -476,6 +574,14 @@ export async function main(args: string[]): Promise<number> {
       else progress(`\n[${scenario.id}] ${scenario.title}: not run (see the notes)`);
     }
     const servers = { primary, reference: referenceName, quick: options.quick };
+    const extras: string[] = [];
+    for (const { scenario, runs } of reports) {
+      if (!scenario.report) continue;
+      const all = Object.fromEntries(
+        Object.entries(runs).map(([name, results]) => [name, medians(results, scenario.metrics)]),
+      );
+      extras.push(await scenario.report(all, options.sizes, options.plot));
+    }
     if (options.json) {
       console.log(JSON.stringify(
         {
@@ -485,6 +591,7 @@ export async function main(args: string[]): Promise<number> {
           quick: options.quick,
           sizes: options.sizes,
           notes,
+          extras,
           scenarios: reports.map(({ scenario, runs }) => ({
             id: scenario.id,
             title: scenario.title,
@@ -507,6 +614,7 @@ export async function main(args: string[]): Promise<number> {
       console.log();
       console.log(renderTable(reports, options.sizes, servers));
       for (const details of renderDetails(reports, servers)) console.log(`\n${details}`);
+      for (const extra of extras) console.log(`\n${extra}`);
       const all = [...notes.map((note) => `- ${note}`), ...renderNotes(reports)];
       if (all.length > 0) console.log(`\nNotes:\n${all.join("\n")}`);
     }

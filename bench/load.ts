@@ -39,7 +39,7 @@ export interface Endpoint {
 const MARK = 0x7e;
 const SENDER_DIGITS = 4;
 const SEQ_DIGITS = 8;
-/** Send time in microseconds of `performance.now()`. */
+/** Send time in microseconds of the bench clock ({@link benchNow}). */
 const TIME_DIGITS = 14;
 /** Characters a stamp takes at the start of a message's content; the smallest content size. */
 export const STAMP_LENGTH = 1 + SENDER_DIGITS + SEQ_DIGITS + TIME_DIGITS + 1;
@@ -48,9 +48,30 @@ const MAX_FRAME = 1024 * 1024;
 const INITIAL_BUFFER = 16 * 1024;
 const DIGIT_0 = 0x30;
 
-/** The current time in whole microseconds of `performance.now()`. */
+/**
+ * How far this process's `performance.now()` is from the bench clock, in ms: 0 in the bench's own
+ * process; set by {@link setClockBase} in a load agent (`agent.ts`), another process, so that
+ * stamps written in one process and read in another are on one clock.
+ */
+let clockShiftMs = 0;
+
+/**
+ * Puts this process on the bench clock of the process whose `performance.timeOrigin` is
+ * `baseOriginMs` (both origins are wall-clock times of one machine, so the shift between the two
+ * `performance.now()` is their difference).
+ */
+export function setClockBase(baseOriginMs: number): void {
+  clockShiftMs = performance.timeOrigin - baseOriginMs;
+}
+
+/** The bench clock in ms: `performance.now()` of the bench's process, in any process. */
+export function benchNow(): number {
+  return performance.now() + clockShiftMs;
+}
+
+/** The current time in whole microseconds of the bench clock ({@link benchNow}). */
 export function nowUs(): number {
-  return Math.floor(performance.now() * 1000);
+  return Math.floor(benchNow() * 1000);
 }
 
 function writeDigits(buf: Uint8Array, at: number, width: number, value: number): void {
@@ -474,6 +495,8 @@ export class BenchClient {
     this.#tracker = options.tracker ?? null;
     this.#onFrame = options.onFrame ?? null;
     this.#stall = options.stallAfterLogin ?? false;
+    // A transport floor's client logs in to nothing: its first frame is already a delivery.
+    this.#replied = options.login === false;
     this.web = upgradeKey !== null;
     this.#upgradeKey = upgradeKey;
     this.#loop = this.#run();
@@ -557,6 +580,11 @@ export class BenchClient {
     }
   }
 
+  /** Reports this client's deliveries to `tracker` from now on (none if null). */
+  track(tracker: Tracker | null): void {
+    this.#tracker = tracker;
+  }
+
   /** Whether the read loop has ended (the server closed the connection or it failed). */
   get ended(): boolean {
     return this.endReason !== null;
@@ -581,7 +609,7 @@ export class BenchClient {
           break;
         }
         end += n;
-        const now = performance.now();
+        const now = benchNow();
         let offset = 0;
         let need = 0;
         if (this.web) {

@@ -83,6 +83,24 @@ export interface Sizes {
     bytes: number;
     flood: { clients: number; senders: number; messages: number; rounds: number };
   };
+  /**
+   * The scale scenarios (11 to 14), whose clients `agents` load-agent processes hold: up to
+   * `clients` clients, logged in `concurrency` at a time in all; growth `steps` (client counts)
+   * at which `senders` send `rate` messages/s of `bytes` for `seconds`; `churn.rate` clients/s
+   * logging in and leaving for `churn.seconds` while `churn.steady` clients each send
+   * `churn.chatRate` messages/s.
+   */
+  scale: {
+    agents: number;
+    clients: number;
+    concurrency: number;
+    steps: number[];
+    senders: number;
+    rate: number;
+    seconds: number;
+    bytes: number;
+    churn: { steady: number; chatRate: number; rate: number; seconds: number };
+  };
   /** Logins in flight at once. */
   concurrency: number;
   /** Deliveries missing after this long without progress count as lost. */
@@ -117,6 +135,18 @@ export const FULL_SIZES: Sizes = {
     bytes: 64,
     flood: { clients: 100, senders: 10, messages: 100, rounds: 6 },
   },
+  // 10 senders x 1 message/s x 9,999 recipients: 100,000 deliveries/s offered at 10,000 clients.
+  scale: {
+    agents: 4,
+    clients: 10_000,
+    concurrency: 200,
+    steps: [1000, 2500, 5000, 10_000],
+    senders: 10,
+    rate: 1,
+    seconds: 10,
+    bytes: 64,
+    churn: { steady: 100, chatRate: 1, rate: 500, seconds: 60 },
+  },
   concurrency: 100,
   stallMs: 3000,
   waitIdle: true,
@@ -141,6 +171,17 @@ export const QUICK_SIZES: Sizes = {
     seconds: 1,
     bytes: 64,
     flood: { clients: 10, senders: 2, messages: 20, rounds: 2 },
+  },
+  scale: {
+    agents: 2,
+    clients: 100,
+    concurrency: 20,
+    steps: [40, 100],
+    senders: 3,
+    rate: 5,
+    seconds: 1,
+    bytes: 64,
+    churn: { steady: 10, chatRate: 5, rate: 20, seconds: 1 },
   },
   concurrency: 20,
   stallMs: 2000,
@@ -171,6 +212,17 @@ export interface Scenario {
    */
   web?: boolean;
   /**
+   * Whether our server (started by the bench) gets its web port for the scenario, which then
+   * puts WebSocket clients on it, while servers without one (the reference) run it with TLS
+   * clients only.
+   */
+  webOptional?: boolean;
+  /**
+   * What the scenario adds to the report once every server ran it (e.g. a growth table), from
+   * the medians of every server by name; `plot`, if set, is where it may write a figure.
+   */
+  report?(all: Record<string, Metrics>, sizes: Sizes, plot: string | null): Promise<string>;
+  /**
    * Whether the scenario needs a cluster of our server beside it (`ServerHandle.cluster`: two
    * nodes on a private Redis): then only our server, started by the bench, runs it, and only
    * where `redis-server` is installed.
@@ -198,13 +250,13 @@ export interface Target {
   ): boolean | null;
 }
 
-const LATENCY: MetricSpec[] = [
+export const LATENCY: MetricSpec[] = [
   { key: "p50_ms", label: "p50", unit: "ms", digits: 2 },
   { key: "p99_ms", label: "p99", unit: "ms", digits: 2 },
 ];
-const LOST: MetricSpec = { key: "lost", label: "lost", unit: "", digits: 0 };
+export const LOST: MetricSpec = { key: "lost", label: "lost", unit: "", digits: 0 };
 
-function delay(ms: number): Promise<void> {
+export function delay(ms: number): Promise<void> {
   return new Promise((resolve) => setTimeout(resolve, ms));
 }
 
@@ -213,7 +265,7 @@ function cpuOf(server: ServerHandle): Promise<number> {
 }
 
 /** Waits until the server has used no CPU for 200 ms (at most 3 s): the last run is over. */
-async function quiesce(server: ServerHandle, sizes: Sizes): Promise<void> {
+export async function quiesce(server: ServerHandle, sizes: Sizes): Promise<void> {
   if (!sizes.waitIdle) return await delay(20);
   if (server.pid === undefined) return await delay(500);
   let last = await cpuOf(server);
