@@ -84,7 +84,7 @@ export interface SettleReply {
   endReason: string;
   /** Longest delay of the agent's own event loop since `track` (a 10 ms timer's lateness), ms. */
   loopLagMs: number;
-  /** Frames of the WebSocket clients' features (presence, acks, ...) since `track`. */
+  /** Frames of the WebSocket clients' features (welcome, presence, ...) since the agent started. */
   featureFrames: number;
 }
 
@@ -229,7 +229,6 @@ class Agent {
       }
     }
     this.#loopLag = 0;
-    featureFrames = 0;
     return { expected: this.#expected };
   }
 

@@ -138,8 +138,48 @@ function assertSaneCluster(report: BenchJson): void {
   }
 }
 
+/**
+ * Checks the scale scenarios (11 to 14, held by several load-agent processes): idle memory and
+ * connection rate beside the transport floors, the growth steps and their plot, the half-WebSocket
+ * room (whose browsers get their presence frames), and the churn.
+ */
+async function assertSaneScale(report: BenchJson, plot: string, withReference: boolean) {
+  const idle = scenario(report, 11);
+  for (const name of ["ours", "node:tls floor", "Deno.listenTls floor"]) {
+    assert.ok(Number.isFinite(idle[name]?.kib_per_client), `${name} idle memory measured`);
+    assert.ok(idle[name].conn_per_s > 0, `${name} connection rate measured`);
+  }
+  const growth = scenario(report, 12);
+  const servers = withReference ? ["ours", "reference"] : ["ours"];
+  for (const name of [...servers, "node:tls floor", "Deno.listenTls floor"]) {
+    const figures = growth[name];
+    assert.equal(figures.lost, 0, `${name} lost nothing while growing`);
+    assert.ok(figures.p50_ms >= 0 && figures.p99_ms >= figures.p50_ms);
+    assert.ok(Number.isFinite(figures.cpu_us_per_delivery) && figures.gen_cores > 0);
+    assert.ok(figures.step1_clients < figures.step2_clients, "two growth steps");
+    assert.ok(figures.step2_rss_mib > 0 && figures.step2_p99_ms >= 0);
+  }
+  const svg = await Deno.readTextFile(plot);
+  assert.match(svg, /^<svg [^>]*xmlns="http:\/\/www.w3.org\/2000\/svg"/);
+  assert.match(svg, /<polyline /);
+  assert.match(svg, />ours</);
+  const half = scenario(report, 13);
+  assert.deepEqual(Object.keys(half), ["ours"], "scenario 13 runs on our server only");
+  assert.equal(half.ours.lost, 0);
+  assert.ok(half.ours.kib_per_client > 0 && half.ours.conn_per_s > 0);
+  assert.ok(half.ours.feature_frames > 0, "the browsers got their presence frames");
+  const churn = scenario(report, 14);
+  for (const name of servers) {
+    assert.equal(churn[name].lost, 0, `${name}: the steady clients lost nothing`);
+    assert.ok(churn[name].churn_per_s > 0);
+    assert.equal(churn[name].churn_failed, 0);
+    assert.ok(Number.isFinite(churn[name].fd_growth) && churn[name].rss_after_mib > 0);
+  }
+}
+
 Deno.test("bench --quick measures our server (and the reference, if present) in every scenario", async () => {
-  const report = await runBench([]);
+  const plot = await Deno.makeTempFile({ prefix: "chat-growth-", suffix: ".svg" });
+  const report = await runBench(["--plot", plot]);
   assertSane(report, "ours", true);
   assertSaneV2(report);
   assertSaneWeb(report);
@@ -155,6 +195,11 @@ Deno.test("bench --quick measures our server (and the reference, if present) in 
     assert.ok(stalled.deliveries_per_s > 0);
     assert.equal(stalled.stalled_dropped, 0);
   } else assert.ok(report.notes.some((note) => note.includes("no reference column")));
+  try {
+    await assertSaneScale(report, plot, report.scenarios[0].medians.reference !== undefined);
+  } finally {
+    await Deno.remove(plot);
+  }
 });
 
 Deno.test("bench --target measures a running server with its default limits", async () => {
