@@ -368,6 +368,8 @@ const churn: Scenario = {
       const fdsBefore = server.pid === undefined ? NaN : await openFiles(server.pid);
       const count = Math.max(1, Math.round(spec.chatRate * spec.seconds));
       await fleet.track(spec.steady, spec.steady, count);
+      const agentsBefore = await fleet.cpuSeconds();
+      const wallStart = performance.now();
       const startMs = benchNow() + 100;
       const sending = fleet.send(spec.steady, {
         rate: spec.chatRate,
@@ -386,7 +388,9 @@ const churn: Scenario = {
       const [churned] = await Promise.all([churning, sending]);
       const rssSamples = await samples;
       const deliveries = await fleet.settle(sizes.stallMs);
-      notes.push(...deliveryNotes(deliveries, [0], 1));
+      const agentCores = (await fleet.cpuSeconds()).map((cpu, i) => cpu - agentsBefore[i]);
+      const wallS = (performance.now() - wallStart) / 1000;
+      notes.push(...deliveryNotes(deliveries, agentCores, wallS));
       if (churned.failed > 0) {
         notes.push(`${churned.failed} churning clients failed (${churned.firstError})`);
       }
@@ -404,6 +408,7 @@ const churn: Scenario = {
         churn_per_s: churned.opened / spec.seconds,
         churn_failed: churned.failed,
         login_p99_ms: histogramPercentile(churned.histogram, 0.99),
+        gen_cores: sum(agentCores) / wallS,
         fd_growth: fdsAfter - fdsBefore,
         rss_before_mib: rssBefore / 1024 ** 2,
         rss_peak_mib: Math.max(...rssSamples, rssAfter) / 1024 ** 2,
