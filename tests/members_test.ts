@@ -1,0 +1,248 @@
+/**
+ * Member lists: encoded once per member, sent in one frame while they fit (byte for byte as
+ * before parts existed) and in parts of at most `MEMBERS_PART_BYTES` when they do not.
+ */
+import assert from "node:assert/strict";
+import {
+  encodeWelcomeList,
+  encodeWhoList,
+  MemberList,
+  MEMBERS_PART_BYTES,
+} from "../src/room/members.ts";
+import {
+  encodeFrame,
+  HEADER_SIZE,
+  type JsonObject,
+  type MemberInfo,
+  memberJson,
+} from "../src/protocol/mod.ts";
+import { concatBytes, type Frame, PASSWORD, startServer, TestClient } from "./_helpers.ts";
+
+/** 64 characters of 4 bytes each in UTF-8, unique per `n`. */
+export function longName(n: number): string {
+  const digits = [...String(n).padStart(6, "0")].map((d) => String.fromCodePoint(0x1d7ce + +d));
+  return "\u{1F600}".repeat(64 - digits.length) + digits.join("");
+}
+
+function member(id: number, name = `user ${id}`): MemberInfo {
+  return { id, name, ip: "203.0.113.7", since: 1_700_000_000_000 + id };
+}
+
+/** The frame's body, parsed, after checking its length prefix. */
+function body(frame: Uint8Array): JsonObject {
+  const length = new DataView(frame.buffer, frame.byteOffset).getUint32(0);
+  assert.equal(length, frame.length - HEADER_SIZE);
+  return JSON.parse(new TextDecoder().decode(frame.subarray(HEADER_SIZE)));
+}
+
+function text(frame: Uint8Array): string {
+  return new TextDecoder().decode(frame.subarray(HEADER_SIZE));
+}
+
+/** Reassembles the members of a list's frames, checking the parts rule on the way. */
+function reassemble(frames: Uint8Array[], first: "welcome" | "who"): JsonObject[] {
+  const members: JsonObject[] = [];
+  frames.forEach((frame, i) => {
+    assert.ok(frame.length - HEADER_SIZE <= MEMBERS_PART_BYTES, `part ${i}: ${frame.length}`);
+    const value = body(frame);
+    members.push(...value.members as JsonObject[]);
+    const last = i === frames.length - 1;
+    if (i === 0 && first === "welcome") {
+      assert.equal(value.type, "welcome");
+      assert.equal(value.members_more, frames.length > 1 ? true : undefined);
+    } else {
+      assert.equal(value.type, "who");
+      assert.equal(value.more, frames.length === 1 ? undefined : !last);
+    }
+  });
+  return members;
+}
+
+const WELCOME = {
+  type: "welcome",
+  server: "chat-server/2.0.0",
+  limits: { max_frame: 65536, rate: 20, burst: 50 },
+  features: ["presence"],
+  member: memberJson(member(1)),
+};
+
+Deno.test("a member list that fits is one frame, byte for byte JSON.stringify's", () => {
+  const list = new MemberList();
+  const members = [
+    member(1, "alice"),
+    member(2, 'quote " and \\ and \u2028'),
+    member(3, "\u{1F600}".repeat(64)),
+  ];
+  for (const m of members) list.add(m);
+  assert.equal(list.add(member(2)), false, "an id is in the list once");
+  const who = encodeWhoList([list]);
+  assert.equal(who.length, 1);
+  assert.equal(text(who[0]), JSON.stringify({ type: "who", members: members.map(memberJson) }));
+  const welcome = encodeWelcomeList(WELCOME, [list]);
+  assert.equal(welcome.length, 1);
+  assert.equal(
+    text(welcome[0]),
+    JSON.stringify({ ...WELCOME, members: members.map(memberJson) }),
+  );
+  // Empty lists, and lists split over several MemberLists (a cluster's local and remote ones).
+  assert.equal(text(encodeWhoList([new MemberList()])[0]), '{"type":"who","members":[]}');
+  const remote = new MemberList();
+  remote.add(member(9));
+  assert.equal(
+    text(encodeWhoList([new MemberList(), list, remote])[0]),
+    JSON.stringify({ type: "who", members: [...members, member(9)].map(memberJson) }),
+  );
+});
+
+Deno.test("a member list too large for one frame goes in parts that reassemble in order", () => {
+  const list = new MemberList();
+  const members: MemberInfo[] = [];
+  for (let id = 1; id <= 3300; id++) {
+    members.push(member(id, longName(id)));
+    list.add(members[id - 1]);
+  }
+  const expected = members.map(memberJson);
+  const whole = JSON.stringify({ type: "who", members: expected });
+  assert.ok(new TextEncoder().encode(whole).length > 1024 * 1024, "more than a client accepts");
+  const who = encodeWhoList([list]);
+  assert.ok(who.length >= 4, `${who.length} parts`);
+  assert.deepEqual(reassemble(who, "who"), expected);
+  const welcome = encodeWelcomeList(WELCOME, [list]);
+  assert.deepEqual(reassemble(welcome, "welcome"), expected);
+  const first = body(welcome[0]);
+  assert.deepEqual(first.member, WELCOME.member);
+  assert.equal(first.server, WELCOME.server);
+  // The parts after the first are the same frames (the same memory) for every client.
+  assert.equal(encodeWhoList([list])[1], who[1]);
+  assert.equal(welcome[1], who[1]);
+});
+
+Deno.test("member lists stay in joining order and nearly full parts through joins and leaves", () => {
+  const list = new MemberList();
+  const present = new Map<number, MemberInfo>();
+  let next = 0;
+  let seed = 7;
+  const random = () => (seed = (seed * 1103515245 + 12345) % 2 ** 31) / 2 ** 31;
+  for (let round = 0; round < 40; round++) {
+    for (let i = 0; i < 300; i++) {
+      const m = member(++next, random() < 0.5 ? longName(next) : `u${next}`);
+      present.set(m.id, m);
+      list.add(m);
+    }
+    for (const id of [...present.keys()]) {
+      if (random() < 0.45) {
+        present.delete(id);
+        assert.equal(list.delete(id), true);
+      }
+    }
+    assert.equal(list.delete(-1), false);
+    assert.equal(list.size, present.size);
+    const expected = [...present.values()].map(memberJson);
+    const frames = encodeWhoList([list]);
+    assert.deepEqual(reassemble(frames, "who"), expected);
+    // Neighbouring parts never fit in one: the parts are about half full at worst.
+    const bytes = new TextEncoder().encode(JSON.stringify(expected)).length;
+    const bound = frames.length === 1 ? 1 : 2 * Math.ceil(bytes / (MEMBERS_PART_BYTES - 4096)) + 1;
+    assert.ok(frames.length <= bound, `${frames.length} parts for ${bytes} bytes`);
+  }
+});
+
+// ---- over TLS ----
+
+/** Logs in `count` clients without features, named by `name(i)`, `batch` at a time. */
+async function fill(
+  port: number,
+  count: number,
+  name: (i: number) => string,
+  batch = 100,
+): Promise<TestClient[]> {
+  const clients: TestClient[] = [];
+  for (let from = 0; from < count; from += batch) {
+    const logins = [];
+    for (let i = from; i < Math.min(count, from + batch); i++) {
+      logins.push((async () => {
+        const client = await TestClient.connect(port);
+        await client.send({ type: "auth", password: PASSWORD, name: name(i) });
+        assert.equal((await client.recv(20_000)).success, true);
+        return client;
+      })());
+    }
+    clients.push(...await Promise.all(logins));
+  }
+  return clients;
+}
+
+/** Logs in with presence; returns the client and its welcome. */
+async function presence(
+  port: number,
+  name: string,
+): Promise<{ client: TestClient; welcome: Frame }> {
+  const client = await TestClient.connect(port);
+  await client.send({ type: "auth", password: PASSWORD, name, features: ["presence"] });
+  assert.deepEqual(await client.recv(), { success: true, type: "auth_result" });
+  const welcome = await client.recv();
+  assert.equal(welcome.type, "welcome");
+  return { client, welcome };
+}
+
+/** UTF-8 size of a received frame's body (the server's JSON, which JSON.stringify gives back). */
+function size(frame: Frame): number {
+  return new TextEncoder().encode(JSON.stringify(frame)).length;
+}
+
+/**
+ * Takes the rest of a member list whose first frame is `first` (a welcome, or a `who`): every
+ * part must come next, back to back, each at most MEMBERS_PART_BYTES. Returns the members.
+ */
+async function listOf(client: TestClient, first: Frame, timeoutMs = 20_000): Promise<Frame[]> {
+  const members = [...first.members as Frame[]];
+  assert.ok(size(first) <= MEMBERS_PART_BYTES, `first frame: ${size(first)} bytes`);
+  let more = first.type === "welcome" ? first.members_more === true : first.more === true;
+  while (more) {
+    const part = await client.recv(timeoutMs);
+    assert.equal(part.type, "who", "a frame came between the parts of a list");
+    assert.ok(size(part) <= MEMBERS_PART_BYTES, `part: ${size(part)} bytes`);
+    members.push(...part.members as Frame[]);
+    assert.equal(typeof part.more, "boolean");
+    more = part.more === true;
+  }
+  return members;
+}
+
+Deno.test("a member list of more than 1 MiB comes in parts that reassemble to who is logged in, to TLS clients", async () => {
+  await using server = await startServer({ limits: { maxPerIp: 0 } });
+  const { client: observer, welcome: observed } = await presence(server.port, "observer");
+  await using _observer = observer;
+  const fillers = await fill(server.port, 3200, longName);
+  try {
+    // What the room holds, in order, as the observer learnt it from `joined` frames.
+    const expected = [observed.member as Frame];
+    while (expected.length <= 3200) {
+      const joined = await observer.recv(20_000);
+      assert.equal(joined.type, "joined");
+      expected.push(joined.member as Frame);
+    }
+    const { client: reader, welcome } = await presence(server.port, "reader");
+    await using _reader = reader;
+    expected.push(welcome.member as Frame);
+    assert.ok(
+      size({ type: "who", members: expected }) > 1024 * 1024,
+      "the whole list would pass the 1 MiB a client accepts",
+    );
+    assert.equal(welcome.members_more, true);
+    assert.deepEqual(welcome.member, expected[3201]);
+    assert.deepEqual(await listOf(reader, welcome), expected);
+    // `who`, twice in one write: two lists, each whole and back to back.
+    await reader.sendRaw(concatBytes([encodeFrame({ type: "who" }), encodeFrame({ type: "who" })]));
+    for (let i = 0; i < 2; i++) {
+      const first = await reader.recv();
+      assert.equal(first.type, "who");
+      assert.equal(first.more, true);
+      assert.deepEqual(await listOf(reader, first), expected);
+    }
+    assert.equal(await reader.tryRecv(200), null);
+    assert.equal((await observer.recv()).type, "joined"); // the reader
+  } finally {
+    await Promise.all(fillers.map((client) => client.close()));
+  }
+});
