@@ -16,7 +16,14 @@ import {
   type MemberInfo,
   memberJson,
 } from "../src/protocol/mod.ts";
-import { concatBytes, type Frame, PASSWORD, startServer, TestClient } from "./_helpers.ts";
+import { ChatLink } from "../src/client/link.ts";
+import { ChatView } from "../src/client/view.ts";
+import { MAX_LIST_MEMBERS, MemberParts, Pacer, parseWelcome } from "../src/client/v2.ts";
+import {
+  MAX_LIST_MEMBERS as WEB_MAX_LIST_MEMBERS,
+  MemberParts as WebMemberParts,
+} from "../web/members.js";
+import { concatBytes, type Frame, PASSWORD, startServer, TestClient, waitFor } from "./_helpers.ts";
 
 /** 64 characters of 4 bytes each in UTF-8, unique per `n`. */
 export function longName(n: number): string {
@@ -147,6 +154,103 @@ Deno.test("member lists stay in joining order and nearly full parts through join
   }
 });
 
+// ---- clients ----
+
+const A = { id: 1, name: "a", ip: "10.0.0.1", since: "2026-01-01T00:00:00.000Z" };
+const B = { id: 2, name: "b", ip: "10.0.0.2", since: "2026-01-01T00:00:00.000Z" };
+const C = { id: 3, name: "c", ip: "10.0.0.3", since: "2026-01-01T00:00:00.000Z" };
+const welcomeOf = (members: unknown, more?: boolean) => ({
+  type: "welcome",
+  features: ["presence"],
+  member: A,
+  members,
+  ...(more === undefined ? {} : { members_more: more }),
+});
+const whoOf = (members: unknown, more?: boolean) => ({
+  type: "who",
+  members,
+  ...(more === undefined ? {} : { more }),
+});
+
+/**
+ * Frames, and the list each completes (ids; `null`: none), as both clients (terminal and web)
+ * must assemble them.
+ */
+const ASSEMBLY: [Frame, number[] | null][] = [
+  [welcomeOf([A, B]), [1, 2]], // a whole list, as before parts existed
+  [welcomeOf([A], true), null], // the first part...
+  [{ type: "joined", member: C }, null], // (not a list frame)
+  [whoOf([B], true), null],
+  [whoOf([C], false), [1, 2, 3]], // ...completed by the last
+  [whoOf([C, B]), [3, 2]], // a `who` answered in one frame
+  [whoOf([A], true), null],
+  [whoOf("junk", true), null], // a malformed part adds nothing
+  [whoOf([B, { id: "x" }, null], false), [1, 2]], // malformed members are skipped
+  [whoOf([A], true), null],
+  [whoOf([B]), [2]], // a whole list cuts an unfinished one short
+  [whoOf([C], false), [3]], // an end without a start is a list of its own
+  [welcomeOf([A], true), null],
+  [welcomeOf([B], true), null], // a new login starts afresh
+  [whoOf([C], false), [2, 3]],
+  [welcomeOf(undefined), null], // a welcome without presence
+  [{ type: "who" }, []],
+];
+
+Deno.test("the client library assembles member lists from their parts, defensively", () => {
+  const parts = new MemberParts();
+  for (const [i, [frame, ids]] of ASSEMBLY.entries()) {
+    const done = parts.add(frame);
+    assert.deepEqual(done?.members.map((member) => member.id) ?? null, ids, `frame ${i}`);
+  }
+  const welcome = parts.add(welcomeOf([A], true));
+  assert.equal(welcome, undefined);
+  assert.equal(parts.pending, "welcome");
+  assert.equal(parts.add(whoOf([B], false))?.answers, "welcome");
+  parts.add(whoOf([A], true));
+  assert.equal(parts.pending, "who");
+  parts.reset(); // a new connection
+  assert.deepEqual(parts.add(whoOf([B], false))?.members, [{ id: 2, name: "b", ip: "10.0.0.2" }]);
+  assert.equal(parseWelcome(welcomeOf([A], true))?.membersMore, true);
+  assert.equal(parseWelcome(welcomeOf([A]))?.membersMore, false);
+  // A server that never ends a list fills it no further than MAX_LIST_MEMBERS.
+  const endless = new MemberParts();
+  const many = Array.from({ length: 1000 }, (_, i) => ({ ...A, id: i }));
+  for (let i = 0; i < MAX_LIST_MEMBERS / 1000 + 5; i++) endless.add(whoOf(many, true));
+  assert.equal(endless.add(whoOf(many, false))?.members.length, MAX_LIST_MEMBERS);
+});
+
+Deno.test("the web client assembles member lists from their parts, defensively", () => {
+  const parts = new WebMemberParts();
+  for (const [i, [frame, ids]] of ASSEMBLY.entries()) {
+    const done = parts.add(frame) as { id?: unknown }[] | undefined;
+    const got = done?.flatMap((member) => typeof member?.id === "number" ? [member.id] : []);
+    assert.deepEqual(got ?? null, ids, `frame ${i}`);
+  }
+  parts.add(welcomeOf([A], true));
+  assert.equal(parts.pending, true);
+  parts.reset();
+  assert.equal(parts.pending, false);
+  assert.equal(parts.add(null), undefined);
+  assert.equal(WEB_MAX_LIST_MEMBERS, MAX_LIST_MEMBERS);
+});
+
+Deno.test("the client's pacer pays for a who answered in parts", () => {
+  let now = 0;
+  const pacer = new Pacer({ rate: 20, burst: 50 }, () => now);
+  assert.equal(pacer.take(), 0);
+  pacer.charge(30); // 24 left, 30 taken: 6 owed
+  assert.equal(
+    pacer.take(),
+    Math.ceil(7 * 1000 / 18),
+    "waits until the debt is paid and a token is back",
+  );
+  now += 389;
+  assert.equal(pacer.take(), 0);
+  const unlimited = new Pacer({ rate: 0, burst: 0 }, () => now);
+  unlimited.charge(1000);
+  assert.equal(unlimited.take(), 0);
+});
+
 // ---- over TLS ----
 
 /** Logs in `count` clients without features, named by `name(i)`, `batch` at a time. */
@@ -209,7 +313,7 @@ async function listOf(client: TestClient, first: Frame, timeoutMs = 20_000): Pro
   return members;
 }
 
-Deno.test("a member list of more than 1 MiB comes in parts that reassemble to who is logged in, to TLS clients", async () => {
+Deno.test("a member list of more than 1 MiB comes in parts that reassemble to who is logged in, to TLS clients and the client library", async () => {
   await using server = await startServer({ limits: { maxPerIp: 0 } });
   const { client: observer, welcome: observed } = await presence(server.port, "observer");
   await using _observer = observer;
@@ -242,6 +346,36 @@ Deno.test("a member list of more than 1 MiB comes in parts that reassemble to wh
     }
     assert.equal(await reader.tryRecv(200), null);
     assert.equal((await observer.recv()).type, "joined"); // the reader
+
+    // The client library: the list at login, then /who, each once complete.
+    const notes: string[] = [];
+    const view = new ChatView({ chat: () => {}, note: (line) => notes.push(line) }, {
+      history: 0,
+      commands: true,
+      send: (frame) => link.request(frame),
+    });
+    const link = new ChatLink({
+      host: "127.0.0.1",
+      port: server.port,
+      password: PASSWORD,
+      hello: { name: "library", features: ["presence"] },
+    }, {
+      onFrame: (frame) => view.onFrame(frame),
+      onStatus: () => {},
+    });
+    try {
+      await link.start();
+      const second = expected[1].name;
+      const here = `* ${expected.length + 1} here: observer (127.0.0.1), ${second} (127.0.0.1)`;
+      assert.ok(await waitFor(() => notes.length === 1, 20_000), notes.join("\n").slice(0, 200));
+      assert.ok(notes[0].startsWith(here), notes[0].slice(0, 200));
+      assert.ok(notes[0].endsWith("reader (127.0.0.1), library (127.0.0.1, you)"));
+      view.requestWho();
+      assert.ok(await waitFor(() => notes.length === 2, 20_000));
+      assert.equal(notes[1], notes[0]);
+    } finally {
+      await link.close();
+    }
   } finally {
     await Promise.all(fillers.map((client) => client.close()));
   }
