@@ -23,7 +23,17 @@ import {
   MAX_LIST_MEMBERS as WEB_MAX_LIST_MEMBERS,
   MemberParts as WebMemberParts,
 } from "../web/members.js";
-import { concatBytes, type Frame, PASSWORD, startServer, TestClient, waitFor } from "./_helpers.ts";
+import {
+  concatBytes,
+  delay,
+  type Frame,
+  PASSWORD,
+  startServer,
+  testCerts,
+  TestClient,
+  waitFor,
+} from "./_helpers.ts";
+import { hasRedis, TestRedis } from "./_redis.ts";
 
 /** 64 characters of 4 bytes each in UTF-8, unique per `n`. */
 export function longName(n: number): string {
@@ -379,4 +389,122 @@ Deno.test("a member list of more than 1 MiB comes in parts that reassemble to wh
   } finally {
     await Promise.all(fillers.map((client) => client.close()));
   }
+});
+
+// ---- a cluster room of 20,000 (members of a node that exists only in Redis) ----
+
+/** The Redis protocol's form of one command. */
+function command(...args: string[]): string {
+  const encoder = new TextEncoder();
+  return `*${args.length}\r\n${
+    args.map((arg) => `$${encoder.encode(arg).length}\r\n${arg}\r\n`).join("")
+  }`;
+}
+
+/** A TLS client logged in with presence that never reads a byte; `then` more frames. */
+async function nonReader(port: number, ...then: unknown[]): Promise<Deno.TlsConn> {
+  const { cert } = await testCerts();
+  const conn = await Deno.connectTls({ hostname: "127.0.0.1", port, caCerts: [cert] });
+  const auth = { type: "auth", password: PASSWORD, name: "sleeper", features: ["presence"] };
+  await conn.write(concatBytes([auth, ...then].map((frame) => encodeFrame(frame))));
+  return conn;
+}
+
+Deno.test({
+  name:
+    "20,000 members with 64-character names: a reader gets the whole list, a non-reader is dropped, holding nobody, a who loop is bounded",
+  ignore: !hasRedis(),
+  async fn() {
+    await using redis = await TestRedis.start();
+    // A live node (its heartbeat key outlives the test) whose members are all in Redis.
+    const node = 2_000_000;
+    const seeded = new Map<number, string>();
+    let input = command("SADD", "chat:nodes", String(node)) +
+      command("SET", `chat:node:${node}`, "1", "PX", "300000");
+    for (let n = 1; n <= 20_000; n++) {
+      const id = node * 2 ** 32 + n;
+      seeded.set(id, longName(n));
+      const json = JSON.stringify({ id, name: longName(n), ip: "198.51.100.7", since: n, node });
+      input += command("HSET", `chat:members:${node}`, String(id), json);
+    }
+    const cli = new Deno.Command("redis-cli", {
+      args: ["-p", String(redis.port), "--pipe"],
+      stdin: "piped",
+      stdout: "null",
+      stderr: "null",
+    }).spawn();
+    const writer = cli.stdin.getWriter();
+    await writer.write(new TextEncoder().encode(input));
+    await writer.close();
+    assert.equal((await cli.status).success, true);
+
+    await using server = await startServer({
+      redis: { url: redis.url },
+      limits: { rate: 2, burst: 50, writeTimeoutMs: 3000 },
+    });
+    const loaded = await waitFor(
+      () => server.server.stats().cluster?.remoteMembers === 20_000,
+      20_000,
+    );
+    assert.ok(loaded, `${server.server.stats().cluster?.remoteMembers} remote members`);
+
+    // A reader gets all 20,001 in parts of at most 256 KiB.
+    const { client: reader, welcome } = await presence(server.port, "reader");
+    await using _reader = reader;
+    const members = await listOf(reader, welcome);
+    assert.equal(members.length, 20_001);
+    assert.deepEqual(members[0], welcome.member, "this node's members come first");
+    assert.deepEqual(
+      new Map(members.slice(1).map((member) => [member.id as number, member.name as string])),
+      seeded,
+    );
+    const list = size({ type: "who", members });
+    assert.ok(list > 6_000_000, `${list} bytes`);
+
+    // A client that never reads: its list waits in its queue (and the kernel's buffers) but
+    // holds nobody back; the room goes on, and the client is dropped under the usual rules.
+    const sleeper = await nonReader(server.port);
+    const joined = await reader.recv();
+    assert.equal(joined.type, "joined");
+    const { client: sender } = await TestClient.login(server.port);
+    await using _sender = sender;
+    assert.equal((await reader.recv()).type, "joined");
+    for (let i = 0; i < 5; i++) await sender.send({ type: "message", content: `hello ${i}` });
+    for (let i = 0; i < 5; i++) assert.equal((await reader.recv()).content, `hello ${i}`);
+    let stats = server.server.stats();
+    assert.equal(stats.holders, 0, "a queued member list holds the room");
+    assert.equal(stats.senderPauses, 0);
+    assert.ok(stats.queuedBytes > 1024 * 1024, `${stats.queuedBytes} bytes queued`);
+    const left = await reader.recv(10_000);
+    assert.deepEqual(left, { type: "left", member: joined.member, reason: "dropped" });
+    stats = server.server.stats();
+    assert.equal(stats.writeTimeouts + stats.stalledReaders, 1);
+    sleeper.close();
+
+    // `who` in a loop from a client that does not read: one list is queued at a time, and
+    // nothing more is read from it meanwhile.
+    const looper = await nonReader(server.port, ...Array(20).fill({ type: "who" }));
+    assert.equal((await reader.recv()).type, "joined");
+    await delay(500);
+    stats = server.server.stats();
+    assert.ok(stats.queuedBytes < list + 1024 * 1024, `${stats.queuedBytes} bytes queued`);
+    looper.close();
+    assert.equal((await reader.recv(10_000)).type, "left");
+
+    // `who` in a loop from a client that reads: each list whole; an answer in N parts costs N
+    // tokens (--rate 2, --burst 50: two answers of 27 parts, then rate_limited).
+    const { client: asker, welcome: hello } = await presence(server.port, "asker");
+    await using _asker = asker;
+    assert.equal((await listOf(asker, hello)).length, 20_003);
+    assert.equal((await reader.recv()).type, "joined");
+    await asker.sendRaw(concatBytes(Array.from({ length: 5 }, () => encodeFrame({ type: "who" }))));
+    for (let i = 0; i < 2; i++) {
+      const first = await asker.recv(10_000);
+      assert.equal(first.type, "who", JSON.stringify(first).slice(0, 100));
+      assert.equal(first.more, true);
+      assert.equal((await listOf(asker, first)).length, 20_003);
+    }
+    assert.equal((await asker.recv()).code, "rate_limited");
+    assert.equal(await asker.tryRecv(300), null);
+  },
 });
