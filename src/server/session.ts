@@ -356,7 +356,8 @@ export class Session implements RoomMember, OutboxOwner, TransportHandler {
    * queue limit: so a `who` sent while a list is still queued for this client (its welcome's,
    * or the previous `who`'s) waits until that one is written, and nothing more is read from
    * the client meanwhile. The answer costs a rate token per frame (one was taken already): the
-   * bucket may go into debt, and the client's next frames then wait for it to refill.
+   * bucket may go into debt, and the client's next frames are then dropped (`rate_limited`)
+   * until it has refilled, as any frame without a token.
    */
   #who(): void {
     if (this.#outbox.listQueued) {
