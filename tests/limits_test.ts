@@ -12,7 +12,19 @@ Deno.test("TokenBucket allows a burst, then the rate", () => {
 
 Deno.test("TokenBucket with rate 0 never limits", () => {
   const bucket = new TokenBucket({ rate: 0, burst: 1, now: 0 });
+  bucket.charge(100, 0);
   for (let i = 0; i < 1000; i++) assert.equal(bucket.take(0), true);
+});
+
+Deno.test("TokenBucket.charge takes more tokens afterwards, into debt that the rate pays back", () => {
+  const bucket = new TokenBucket({ rate: 10, burst: 5, now: 0 });
+  assert.equal(bucket.take(0), true);
+  bucket.charge(6, 0); // 4 left, 6 more taken: 2 owed
+  assert.equal(bucket.take(200), false, "0 tokens after 200 ms");
+  assert.equal(bucket.take(299), false);
+  assert.equal(bucket.take(300), true, "1 token after 300 ms");
+  bucket.charge(0, 300);
+  assert.equal(bucket.take(300), false);
 });
 
 Deno.test("AuthLockout locks an IP after N failures within the window, for the window", () => {

@@ -176,3 +176,53 @@ Deno.test("Outbox writes frames that lie back to back in one buffer as one uncop
   await writer.settle();
   assert.deepEqual(joined(writer.writes), [1, 2, 3, 4, 5, 6, 1, 7]);
 });
+
+Deno.test("Outbox charges a member list but does not count it against the limit, and says when it is written", async () => {
+  const writer = new GatedWriter();
+  const events: string[] = [];
+  const outbox = new Outbox(
+    writer,
+    options(100, {
+      owner: {
+        outboxRelieved: () => events.push("relieved"),
+        outboxListSent: () => events.push("list sent"),
+      },
+    }),
+  );
+  outbox.push(new Uint8Array(10)); // a frame before the list
+  const parts = [new Uint8Array(40_000), new Uint8Array(30_000), bytes(9, 9)];
+  outbox.pushList(parts);
+  assert.equal(outbox.queuedBytes, 70_012, "the list is charged");
+  assert.equal(outbox.full, false, "a list never makes the outbox full");
+  assert.equal(outbox.listQueued, true);
+  // Room frames behind the list get the whole limit.
+  outbox.push(new Uint8Array(60));
+  assert.equal(outbox.full, false);
+  outbox.push(new Uint8Array(60));
+  assert.equal(outbox.full, true, "past the limit without the list");
+  // The list goes out, its small last part copied together with the frames after it.
+  await new Promise((resolve) => setTimeout(resolve, 0));
+  for (let i = 0; i < 3; i++) {
+    writer.release();
+    await new Promise((resolve) => setTimeout(resolve, 0));
+  }
+  assert.deepEqual(writer.writes.map((write) => write.length), [10, 40_000, 30_000, 122]);
+  assert.equal(outbox.listQueued, true, "the last part is in flight");
+  assert.deepEqual(events, []);
+  await writer.settle();
+  assert.deepEqual(events.toSorted(), ["list sent", "relieved"]);
+  assert.equal(outbox.listQueued, false);
+  assert.equal(outbox.queuedBytes, 0);
+  events.length = 0;
+  // Two lists, with a frame between them: told once both are written.
+  outbox.pushList([new Uint8Array(20_000)]);
+  outbox.push(bytes(1));
+  outbox.pushList([new Uint8Array(20_000), new Uint8Array(20_000)]);
+  assert.equal(outbox.queuedBytes, 60_001);
+  await writer.settle();
+  assert.deepEqual(events, ["list sent"]);
+  assert.equal(outbox.queuedBytes, 0);
+  outbox.close();
+  assert.equal(outbox.listQueued, false);
+  assert.equal(outbox.pushList([bytes(1)]), false);
+});

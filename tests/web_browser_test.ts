@@ -2,8 +2,8 @@
 /**
  * The web client end to end, in a real headless Chromium driven by puppeteer-core: browser pages
  * and TLS clients in one room, history, presence, HTML shown as text, reconnecting across a server
- * restart, and a refused login. One browser is shared by the steps (each user gets its own browser
- * context, so storage is not shared).
+ * restart, a member list sent in parts, and a refused login. One browser is shared by the steps
+ * (each user gets its own browser context, so storage is not shared).
  *
  * With `UPDATE_SCREENSHOT=1` the first step also writes `docs/web-client.png` (the README's
  * picture of the page); otherwise nothing is written outside a temp dir.
@@ -448,6 +448,57 @@ Deno.test({
         // Paced, not refused: the server never had to drop one of them.
         assert.equal(strict.stats().errors.rate_limited ?? 0, 0);
         await judy.page.close();
+      });
+
+      await t.step("the online list of a room too large for one frame comes whole", async () => {
+        const { cert, key } = await testCerts();
+        await using big = new ChatServer({
+          hostname: "127.0.0.1",
+          port: 0,
+          cert,
+          key,
+          password: PASSWORD,
+          limits: { maxPerIp: 0 },
+          web: { port: 0 },
+        });
+        const { port } = await big.listen();
+        // 900 members with 64-character names of 4-byte characters: about 290 KB of members,
+        // more than one part of 256 KiB, so the welcome's list comes in two parts.
+        const named = (i: number) => `${"\u{1F600}".repeat(60)}${String(i).padStart(4, "0")}`;
+        const fillers: TestClient[] = [];
+        try {
+          for (let from = 0; from < 900; from += 100) {
+            fillers.push(
+              ...await Promise.all(Array.from({ length: 100 }, async (_, i) => {
+                const client = await TestClient.connect(port);
+                await client.send({ type: "auth", password: PASSWORD, name: named(from + i) });
+                assert.equal((await client.recv(WAIT_MS)).success, true);
+                return client;
+              })),
+            );
+          }
+          const probe = await TestClient.connect(port);
+          fillers.push(probe);
+          await probe.send({ type: "auth", password: PASSWORD, features: ["presence"] });
+          assert.equal((await probe.recv()).success, true);
+          assert.equal((await probe.recv()).members_more, true, "the list comes in parts");
+          await probe.close();
+          const kim = await joinAs(browser, `https://127.0.0.1:${big.webAddr!.port}/`, "kim");
+          users.push(kim);
+          await kim.page.waitForFunction(() =>
+            document.querySelector("#online-count")?.textContent === "901"
+          );
+          const names = await online(kim);
+          assert.equal(names[0], "kim");
+          assert.deepEqual(
+            names.slice(1).sort(),
+            Array.from({ length: 900 }, (_, i) => named(i)).sort(),
+          );
+          assert.ok((big.stats().errors.rate_limited ?? 0) === 0);
+          await kim.page.close();
+        } finally {
+          await Promise.all(fillers.map((client) => client.close()));
+        }
       });
 
       await t.step("a wrong password shows the server's error and is not kept", async () => {

@@ -9,6 +9,7 @@
  */
 
 import { ChatLink, count, errorText } from "./link.js";
+import { MemberParts } from "./members.js";
 import { element, insertOrdered, messageItem, renderMembers, updateMessage } from "./view.js";
 
 /** Messages asked for per "older" page. */
@@ -91,6 +92,8 @@ const state = {
   /** Pending message items by ref. */
   pendingItems: new Map(),
   members: new Map(),
+  /** The member list being received in parts (welcome, then `who` frames). */
+  memberParts: new MemberParts(),
   selfId: undefined,
   selfIp: undefined,
   /** What each `history_end` to come closes, in order: "replay", "older" or "newer". */
@@ -233,7 +236,7 @@ function onFrame(frame) {
     case "left":
       return onLeft(frame.member);
     case "who":
-      return setMembers(frame.members);
+      return setMembers(state.memberParts.add(frame));
     case "error":
       // Errors about one message show on it; the link resends after `rate_limited`.
       if (typeof frame.ref !== "string" && frame.code !== "rate_limited") {
@@ -247,7 +250,8 @@ function onWelcome(frame) {
   const self = parseMember(frame.member);
   state.selfId = self?.id;
   state.selfIp = self?.ip;
-  setMembers(frame.members);
+  // The whole list, or its first part (the rest follows in `who` frames).
+  setMembers(state.memberParts.add(frame));
   state.gapFill = state.link?.after !== undefined;
   state.expect = ["replay"];
   state.loadingOlder = false;

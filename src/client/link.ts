@@ -108,6 +108,8 @@ export class ChatLink {
   #conn?: Connection;
   /** What the current (or last) connection's `welcome` said; none from an older server. */
   #welcome?: Welcome;
+  /** Whether the `who` parts coming complete the current connection's welcome list (no charge). */
+  #welcomeList = false;
   #pacer?: Pacer;
   #pumpTimer?: ReturnType<typeof setTimeout>;
   #rateTimer?: ReturnType<typeof setTimeout>;
@@ -256,6 +258,7 @@ export class ChatLink {
   #attach(conn: Connection): void {
     this.#conn = conn;
     this.#stopTimers();
+    this.#welcomeList = false;
     this.#useWelcome(conn.welcome);
     // Everything not done goes (again) in the order it was sent: with acks, the server drops
     // the copies it already has; without, only writes that did not complete are left.
@@ -288,6 +291,12 @@ export class ChatLink {
       // Later than the login waited for it: from now on this is a version 2 connection.
       conn.welcome = parseWelcome(frame);
       if (conn.welcome) this.#useWelcome(conn.welcome);
+    }
+    if (frame.type === "welcome") this.#welcomeList = frame.members_more === true;
+    else if (frame.type === "who") {
+      // The server charges a `who` answered in parts a rate token per part after the first.
+      if (frame.more === true && !this.#welcomeList) this.#pacer?.charge(1);
+      if (frame.more !== true) this.#welcomeList = false;
     }
     this.#events.onFrame(frame);
   }

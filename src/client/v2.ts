@@ -1,7 +1,8 @@
 /**
  * What protocol version 2 asks of a client, read defensively (the server is a peer, not trusted
- * to be well formed): the login fields that opt in, the `welcome` that answers them, members,
- * message ids, and a pacer that keeps the client under the server's rate limit.
+ * to be well formed): the login fields that opt in, the `welcome` that answers them, members
+ * (and member lists sent in parts), message ids, and a pacer that keeps the client under the
+ * server's rate limit.
  *
  * A server without version 2 sends no `welcome`; everything here then stays unused and the
  * client behaves as a seed client.
@@ -56,8 +57,13 @@ export interface Welcome {
   /** This client as the room sees it. */
   member?: Member;
   limits: ServerLimits;
-  /** Everyone logged in (with presence). */
+  /**
+   * Everyone logged in (with presence); only the first part of them when `membersMore` (the
+   * rest follows in `who` parts: see {@link MemberParts}).
+   */
   members?: Member[];
+  /** Whether `members` is the first part of a list that `who` parts complete. */
+  membersMore: boolean;
 }
 
 function count(value: unknown): number | undefined {
@@ -94,7 +100,73 @@ export function parseWelcome(frame: JsonObject): Welcome | undefined {
     member: parseMember(frame.member),
     limits: { maxFrame: count(raw.max_frame), rate: count(raw.rate), burst: count(raw.burst) },
     members: parseMembers(frame.members),
+    membersMore: frame.members_more === true,
   };
+}
+
+/** Most members a list assembled from parts keeps: a server that never ends one cannot exhaust memory. */
+export const MAX_LIST_MEMBERS = 1_000_000;
+
+/** A member list, complete, and what it answers. */
+export interface MemberListDone {
+  members: Member[];
+  /** `welcome`: the list at login; `who`: the answer to a `who`. */
+  answers: "welcome" | "who";
+}
+
+/**
+ * Assembles member lists, which a server sends in parts when they do not fit in one frame: a
+ * `welcome` with `"members_more":true` (or a `who` with `"more":true`) starts a list, `who`
+ * frames with `"more":true` continue it, and the one with `"more":false` ends it. A `welcome` or
+ * `who` without those fields is a whole list by itself (a list cut short by another one is
+ * dropped). Give it every `welcome` and `who` frame, and {@link MemberParts.reset} on a new
+ * connection.
+ */
+export class MemberParts {
+  #members: Member[] | null = null;
+  #answers: "welcome" | "who" = "who";
+
+  /** What the list being assembled answers, if one is. */
+  get pending(): "welcome" | "who" | undefined {
+    return this.#members === null ? undefined : this.#answers;
+  }
+
+  /** Forgets a list being assembled (its connection is gone). */
+  reset(): void {
+    this.#members = null;
+  }
+
+  /** Takes a `welcome` or `who` frame; returns the list it completes, if it completes one. */
+  add(frame: JsonObject): MemberListDone | undefined {
+    const members = parseMembers(frame.members);
+    if (frame.type === "welcome") {
+      this.#members = null;
+      if (members === undefined) return undefined;
+      if (frame.members_more !== true) return { members, answers: "welcome" };
+      this.#answers = "welcome";
+      this.#members = members.slice(0, MAX_LIST_MEMBERS);
+      return undefined;
+    }
+    if (frame.type !== "who") return undefined;
+    const part = members ?? [];
+    const more = frame.more;
+    if (more !== true && more !== false) {
+      this.#members = null; // a whole list
+      return { members: part, answers: "who" };
+    }
+    let list = this.#members;
+    if (list === null) {
+      list = this.#members = [];
+      this.#answers = "who";
+    }
+    for (const member of part) {
+      if (list.length >= MAX_LIST_MEMBERS) break;
+      list.push(member);
+    }
+    if (more) return undefined;
+    this.#members = null;
+    return { members: list, answers: this.#answers };
+  }
 }
 
 /** The id of a message frame, if it carries a valid one (feature `ids`). */
@@ -142,5 +214,17 @@ export class Pacer {
       return 0;
     }
     return Math.ceil((1 - this.#tokens) * 1000 / this.#rate);
+  }
+
+  /**
+   * Takes `count` more tokens for what the server charged (a `who` answered in parts costs one
+   * token per part), going into debt if needed: later frames wait until it is paid back.
+   */
+  charge(count: number): void {
+    if (this.#rate === 0) return;
+    const now = this.#now();
+    this.#tokens = Math.min(this.#capacity, this.#tokens + (now - this.#at) * this.#rate / 1000) -
+      count;
+    this.#at = now;
   }
 }

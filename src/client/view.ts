@@ -2,7 +2,7 @@
  * What the chat client shows of what it receives (all modes but `--json`): chat lines, and with
  * a version 2 server the replay at login with a short banner after it, the messages missed
  * while reconnecting (paging forward when the server sent only part of them), presence changes,
- * `/who` answers and `/history` pages.
+ * `/who` answers and `/history` pages. A member list sent in parts is shown once complete.
  *
  * Message ids keep anything from being shown twice: a message whose id is not above the newest
  * one shown is skipped (a page of older messages is checked against the oldest one shown
@@ -16,9 +16,10 @@ import type { JsonObject } from "../protocol/mod.ts";
 import { formatError, formatIncoming, formatMember, formatPresence, plural } from "./format.ts";
 import {
   MAX_PAGE,
+  type MemberListDone,
+  MemberParts,
   messageId,
   parseMember,
-  parseMembers,
   parseWelcome,
   type Welcome,
 } from "./v2.ts";
@@ -95,6 +96,8 @@ export class ChatView {
   #quietUntil = -Infinity;
   /** Addresses seen for each name (with `calm`). */
   #addresses = new Map<string, Set<string>>();
+  /** The member list being received in parts. */
+  #parts = new MemberParts();
 
   constructor(out: ViewOutput, options: ViewOptions) {
     this.#out = out;
@@ -124,8 +127,7 @@ export class ChatView {
         return;
       }
       case "who":
-        // Asked for: with addresses.
-        return this.#showMembers(parseMembers(frame.members) ?? [], true);
+        return this.#onList(this.#parts.add(frame));
       case "error":
         return this.#onError(frame);
     }
@@ -155,6 +157,7 @@ export class ChatView {
   #newConnection(): void {
     // Answers to requests made on a lost connection will not come.
     this.#welcome = undefined;
+    this.#parts.reset();
     this.#expect = [];
     this.#gap = undefined;
     this.#printed = 0;
@@ -172,7 +175,15 @@ export class ChatView {
       this.#resumed = this.#newest !== undefined;
       this.#replayMax = this.#newest;
     }
-    if (this.#logins === 1 && welcome.members) this.#showMembers(welcome.members);
+    this.#onList(this.#parts.add(frame));
+  }
+
+  /** Shows a member list once complete: the first login's, and every `/who` answer. */
+  #onList(list: MemberListDone | undefined): void {
+    if (list === undefined) return;
+    // A `/who` answer shows addresses; the list at login only where they tell people apart.
+    if (list.answers === "who") this.#showMembers(list.members, true);
+    else if (this.#logins === 1) this.#showMembers(list.members);
   }
 
   #onMessage(frame: JsonObject): void {

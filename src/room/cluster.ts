@@ -35,7 +35,6 @@ import {
   encodeHistoryEnd,
   encodeJoined,
   encodeLeft,
-  encodeWho,
   type LeaveReason,
   MAX_REPLAY,
   type MemberInfo,
@@ -43,6 +42,7 @@ import {
   WANTS_IDS,
 } from "../protocol/mod.ts";
 import { encodePage, Fanout } from "./fanout.ts";
+import { MemberList } from "./members.ts";
 import type {
   ClusterStatus,
   HistoryQuery,
@@ -410,6 +410,8 @@ export class RedisRoom implements Room {
   #registered = false;
   #nextMemberId = 0;
   #remote = new Map<number, RemoteMember>();
+  /** The same members, encoded for member lists (in the same order). */
+  #remoteList = new MemberList();
   /** Id of the last message delivered here (0: none yet); the next read starts after it. */
   #cursor = 0;
   /** Where this node started reading, once known (a replay for an early member waits for it). */
@@ -423,7 +425,7 @@ export class RedisRoom implements Room {
   #inFlight = 0;
   #inFlightBytes = 0;
   /** Holds the senders while too much waits for Redis (a holder of flow control, like a full recipient). */
-  #backlog: Mailbox = { push: () => false, full: true };
+  #backlog: Mailbox = { push: () => false, pushList: () => false, full: true };
   #backlogHeld = false;
   #lagLogged = -Infinity;
   /** A batch waits for a node that is catching up with the stream. */
@@ -578,7 +580,7 @@ export class RedisRoom implements Room {
     const fanout = this.#fanout;
     const replay = (member.features & WANTS_HISTORY) !== 0;
     if (!fanout.add(member, replay)) return;
-    fanout.welcome(member, request, () => this.#everyone());
+    fanout.welcome(member, request, [fanout.list, this.#remoteList]);
     for (const notice of request.notices ?? []) fanout.reply(member, notice);
     fanout.presence(member.id, () => encodeJoined(member));
     this.#publish({ op: "j", member, seq: ++this.#changes });
@@ -628,8 +630,8 @@ export class RedisRoom implements Room {
     else this.#options.release(this.#backlog);
   }
 
-  who(member: RoomMember): void {
-    this.#fanout.reply(member, encodeWho(this.#everyone()));
+  who(member: RoomMember): number {
+    return this.#fanout.who(member, [this.#fanout.list, this.#remoteList]);
   }
 
   history(member: RoomMember, query: HistoryQuery): void {
@@ -894,14 +896,6 @@ export class RedisRoom implements Room {
       COMMAND_TIMEOUT_MS,
     );
     return (reply as [string, string[]][]).map(toMessage);
-  }
-
-  /** Members here and on the other nodes. */
-  *#everyone(): Iterable<MemberInfo> {
-    yield* this.#fanout.members();
-    for (const member of this.#remote.values()) {
-      yield { id: member.id, name: member.name, ip: member.ip, since: member.since };
-    }
   }
 
   // ---- Redis ----
@@ -1183,6 +1177,7 @@ export class RedisRoom implements Room {
       return;
     }
     this.#remote.set(member.id, member);
+    this.#remoteList.add(member);
     this.#fanout.presence(member.id, () => encodeJoined(member));
   }
 
@@ -1190,6 +1185,7 @@ export class RedisRoom implements Room {
     const known = this.#remote.get(member.id);
     if (!known) return;
     this.#remote.delete(member.id);
+    this.#remoteList.delete(member.id);
     this.#fanout.presence(member.id, () => encodeLeft(known, reason));
   }
 

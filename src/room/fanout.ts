@@ -20,12 +20,12 @@ import {
   featureNames,
   HEADER_SIZE,
   type JsonObject,
-  type MemberInfo,
   memberJson,
   messageJson,
   WANTS_IDS,
   WANTS_PRESENCE,
 } from "../protocol/mod.ts";
+import { encodeWelcomeList, encodeWhoList, MemberList } from "./members.ts";
 import type { JoinRequest, Mailbox, RoomMember } from "./room.ts";
 import type { StoredMessage } from "./store.ts";
 
@@ -49,6 +49,8 @@ export class Fanout {
    * them, not every member (10,000 seed clients logging in would otherwise cost 50 M visits).
    */
   #watchers = new Set<RoomMember>();
+  /** The same members, encoded for member lists. */
+  #list = new MemberList();
   #idsMembers = 0;
   #seedMembers = 0;
   /** Members whose room frames wait (their replay is being read), with what waits. */
@@ -72,6 +74,11 @@ export class Fanout {
     return this.#members.values();
   }
 
+  /** The members here, as member lists carry them. */
+  get list(): MemberList {
+    return this.#list;
+  }
+
   /** Whether `member` (this very session) is a member. */
   has(member: RoomMember): boolean {
     return this.#members.get(member.id) === member;
@@ -90,6 +97,7 @@ export class Fanout {
     if (this.#members.has(member.id)) return false;
     this.#members.set(member.id, member);
     if (member.features & WANTS_PRESENCE) this.#watchers.add(member);
+    this.#list.add(member);
     if (member.features & WANTS_IDS) this.#idsMembers++;
     else this.#seedMembers++;
     if (deferred) (this.#deferred ??= new Map()).set(member, []);
@@ -101,6 +109,7 @@ export class Fanout {
     if (this.#members.get(member.id) !== member) return false;
     this.#members.delete(member.id);
     this.#watchers.delete(member);
+    this.#list.delete(member.id);
     if (member.features & WANTS_IDS) this.#idsMembers--;
     else this.#seedMembers--;
     this.#undeferred(member);
@@ -125,13 +134,28 @@ export class Fanout {
     return waiting;
   }
 
-  /** Sends `welcome` (with `members` for presence) to a member that has just joined. */
-  welcome(member: RoomMember, request: JoinRequest, everyone: () => Iterable<MemberInfo>): void {
+  /**
+   * Sends `welcome` to a member that has just joined, with the members of `lists` (everyone
+   * logged in, in order) for presence: in one frame, or in parts queued together (see
+   * `members.ts`).
+   */
+  welcome(member: RoomMember, request: JoinRequest, lists: readonly MemberList[]): void {
     if (!request.welcome) return;
     const welcome: JsonObject = { ...request.welcome, features: featureNames(member.features) };
     welcome.member = memberJson(member);
-    if (member.features & WANTS_PRESENCE) welcome.members = Array.from(everyone(), memberJson);
-    this.reply(member, encodeFrame(welcome));
+    if (member.features & WANTS_PRESENCE) {
+      member.outbox.pushList(encodeWelcomeList(welcome, lists));
+    } else this.reply(member, encodeFrame(welcome));
+  }
+
+  /**
+   * Answers `who` with the members of `lists`: one frame, or parts queued together (one
+   * snapshot: nothing comes between them). A reply: it holds nobody. Returns the frames.
+   */
+  who(member: RoomMember, lists: readonly MemberList[]): number {
+    const frames = encodeWhoList(lists);
+    member.outbox.pushList(frames);
+    return frames.length;
   }
 
   /**

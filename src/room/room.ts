@@ -28,7 +28,6 @@ import {
   encodeJoined,
   encodeLeft,
   encodeMessage,
-  encodeWho,
   type ErrorCode,
   type JsonObject,
   type LeaveReason,
@@ -44,6 +43,11 @@ import { type HistoryStore, type StoredMessage, StoreError } from "./store.ts";
 export interface Mailbox {
   /** Queues a frame; `false` if the mailbox is closed. */
   push(frame: Uint8Array): boolean;
+  /**
+   * Queues the frames of one member list back to back (each a buffer of its own, possibly
+   * shared with other mailboxes); a reply that is not counted in {@link Mailbox.full}.
+   */
+  pushList(frames: readonly Uint8Array[]): boolean;
   /** Whether the queue is over its limit (the room then reports it through `hold`). */
   readonly full: boolean;
 }
@@ -118,8 +122,11 @@ export interface Room {
   leave(member: RoomMember, reason: LeaveReason): void;
   /** Accepts a message; it is numbered, stored, broadcast and acked at the end of this turn. */
   post(member: RoomMember, post: Post): void;
-  /** Answers `who`. */
-  who(member: RoomMember): void;
+  /**
+   * Answers `who`: the member list in one frame, or in parts queued together. Returns the
+   * frames queued (the session charges the rate limit for them).
+   */
+  who(member: RoomMember): number;
   /** Answers a `history` page request. */
   history(member: RoomMember, query: HistoryQuery): void;
   /** Numbers, stores, broadcasts and acks the messages posted so far, now. */
@@ -230,7 +237,7 @@ export class LocalRoom implements Room {
   join(member: RoomMember, request: JoinRequest): void {
     const fanout = this.#fanout;
     if (!fanout.add(member)) return;
-    fanout.welcome(member, request, () => fanout.members());
+    fanout.welcome(member, request, [fanout.list]);
     for (const notice of request.notices ?? []) fanout.reply(member, notice);
     fanout.presence(member.id, () => encodeJoined(member));
     if (member.features & WANTS_HISTORY) this.#replay(member, request);
@@ -281,8 +288,8 @@ export class LocalRoom implements Room {
     }
   }
 
-  who(member: RoomMember): void {
-    this.#fanout.reply(member, encodeWho(this.#fanout.members()));
+  who(member: RoomMember): number {
+    return this.#fanout.who(member, [this.#fanout.list]);
   }
 
   history(member: RoomMember, query: HistoryQuery): void {

@@ -31,6 +31,17 @@ export class TokenBucket {
     this.#tokens -= 1;
     return true;
   }
+
+  /**
+   * Takes `count` more tokens for something already done (a large answer), going into debt if
+   * there are not that many: the next {@link TokenBucket.take}s fail until it is paid back.
+   */
+  charge(count: number, now: number): void {
+    if (this.#rate === 0 || count <= 0) return;
+    const elapsed = Math.max(0, now - this.#last) / 1000;
+    this.#last = now;
+    this.#tokens = Math.min(this.#burst, this.#tokens + elapsed * this.#rate) - count;
+  }
 }
 
 /** Default upper bound on tracked keys, so a spray of addresses cannot grow memory without limit. */

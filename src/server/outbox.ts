@@ -13,6 +13,11 @@
  * chunk is charged 64 KiB, once per chunk run), plus the write in flight. Passing the limit does
  * not drop anything: the outbox reports that it is full, and its owner slows the senders down.
  *
+ * A member list ({@link Outbox.pushList}) is charged too, but not counted against the limit: it
+ * is bounded by the size of the room instead (and its owner queues one at a time), and the room
+ * traffic behind it still gets the whole limit before the client holds anyone back. Otherwise a
+ * list of several MiB would hold the room until it had drained.
+ *
  * @module
  */
 import { setImmediate } from "node:timers";
@@ -29,6 +34,8 @@ export interface OutboxOwner {
   outboxRelieved?(): void;
   /** A write failed; the outbox is closed first. Called once. */
   outboxFailed?(error: unknown): void;
+  /** The last frame of the member lists queued ({@link Outbox.pushList}) has been written. */
+  outboxListSent?(): void;
 }
 
 /** Options for {@link Outbox}. */
@@ -78,6 +85,12 @@ export class Outbox {
   /** Charged bytes, queued and in flight. */
   #bytes = 0;
   #inFlight = 0;
+  /** Queue indices of the member-list frames still queued, a range `[from, to)` per list. */
+  #lists: { from: number; to: number }[] = [];
+  /** Charged bytes of member-list frames, queued and in flight (not counted against the limit). */
+  #listBytes = 0;
+  /** Of those, in the write in flight. */
+  #listInFlight = 0;
   #writing = false;
   #scheduled = false;
   #closed = false;
@@ -98,9 +111,17 @@ export class Outbox {
     return this.#bytes;
   }
 
-  /** Whether the charged bytes passed the limit (until they drain to half of it). */
+  /**
+   * Whether the charged bytes passed the limit (until they drain to half of it); member lists
+   * are not counted.
+   */
   get full(): boolean {
     return this.#full;
+  }
+
+  /** Whether frames of a member list are queued or being written. */
+  get listQueued(): boolean {
+    return this.#listBytes > 0;
   }
 
   /** Whether the outbox no longer accepts frames. */
@@ -120,6 +141,13 @@ export class Outbox {
    */
   push(frame: Uint8Array): boolean {
     if (this.#closed) return false;
+    this.#enqueue(frame);
+    if (this.#bytes - this.#listBytes > this.#limit) this.#full = true;
+    return true;
+  }
+
+  /** Queues a frame; returns what it adds to the charged bytes. */
+  #enqueue(frame: Uint8Array): number {
     const queue = this.#queue;
     const n = queue.length;
     const last = n > 0 ? queue[n - 1] : undefined;
@@ -146,7 +174,24 @@ export class Outbox {
       this.#scheduled = true;
       if (due.push(this) === 1) setImmediate(flushDue);
     }
-    if (this.#bytes > this.#limit) this.#full = true;
+    return charge;
+  }
+
+  /**
+   * Queues the frames of one member list, back to back. Each must be a buffer of its own (a
+   * frame is charged for its buffer); they may be shared with other outboxes. They are charged
+   * ({@link Outbox.queuedBytes}) but not counted against the limit, so they never make the
+   * outbox {@link Outbox.full}: the owner bounds them (one list at a time). Once the last of
+   * them is written, the owner is told (`outboxListSent`). Returns `false` if closed.
+   */
+  pushList(frames: readonly Uint8Array[]): boolean {
+    if (this.#closed) return false;
+    if (frames.length === 0) return true;
+    // A list's frames never join the run of the frame before them (their buffers are their
+    // own), so they take the next indices.
+    const from = this.#queue.length;
+    for (const frame of frames) this.#listBytes += this.#enqueue(frame);
+    this.#lists.push({ from, to: this.#queue.length });
     return true;
   }
 
@@ -174,6 +219,8 @@ export class Outbox {
     this.#tail = 0;
     this.#bytes = 0;
     this.#inFlight = 0;
+    this.#lists = [];
+    this.#listBytes = this.#listInFlight = 0;
     this.#settle();
   }
 
@@ -198,12 +245,16 @@ export class Outbox {
     }
     this.#bytes -= this.#inFlight;
     this.#inFlight = 0;
+    const listSent = this.#listInFlight > 0 && this.#listBytes === this.#listInFlight;
+    this.#listBytes -= this.#listInFlight;
+    this.#listInFlight = 0;
     this.#since = this.#now();
     if (this.#queue.length > 0) this.#write();
-    if (this.#full && this.#bytes <= this.#limit / 2) {
+    if (this.#full && this.#bytes - this.#listBytes <= this.#limit / 2) {
       this.#full = false;
       this.#owner?.outboxRelieved?.();
     }
+    if (listSent && !this.#closed) this.#owner?.outboxListSent?.();
     this.#settle();
   };
 
@@ -223,7 +274,9 @@ export class Outbox {
       size += length;
       count++;
     }
-    if (count <= 1) {
+    if (count <= 1) count = 1;
+    if (this.#lists.length > 0) this.#takeLists(count);
+    if (count === 1) {
       const data = queue.shift()!;
       // Its charge moves from the queue to the write in flight.
       return { data, charge: charges.shift()! };
@@ -246,6 +299,21 @@ export class Outbox {
     // The copy replaces what the frames kept alive.
     this.#bytes += size - released;
     return { data, charge: size };
+  }
+
+  /**
+   * The first `count` queued frames are being taken for a write: the charges of the member-list
+   * frames among them move to the write in flight, and the list's range moves up.
+   */
+  #takeLists(count: number): void {
+    const charges = this.#charges;
+    for (const list of this.#lists) {
+      const end = Math.min(count, list.to);
+      for (let i = list.from; i < end; i++) this.#listInFlight += charges[i];
+      list.from = Math.max(0, list.from - count);
+      list.to -= count;
+    }
+    while (this.#lists.length > 0 && this.#lists[0].to <= 0) this.#lists.shift();
   }
 
   /** Replaces the last queued frame with one view over its whole run. */

@@ -94,6 +94,8 @@ export class Session implements RoomMember, OutboxOwner, TransportHandler {
   #paused = false;
   /** The peer finished sending (its frames are still handled). */
   #ended = false;
+  /** A `who` waits for the member list queued before it to be written (reading is paused). */
+  #whoWaiting = false;
   #bucket: TokenBucket | null = null;
   #noticeAt = -Infinity;
   #reason = "closed by peer";
@@ -197,7 +199,7 @@ export class Session implements RoomMember, OutboxOwner, TransportHandler {
   resume(): void {
     if (!this.#paused || this.#state === State.Closing) return;
     const { flow } = this.#ctx;
-    if (flow.blocked || this.#outbox.full) {
+    if (flow.blocked || this.#outbox.full || this.#whoWaiting) {
       this.#pause(); // still held: wait (again) without touching the transport
       return;
     }
@@ -250,15 +252,24 @@ export class Session implements RoomMember, OutboxOwner, TransportHandler {
       this.#paused = true;
       this.#transport.pause();
     }
-    // A full queue of its own resumes it through outboxRelieved; a full room through the flow
-    // control. Either way resume() looks again, and pauses again if the other still holds.
-    if (this.#outbox.full) return;
+    // A full queue of its own resumes it through outboxRelieved, a waiting `who` through
+    // outboxListSent, a full room through the flow control. Either way resume() looks again,
+    // and pauses again if another still holds.
+    if (this.#outbox.full || this.#whoWaiting) return;
     if (this.#ctx.flow.wait(this)) this.#ctx.stats.senderPauses++;
   }
 
   /** Called by the outbox: this client's queue drained to half its limit. */
   outboxRelieved(): void {
     this.#ctx.flow.release(this.#outbox);
+    this.resume();
+  }
+
+  /** Called by the outbox: the member lists queued for this client are written. */
+  outboxListSent(): void {
+    if (!this.#whoWaiting || this.#state !== State.Chat) return;
+    this.#whoWaiting = false;
+    this.#who();
     this.resume();
   }
 
@@ -329,7 +340,7 @@ export class Session implements RoomMember, OutboxOwner, TransportHandler {
     try {
       const request = parseRequest(decodeBody(body), this.features, this.name);
       if (request.type === "message") room.post(this, request);
-      else if (request.type === "who") room.who(this);
+      else if (request.type === "who") this.#who();
       else room.history(this, request);
     } catch (error) {
       if (!(error instanceof ProtocolError) || error.closes) {
@@ -338,6 +349,25 @@ export class Session implements RoomMember, OutboxOwner, TransportHandler {
       }
       this.refused(error.code, error.message, error.ref);
     }
+  }
+
+  /**
+   * Answers `who`. A member list can be several MiB, and is not counted against the client's
+   * queue limit: so a `who` sent while a list is still queued for this client (its welcome's,
+   * or the previous `who`'s) waits until that one is written, and nothing more is read from
+   * the client meanwhile. The answer costs a rate token per frame (one was taken already): the
+   * bucket may go into debt, and the client's next frames are then dropped (`rate_limited`)
+   * until it has refilled, as any frame without a token.
+   */
+  #who(): void {
+    if (this.#outbox.listQueued) {
+      this.#whoWaiting = true;
+      this.#pause();
+      return;
+    }
+    const { room, limits, now } = this.#ctx;
+    const frames = room.who(this);
+    if (frames > 1) this.#bucket!.charge(frames - 1, limits.rate > 0 ? now() : 0);
   }
 
   /**
