@@ -395,6 +395,9 @@ Deno.test({
           );
           await term.waitFor(/^tty>/m);
           await term.type("typing");
+          // The client has the keys (not only tmux): keys still in flight when the signal lands
+          // would be echoed by the restored terminal onto the line the test reads next.
+          await term.waitFor(/^tty> typing/m);
           Deno.kill(await pidOf(pidFile), signal);
           const screen = await term.waitFor(/exit \d+/);
           assert.match(screen, new RegExp(`exit ${code}`), screen);
