@@ -227,6 +227,12 @@ Deno.test("the client library assembles member lists from their parts, defensive
   const many = Array.from({ length: 1000 }, (_, i) => ({ ...A, id: i }));
   for (let i = 0; i < MAX_LIST_MEMBERS / 1000 + 5; i++) endless.add(whoOf(many, true));
   assert.equal(endless.add(whoOf(many, false))?.members.length, MAX_LIST_MEMBERS);
+  // A member with a name far over the protocol's 64 characters is malformed, not kept.
+  const huge = { id: 9, name: "x".repeat(100_000), ip: "10.0.0.9" };
+  assert.deepEqual(
+    new MemberParts().add(whoOf([A, huge], false))?.members.map((member) => member.id),
+    [1],
+  );
 });
 
 Deno.test("the web client assembles member lists from their parts, defensively", () => {
@@ -242,6 +248,11 @@ Deno.test("the web client assembles member lists from their parts, defensively",
   assert.equal(parts.pending, false);
   assert.equal(parts.add(null), undefined);
   assert.equal(WEB_MAX_LIST_MEMBERS, MAX_LIST_MEMBERS);
+  // Parts keep no member whose name is far over 64 characters (memory of a hostile list).
+  const huge = { id: 9, name: "x".repeat(100_000), ip: "10.0.0.9" };
+  parts.add(whoOf([A, huge], true));
+  const done = parts.add(whoOf([B], false)) as { id?: unknown }[] | undefined;
+  assert.deepEqual(done?.map((member) => member.id), [1, 2]);
 });
 
 Deno.test("the client's pacer pays for a who answered in parts", () => {
@@ -256,6 +267,9 @@ Deno.test("the client's pacer pays for a who answered in parts", () => {
   );
   now += 389;
   assert.equal(pacer.take(), 0);
+  // Parts nobody asked for put it at most a minute in debt (18 tokens/s here).
+  pacer.charge(1_000_000);
+  assert.ok(pacer.take() <= 61_000, "a minute of debt at most");
   const unlimited = new Pacer({ rate: 0, burst: 0 }, () => now);
   unlimited.charge(1000);
   assert.equal(unlimited.take(), 0);
@@ -506,5 +520,68 @@ Deno.test({
     }
     assert.equal((await asker.recv()).code, "rate_limited");
     assert.equal(await asker.tryRecv(300), null);
+
+    // A client that reads, but slowly (2 MB/s), and asks `who` every 1.5 s (within its rate)
+    // keeps a 7 MB list queued ahead of the room's frames while a sender posts 60 KB messages
+    // at 20/s: its queue fills and holds the room, and its lists' progress must not count as
+    // relieving it. It is dropped as a stalled reader, and the room goes on. (Before the room's
+    // frames were timed apart: 72 of 194 messages reached a fast reader in 10 s, a 3.9 s gap,
+    // and the slow client stayed.) On a second node with the default rate and burst.
+    await using node2 = await startServer({ redis: { url: redis.url }, limits: { maxPerIp: 0 } });
+    assert.ok(await waitFor(() => (node2.server.stats().cluster?.remoteMembers ?? 0) >= 20_000));
+    const { client: fast } = await TestClient.login(node2.port);
+    await using _fast = fast;
+    const { client: poster } = await TestClient.login(node2.port);
+    await using _poster = poster;
+    const slow = await nonReader(node2.port);
+    let stop = false;
+    const slowReads = (async () => {
+      const chunk = new Uint8Array(32 * 1024);
+      const start = Date.now();
+      let bytes = 0;
+      let whoAt = 0;
+      try {
+        let n: number | null;
+        while (!stop && (n = await slow.read(chunk)) !== null) {
+          bytes += n;
+          await delay(start + bytes / 2_000_000 * 1000 - Date.now());
+          if (Date.now() - whoAt > 1500) {
+            whoAt = Date.now();
+            await slow.write(encodeFrame({ type: "who" }));
+          }
+        }
+      } catch {
+        // Dropped: the server closed it.
+      }
+    })();
+    await delay(300);
+    const content = "x".repeat(60_000);
+    const runMs = 5000;
+    const t0 = Date.now();
+    let sent = 0;
+    const posting = (async () => {
+      while (Date.now() - t0 < runMs) {
+        await poster.send({ type: "message", content });
+        sent++;
+        await delay(50);
+      }
+    })();
+    let got = 0;
+    let maxGap = 0;
+    let last = Date.now();
+    while (Date.now() - t0 < runMs + 1000) {
+      const frame = await fast.tryRecv(200);
+      if (frame?.type !== "message") continue;
+      got++;
+      maxGap = Math.max(maxGap, Date.now() - last);
+      last = Date.now();
+    }
+    await posting;
+    stop = true;
+    slow.close();
+    await slowReads;
+    assert.equal(node2.server.stats().stalledReaders, 1, "the slow client was dropped");
+    assert.equal(got, sent, `${got} of ${sent} messages reached the fast reader`);
+    assert.ok(maxGap < 2500, `the room waited ${maxGap} ms`);
   },
 });

@@ -10,7 +10,15 @@
  */
 
 /** Most members a list assembled from parts keeps (a server that never ends one cannot exhaust memory). */
-export const MAX_LIST_MEMBERS = 1_000_000;
+export const MAX_LIST_MEMBERS = 200_000;
+/** Longest name (UTF-16 units: 64 characters of up to two each) a kept member may have. */
+const MAX_NAME_UNITS = 128;
+
+/** Whether a raw member is small enough to keep while a list is assembled. */
+function small(member) {
+  return typeof member === "object" && member !== null && typeof member.name === "string" &&
+    member.name.length <= MAX_NAME_UNITS;
+}
 
 /** Assembles member lists; one per page, {@link MemberParts.reset} on a new connection. */
 export class MemberParts {
@@ -36,7 +44,7 @@ export class MemberParts {
     if (frame?.type === "welcome") {
       this.#members = null;
       if (members === undefined || frame.members_more !== true) return members;
-      this.#members = members.slice(0, MAX_LIST_MEMBERS);
+      this.#members = members.filter(small).slice(0, MAX_LIST_MEMBERS);
       return undefined;
     }
     if (frame?.type !== "who") return undefined;
@@ -48,7 +56,7 @@ export class MemberParts {
     const list = this.#members ?? [];
     for (const member of part) {
       if (list.length >= MAX_LIST_MEMBERS) break;
-      list.push(member);
+      if (small(member)) list.push(member);
     }
     this.#members = frame.more ? list : null;
     return frame.more ? undefined : list;

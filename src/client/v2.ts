@@ -74,8 +74,13 @@ function count(value: unknown): number | undefined {
 export function parseMember(value: unknown): Member | undefined {
   if (typeof value !== "object" || value === null) return undefined;
   const { id, name, ip } = value as JsonObject;
-  if (typeof name !== "string") return undefined;
-  return { id: count(id) ?? -1, name, ip: typeof ip === "string" ? ip : "?" };
+  // Length in UTF-16 units bounds memory; the server's limit is 64 characters.
+  if (typeof name !== "string" || name.length > 2 * MAX_NAME) return undefined;
+  return {
+    id: count(id) ?? -1,
+    name,
+    ip: typeof ip === "string" && ip.length <= MAX_IP ? ip : "?",
+  };
 }
 
 /** Reads a list of members, skipping malformed entries. */
@@ -105,7 +110,13 @@ export function parseWelcome(frame: JsonObject): Welcome | undefined {
 }
 
 /** Most members a list assembled from parts keeps: a server that never ends one cannot exhaust memory. */
-export const MAX_LIST_MEMBERS = 1_000_000;
+export const MAX_LIST_MEMBERS = 200_000;
+/** Most seconds of sending a server's charges can put the pacer into debt for. */
+const MAX_DEBT_S = 60;
+/** Longest member name the protocol allows (a longer one is a malformed entry). */
+const MAX_NAME = 64;
+/** Longest address a member can have (IPv6 text, with a zone). */
+const MAX_IP = 64;
 
 /** A member list, complete, and what it answers. */
 export interface MemberListDone {
@@ -223,8 +234,9 @@ export class Pacer {
   charge(count: number): void {
     if (this.#rate === 0) return;
     const now = this.#now();
-    this.#tokens = Math.min(this.#capacity, this.#tokens + (now - this.#at) * this.#rate / 1000) -
-      count;
+    const tokens = Math.min(this.#capacity, this.#tokens + (now - this.#at) * this.#rate / 1000);
+    // At most a minute of debt: a server sending parts nobody asked for cannot freeze sending.
+    this.#tokens = Math.max(-this.#rate * MAX_DEBT_S, tokens - count);
     this.#at = now;
   }
 }

@@ -230,6 +230,10 @@ export function encodeMemberList(
   if (head.length + length + END.length <= MEMBERS_PART_BYTES) {
     return [frameOf(head, buckets, END)];
   }
+  if (head === WHO_HEAD && moreTail === WHO_MORE) {
+    // A `who` in parts is every bucket's own shared frame, the first one included.
+    return buckets.map((bucket, i) => bucket.whoFrame(i < buckets.length - 1));
+  }
   const frames: Uint8Array[] = [];
   let rest = buckets;
   if (head.length + moreTail.length <= HEAD_ROOM) {

@@ -97,6 +97,12 @@ export class Outbox {
   #full = false;
   /** When the outbox last made progress, or started waiting with bytes to write. */
   #since = 0;
+  /**
+   * When bytes other than a member list's last reached the kernel, or started waiting: a client
+   * that holds the room back makes progress only when the room's frames drain, not while it
+   * downloads a list queued ahead of them.
+   */
+  #roomSince = 0;
   #idle: (() => void)[] = [];
 
   constructor(writer: FrameWriter, options: OutboxOptions) {
@@ -135,12 +141,23 @@ export class Outbox {
   }
 
   /**
+   * While {@link Outbox.full}: milliseconds since bytes other than a member list's last drained
+   * (or started waiting); 0 when not full. Writes of a member list queued ahead of the room's
+   * frames do not count: they do not relieve the room.
+   */
+  roomStalledFor(now: number): number {
+    return this.#full ? now - this.#roomSince : 0;
+  }
+
+  /**
    * Queues one frame. The frame is not copied, so it may be shared between outboxes and must
    * not be changed afterwards. Never refuses a frame while open: the caller checks
    * {@link Outbox.full} and slows down. Returns `false` only if the outbox is closed.
    */
   push(frame: Uint8Array): boolean {
     if (this.#closed) return false;
+    // The room's frames start waiting now, unless some were waiting already.
+    if (this.#bytes === this.#listBytes) this.#roomSince = this.#now();
     this.#enqueue(frame);
     if (this.#bytes - this.#listBytes > this.#limit) this.#full = true;
     return true;
@@ -244,6 +261,7 @@ export class Outbox {
       return;
     }
     this.#bytes -= this.#inFlight;
+    if (this.#inFlight > this.#listInFlight) this.#roomSince = this.#now();
     this.#inFlight = 0;
     const listSent = this.#listInFlight > 0 && this.#listBytes === this.#listInFlight;
     this.#listBytes -= this.#listInFlight;

@@ -174,7 +174,10 @@ export class Session implements RoomMember, OutboxOwner, TransportHandler {
         seconds: Math.round(idle / 1000),
       });
       this.#drop("write timeout");
-    } else if (idle >= limits.stallTimeoutMs && flow.isHolder(this.#outbox)) {
+    } else if (
+      flow.isHolder(this.#outbox) &&
+      this.#outbox.roomStalledFor(now) - tickMs >= limits.stallTimeoutMs
+    ) {
       stats.stalledReaders++;
       logger.warn(
         "Dropping client {id} from {ip}: stalled reader, {queued} bytes queued and none accepted for {ms} ms",
@@ -262,12 +265,19 @@ export class Session implements RoomMember, OutboxOwner, TransportHandler {
   /** Called by the outbox: this client's queue drained to half its limit. */
   outboxRelieved(): void {
     this.#ctx.flow.release(this.#outbox);
+    this.#answerWaitingWho();
     this.resume();
   }
 
   /** Called by the outbox: the member lists queued for this client are written. */
   outboxListSent(): void {
+    this.#answerWaitingWho();
+  }
+
+  /** Answers a waiting `who` once no list is queued and the room's frames are not piled up. */
+  #answerWaitingWho(): void {
     if (!this.#whoWaiting || this.#state !== State.Chat) return;
+    if (this.#outbox.listQueued || this.#outbox.full) return;
     this.#whoWaiting = false;
     this.#who();
     this.resume();
@@ -354,13 +364,15 @@ export class Session implements RoomMember, OutboxOwner, TransportHandler {
   /**
    * Answers `who`. A member list can be several MiB, and is not counted against the client's
    * queue limit: so a `who` sent while a list is still queued for this client (its welcome's,
-   * or the previous `who`'s) waits until that one is written, and nothing more is read from
-   * the client meanwhile. The answer costs a rate token per frame (one was taken already): the
+   * or the previous `who`'s), or while its queue is full, waits until that one is written and
+   * the queue is relieved, and nothing more is read from the client meanwhile. The answer costs a rate token per frame (one was taken already): the
    * bucket may go into debt, and the client's next frames are then dropped (`rate_limited`)
    * until it has refilled, as any frame without a token.
    */
   #who(): void {
-    if (this.#outbox.listQueued) {
+    // A list queued ahead of room frames that fill the queue would keep them from the client
+    // for as long as the list takes: wait until they drain too.
+    if (this.#outbox.listQueued || this.#outbox.full) {
       this.#whoWaiting = true;
       this.#pause();
       return;
