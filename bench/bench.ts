@@ -88,6 +88,7 @@ const USAGE = `Usage: deno task bench [options]
   --scale-steps LIST   client counts of scenario 12's steps (default 1000,2500,5000,10000); the
                        largest is also the client count of scenarios 11 and 13
   --agents N           load-agent processes of scenarios 11 to 14 (default 4)
+  --churn-seconds N    how long scenario 14 churns (default 60)
   --plot FILE          where scenario 12 writes its growth plot (SVG; default docs/growth.svg
                        for a full run, none with --quick; "none" for none)
   -h, --help           show this help
@@ -170,6 +171,7 @@ function parseOptions(args: string[]): BenchOptions | null {
       plot: { type: "string" },
       "scale-steps": { type: "string" },
       agents: { type: "string" },
+      "churn-seconds": { type: "string" },
       help: { type: "boolean", short: "h", default: false },
     },
     strict: true,
@@ -196,6 +198,9 @@ function parseOptions(args: string[]): BenchOptions | null {
     sizes.scale.clients = steps[steps.length - 1];
   }
   if (values.agents) sizes.scale.agents = positiveInt("agents", values.agents);
+  if (values["churn-seconds"]) {
+    sizes.scale.churn.seconds = positiveInt("churn-seconds", values["churn-seconds"]);
+  }
   let target: BenchOptions["target"];
   if (values.target) {
     const match = /^(.+):(\d+)$/.exec(values.target);

@@ -181,8 +181,10 @@ async function idle(
   await quiesce(server, sizes);
   const base = await rss(server);
   const cpuBefore = await cpu(server);
+  const agentsBefore = await fleet.cpuSeconds();
   const opened = await open(fleet, 0, count, sizes, web, notes, !server.transportOnly);
   const cpuAfter = await cpu(server);
+  const agentsUsed = sum(await fleet.cpuSeconds()) - sum(agentsBefore);
   await delay(1000);
   await quiesce(server, sizes);
   const loaded = await rss(server);
@@ -190,6 +192,8 @@ async function idle(
     kib_per_client: (loaded - base) / 1024 / count,
     conn_per_s: (count - opened.failed) / (opened.ms / 1000),
     server_ms_per_conn: (cpuAfter - cpuBefore) / count * 1000,
+    connect_server_cores: (cpuAfter - cpuBefore) / (opened.ms / 1000),
+    connect_gen_cores: agentsUsed / (opened.ms / 1000),
     base_mib: base / 1024 ** 2,
     loaded_mib: loaded / 1024 ** 2,
   };
@@ -488,7 +492,7 @@ const COLORS = ["#1f6feb", "#d1242f", "#1a7f37", "#8250df"];
 /** An SVG with two charts side by side: RSS and p99 latency against the number of clients. */
 export function growthSvg(series: readonly Series[]): string {
   const width = 860;
-  const height = 360;
+  const height = 380;
   const charts = [
     { title: "Server RSS (MiB)", value: (p: Series["points"][number]) => p.rss },
     { title: "p99 delivery latency (ms)", value: (p: Series["points"][number]) => p.p99 },
@@ -503,7 +507,7 @@ export function growthSvg(series: readonly Series[]): string {
     const left = 60 + c * (width / 2);
     const top = 40;
     const w = width / 2 - 90;
-    const h = height - 100;
+    const h = height - 120;
     const values = series.flatMap((s) => s.points.map(chart.value)).filter(Number.isFinite);
     const maxValue = niceCeiling(Math.max(1e-9, ...values));
     const x = (clients: number) => left + clients / maxClients * w;
@@ -530,7 +534,7 @@ export function growthSvg(series: readonly Series[]): string {
       );
     }
     parts.push(
-      `<text x="${left + w / 2}" y="${top + h + 34}" text-anchor="middle">clients</text>`,
+      `<text x="${left + w / 2}" y="${top + h + 32}" text-anchor="middle">clients</text>`,
     );
     series.forEach((s, k) => {
       const color = COLORS[k % COLORS.length];
