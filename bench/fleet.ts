@@ -114,31 +114,16 @@ class AgentProcess {
   }
 }
 
-/** The merged `settle` replies of every agent. */
-export interface FleetDeliveries {
-  expected: number;
-  received: number;
+/**
+ * The merged `settle` replies of every agent: counts added up, histograms merged, the largest
+ * event-loop lateness, and the deliveries that never came.
+ */
+export interface FleetDeliveries extends SettleReply {
   lost: number;
-  outOfOrder: number;
-  other: number;
-  firstOther: string;
-  /** Every delivery's latency, in {@link HIST_BUCKET_MS} buckets. */
-  histogram: Histogram;
-  ended: number;
-  endReason: string;
-  /** The largest lateness of any agent's event loop, ms. */
-  loopLagMs: number;
-  featureFrames: number;
 }
 
 /** The merged `churn` replies of every agent. */
-export interface FleetChurn {
-  opened: number;
-  failed: number;
-  skipped: number;
-  firstError: string;
-  histogram: Histogram;
-}
+export type FleetChurn = ChurnReply;
 
 /** The `p`-quantile (0..1) of a histogram, in ms; NaN if it is empty. */
 export function histogramPercentile(histogram: Histogram, p: number): number {
