@@ -52,7 +52,18 @@ export type AgentCommand =
     login?: boolean;
   }
   | { cmd: "track"; receivers: number; senders: number; messages: number }
-  | { cmd: "send"; senders: number[]; rate: number; count: number; startMs: number; bytes: number }
+  | {
+    cmd: "send";
+    /** This agent's senders (client indices; all senders are clients 0..totalSenders-1). */
+    senders: number[];
+    /** Senders over all agents: sender i starts i/totalSenders of an interval after `startMs`. */
+    totalSenders: number;
+    rate: number;
+    count: number;
+    /** Bench clock (ms) of the first send. */
+    startMs: number;
+    bytes: number;
+  }
   | { cmd: "settle"; stallMs: number }
   | { cmd: "close" }
   | {
@@ -64,15 +75,22 @@ export type AgentCommand =
     seconds: number;
     /** Most connections in flight at once; a start that would exceed it is skipped. */
     inFlight: number;
+    /** Bench clock (ms) of the churn's start, the same for every agent. */
+    startMs: number;
+    /** This agent's place among `agents`: its starts fall between the other agents'. */
+    agent: number;
+    agents: number;
     web: "none" | "odd";
     webAuth?: JsonObject;
   };
 
 /** What `settle` answers: this agent's share of a tracked run. */
 export interface SettleReply {
-  /** Deliveries this agent's clients should get, and got. */
+  /** Deliveries this agent's clients should get, and got (duplicates included). */
   expected: number;
   received: number;
+  /** Deliveries missing, receiver by receiver (a duplicate at one does not hide a loss at another). */
+  missing: number;
   outOfOrder: number;
   /** Frames that were neither a delivery nor a frame of a feature the client asked for. */
   other: number;
@@ -130,10 +148,13 @@ class Agent {
   #endpoint: Endpoint | null = null;
   #clients = new Map<number, BenchClient>();
   #tracker: Tracker | null = null;
-  /** Deliveries this agent's clients should get in the tracked run. */
+  /** Deliveries this agent's clients should get in the tracked run, in all and each. */
   #expected = 0;
+  #due = new Map<number, number>();
   #loopLag = 0;
   #lagTimer: ReturnType<typeof setInterval>;
+  /** Set once stdin ended (the bench stopped or died): loops stop starting anything new. */
+  #stopping = false;
 
   constructor() {
     let last = performance.now();
@@ -195,7 +216,7 @@ class Agent {
     let failed = 0;
     let firstError = "";
     const worker = async () => {
-      while (next < end) {
+      while (next < end && !this.#stopping) {
         const index = next++;
         try {
           const client = await this.#open(
@@ -221,12 +242,14 @@ class Agent {
     const tracker = new Tracker(command);
     this.#tracker = tracker;
     this.#expected = 0;
+    this.#due.clear();
     for (const [index, client] of this.#clients) {
       client.track(tracker);
-      if (!client.ended) {
-        this.#expected += command.senders * command.messages -
-          (index < command.senders ? command.messages : 0);
-      }
+      if (client.ended) continue;
+      const due = command.senders * command.messages -
+        (index < command.senders ? command.messages : 0);
+      this.#due.set(index, due);
+      this.#expected += due;
     }
     this.#loopLag = 0;
     return { expected: this.#expected };
@@ -236,13 +259,14 @@ class Agent {
     const interval = 1000 / command.rate;
     let sent = 0;
     let late = 0;
-    await Promise.all(command.senders.map(async (index, i) => {
+    await Promise.all(command.senders.map(async (index) => {
       const client = this.#clients.get(index);
       if (!client) throw new Error(`client ${index} is not this agent's`);
       const template = new MessageTemplate(index, command.bytes, { web: client.web });
-      // The senders start a little apart, so their messages do not all leave at once.
-      const offset = i * interval / command.senders.length;
-      for (let seq = 0; seq < command.count; seq++) {
+      // The senders of all agents start apart, by their index among all of them, so that
+      // their messages do not leave in bunches.
+      const offset = index * interval / command.totalSenders;
+      for (let seq = 0; seq < command.count && !this.#stopping; seq++) {
         const at = command.startMs + offset + seq * interval;
         const wait = at - benchNow();
         if (wait > 0.5) await delay(wait);
@@ -262,9 +286,14 @@ class Agent {
     const histogram: Histogram = {};
     for (const latency of tracker.latencies()) count(histogram, latency);
     const ended = [...this.#clients.values()].filter((client) => client.ended);
+    let missing = 0;
+    for (const index of this.#clients.keys()) {
+      missing += Math.max(0, (this.#due.get(index) ?? 0) - tracker.receivedBy(index));
+    }
     return {
       expected: this.#expected,
       received: tracker.received,
+      missing,
       outOfOrder: tracker.outOfOrder,
       other: tracker.other,
       firstOther: tracker.firstOther,
@@ -286,9 +315,11 @@ class Agent {
 
   async #churn(command: Extract<AgentCommand, { cmd: "churn" }>): Promise<ChurnReply> {
     const reply: ChurnReply = { opened: 0, failed: 0, skipped: 0, firstError: "", histogram: {} };
+    // `rate` is this agent's share: its starts are `agents` times its interval apart, offset
+    // by its place, so that all agents' starts together are evenly spread.
     const interval = 1000 / command.rate;
     const total = Math.round(command.rate * command.seconds);
-    const start = performance.now();
+    const start = command.startMs + command.agent * interval / command.agents;
     let inFlight = 0;
     const pending: Promise<void>[] = [];
     const one = async (index: number) => {
@@ -305,8 +336,8 @@ class Agent {
         inFlight--;
       }
     };
-    for (let i = 0; i < total; i++) {
-      const wait = start + i * interval - performance.now();
+    for (let i = 0; i < total && !this.#stopping; i++) {
+      const wait = start + i * interval - benchNow();
       if (wait > 0.5) await delay(wait);
       if (inFlight >= command.inFlight) {
         reply.skipped++;
@@ -319,7 +350,13 @@ class Agent {
     return reply;
   }
 
+  /** Stops starting anything new (stdin ended). */
+  abort(): void {
+    this.#stopping = true;
+  }
+
   async stop(): Promise<void> {
+    this.#stopping = true;
     clearInterval(this.#lagTimer);
     await this.#close();
   }
@@ -352,6 +389,9 @@ async function serve(): Promise<void> {
       task.finally(() => running.delete(task));
     }
   }
+  // The bench is gone or done: stop what runs (a settle resolves on its own stall timeout),
+  // then close every client.
+  agent.abort();
   await Promise.all(running);
   await agent.stop();
 }

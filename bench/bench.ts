@@ -102,8 +102,9 @@ the server the bench starts, or --target-web-port: it runs on ours (or such a --
 on the reference or the --baseline. Scenario 10 (a two-node cluster against a single node, in the
 same run) starts its own private redis-server (from PATH; skipped with a note without one) and
 three of our servers: it runs on ours only, never with --target. Scenarios 11 to 14 hold up to
-10,000 clients in several load-agent processes (bench/agent.ts); the bench raises its soft
-ulimit -n (up to the hard limit) for itself, the agents and the servers. Scenario 13 (half of
+10,000 clients in several load-agent processes (bench/agent.ts); Deno (and Node.js) raise
+their soft ulimit -n to the hard limit themselves, so only the hard limit matters: with too low
+a one the bench lowers the client counts, with a note. Scenario 13 (half of
 10,000 clients on WebSockets) runs on ours only; 14 (churn) puts WebSocket clients on ours and
 TLS clients only on the reference.`;
 
@@ -131,8 +132,6 @@ interface BenchOptions {
   /** A checkout of an earlier version, run beside ours as "before". */
   baseline?: string;
   json: boolean;
-  /** The command line, for a run again under a raised `ulimit -n`. */
-  args: string[];
   /** Where scenario 12 writes its growth plot (SVG), or null for nowhere. */
   plot: string | null;
 }
@@ -225,7 +224,6 @@ function parseOptions(args: string[]): BenchOptions | null {
     baseline: target ? undefined : values.baseline,
     cpuProf: values["cpu-prof"],
     json: values.json,
-    args,
     // The growth plot goes into the docs only from a full run.
     plot: values.plot === "none" ? null : values.plot ?? (quick ? null : DEFAULT_PLOT),
   };
@@ -251,61 +249,6 @@ interface ServerKind {
   start(options?: { web?: boolean; cluster?: boolean }): Promise<ServerHandle>;
 }
 
-/** Set in the bench that {@link raiseFileLimit} started, so that it does not start another. */
-const RAISED_ENV = "CHAT_BENCH_FILE_LIMIT_RAISED";
-
-/**
- * If the soft `ulimit -n` is below what the scenarios need and the hard limit allows more, runs
- * the bench again under `sh -c 'ulimit -n N; exec deno run ...'` (Deno cannot raise it itself),
- * so that the bench, its load agents and its servers all get it; returns that run's exit code.
- * Returns null where nothing needs raising or nothing can be (then {@link fitFileLimit} scales
- * the scenarios down).
- */
-async function raiseFileLimit(options: BenchOptions): Promise<number | null> {
-  if (Deno.env.get(RAISED_ENV) || Deno.build.os !== "linux") return null;
-  const wanted = Math.max(...options.scenarios.map((s) => s.clients(options.sizes))) +
-    SPARE_FILES * 5;
-  const soft = await openFileLimit();
-  if (soft >= wanted) return null;
-  const limits = await readProc("/proc/self/limits").catch(() => "");
-  const match = /^Max open files\s+\S+\s+(\d+|unlimited)/m.exec(limits);
-  const hard = !match ? soft : match[1] === "unlimited" ? Infinity : Number(match[1]);
-  const limit = Math.min(hard, wanted);
-  if (limit <= soft) return null;
-  progress(`note: raising ulimit -n from ${soft} to ${limit} for the bench and its servers`);
-  const child = new Deno.Command("sh", {
-    args: [
-      "-c",
-      'ulimit -n "$1" || exit 97; shift; exec "$@"',
-      "sh",
-      String(limit),
-      Deno.execPath(),
-      "run",
-      "--no-prompt",
-      "--allow-net",
-      "--allow-read",
-      "--allow-write",
-      "--allow-run",
-      "--allow-env",
-      new URL(import.meta.url).pathname,
-      ...options.args,
-    ],
-    env: { [RAISED_ENV]: "1" },
-    stdin: "inherit",
-    stdout: "inherit",
-    stderr: "inherit",
-  }).spawn();
-  // Ctrl-C reaches the child too (one process group): it stops its servers; this one waits.
-  const ignore = () => {};
-  Deno.addSignalListener("SIGINT", ignore);
-  try {
-    const status = await child.status;
-    return status.code === 97 ? null : status.code;
-  } finally {
-    Deno.removeSignalListener("SIGINT", ignore);
-  }
-}
-
 /** Lowers the client counts to what `ulimit -n` allows; returns the notes to print. */
 async function fitFileLimit(sizes: Sizes, scenarios: Scenario[]): Promise<string[]> {
   const limit = await openFileLimit();
@@ -325,7 +268,7 @@ async function fitFileLimit(sizes: Sizes, scenarios: Scenario[]): Promise<string
     } else continue;
     notes.push(
       `ulimit -n is ${limit}: scenario ${scenario.id} uses ${fit} clients instead of ${want} ` +
-        `(raise it with \`ulimit -n 65535\` before \`deno task bench\`)`,
+        `(Deno raises the soft limit to the hard one itself: raise the hard limit, e.g. \`ulimit -Hn\` as root or \`LimitNOFILE=\`)`,
     );
   }
   return notes;
@@ -432,8 +375,6 @@ export async function main(args: string[]): Promise<number> {
     console.log(USAGE);
     return 0;
   }
-  const raised = await raiseFileLimit(options);
-  if (raised !== null) return raised;
   const notes = await fitFileLimit(options.sizes, options.scenarios);
   const kinds: ServerKind[] = [];
   const floors: ServerKind[] = [];

@@ -16,7 +16,7 @@ import {
   type Histogram,
   type SettleReply,
 } from "./agent.ts";
-import { type Endpoint } from "./load.ts";
+import { benchNow, type Endpoint } from "./load.ts";
 import { cpuSecondsOf } from "./servers.ts";
 
 const AGENT_PATH = new URL("./agent.ts", import.meta.url).pathname;
@@ -157,8 +157,14 @@ export class Fleet implements AsyncDisposable {
 
   /** Starts `count` agents that connect to `endpoint`, on this process's clock. */
   static async start(count: number, endpoint: Endpoint): Promise<Fleet> {
-    const agents = Array.from({ length: count }, () => new AgentProcess());
+    const agents: AgentProcess[] = [];
     const fleet = new Fleet(agents);
+    try {
+      for (let k = 0; k < count; k++) agents.push(new AgentProcess());
+    } catch (error) {
+      await fleet.stop();
+      throw error;
+    }
     try {
       let timer: ReturnType<typeof setTimeout> | undefined;
       const timeout = new Promise<never>((_, reject) => {
@@ -251,7 +257,12 @@ export class Fleet implements AsyncDisposable {
     }
     const replies = await Promise.all(
       [...byAgent].map(([agent, indices]) =>
-        this.#agents[agent].request<{ late: number }>({ cmd: "send", senders: indices, ...options })
+        this.#agents[agent].request<{ late: number }>({
+          cmd: "send",
+          senders: indices,
+          totalSenders: senders,
+          ...options,
+        })
       ),
     );
     return { late: replies.reduce((sum, reply) => sum + reply.late, 0) };
@@ -265,6 +276,7 @@ export class Fleet implements AsyncDisposable {
     const merged: FleetDeliveries = {
       expected: 0,
       received: 0,
+      missing: 0,
       lost: 0,
       outOfOrder: 0,
       other: 0,
@@ -278,6 +290,7 @@ export class Fleet implements AsyncDisposable {
     for (const reply of replies) {
       merged.expected += reply.expected;
       merged.received += reply.received;
+      merged.missing += reply.missing;
       merged.outOfOrder += reply.outOfOrder;
       merged.other += reply.other;
       merged.firstOther ||= reply.firstOther;
@@ -287,7 +300,7 @@ export class Fleet implements AsyncDisposable {
       merged.loopLagMs = Math.max(merged.loopLagMs, reply.loopLagMs);
       merged.featureFrames += reply.featureFrames;
     }
-    merged.lost = Math.max(0, merged.expected - merged.received);
+    merged.lost = merged.missing;
     return merged;
   }
 
@@ -307,6 +320,8 @@ export class Fleet implements AsyncDisposable {
   ): Promise<FleetChurn> {
     const n = this.#agents.length;
     const perAgent = Math.ceil(options.rate * options.seconds / n) + 1;
+    // One start for all agents, a little ahead so that every agent has its command by then.
+    const startMs = benchNow() + 50;
     const replies = await Promise.all(this.#agents.map((agent, k) =>
       agent.request<ChurnReply>({
         cmd: "churn",
@@ -314,6 +329,9 @@ export class Fleet implements AsyncDisposable {
         rate: options.rate / n,
         seconds: options.seconds,
         inFlight: Math.max(1, Math.round(options.inFlight / n)),
+        startMs,
+        agent: k,
+        agents: n,
         web: options.web ?? "none",
         webAuth: options.webAuth,
       })

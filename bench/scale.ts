@@ -189,7 +189,7 @@ async function idle(
   await quiesce(server, sizes);
   const loaded = await rss(server);
   return {
-    kib_per_client: (loaded - base) / 1024 / count,
+    kib_per_client: (loaded - base) / 1024 / Math.max(1, count - opened.failed),
     conn_per_s: (count - opened.failed) / (opened.ms / 1000),
     server_ms_per_conn: (cpuAfter - cpuBefore) / count * 1000,
     connect_server_cores: (cpuAfter - cpuBefore) / (opened.ms / 1000),
@@ -238,11 +238,17 @@ const idleScale: Scenario = {
   },
 };
 
-/** The growth figures' keys at step `i` (0-based): clients, RSS MiB, p99 ms, CPU µs/delivery. */
-function stepKeys(i: number): { clients: string; rss: string; p99: string; cpu: string } {
+/**
+ * The growth figures' keys at step `i` (0-based): clients, RSS MiB after the talk window and
+ * before it (idle), p99 ms, CPU µs/delivery.
+ */
+function stepKeys(
+  i: number,
+): { clients: string; rss: string; idleRss: string; p99: string; cpu: string } {
   return {
     clients: `step${i + 1}_clients`,
     rss: `step${i + 1}_rss_mib`,
+    idleRss: `step${i + 1}_idle_rss_mib`,
     p99: `step${i + 1}_p99_ms`,
     cpu: `step${i + 1}_cpu_us`,
   };
@@ -278,11 +284,14 @@ const growth: Scenario = {
       for (const [i, step] of sizes.scale.steps.entries()) {
         await open(fleet, open_, step - open_, sizes, "none", notes, !server.transportOnly);
         open_ = step;
+        await quiesce(server, sizes);
+        const idleRss = await rss(server);
         const figures = await talk(server, fleet, step, sizes, notes);
         await quiesce(server, sizes);
         const keys = stepKeys(i);
         metrics[keys.clients] = step;
         metrics[keys.rss] = await rss(server) / 1024 ** 2;
+        metrics[keys.idleRss] = idleRss / 1024 ** 2;
         metrics[keys.p99] = figures.p99_ms;
         metrics[keys.cpu] = figures.cpu_us_per_delivery;
         Object.assign(metrics, figures);
@@ -438,7 +447,7 @@ const churn: Scenario = {
 /** One server's growth: at each step, its clients, RSS (MiB) and p99 (ms). */
 interface Series {
   name: string;
-  points: { clients: number; rss: number; p99: number; cpu: number }[];
+  points: { clients: number; rss: number; idleRss: number; p99: number; cpu: number }[];
 }
 
 function seriesOf(all: Record<string, Metrics>, sizes: Sizes): Series[] {
@@ -449,6 +458,7 @@ function seriesOf(all: Record<string, Metrics>, sizes: Sizes): Series[] {
       return {
         clients: metrics[keys.clients],
         rss: metrics[keys.rss],
+        idleRss: metrics[keys.idleRss],
         p99: metrics[keys.p99],
         cpu: metrics[keys.cpu],
       };
@@ -467,16 +477,18 @@ async function growthReport(
     "Scenario 12, growth (medians at each step):",
     "",
     `| clients | ${
-      series.map((s) => `${s.name} RSS MiB | p99 ms | CPU µs/delivery`).join(" | ")
+      series.map((s) => `${s.name} RSS MiB idle | after talking | p99 ms | CPU µs/delivery`)
+        .join(" | ")
     } |`,
-    `|---|${series.map(() => "---|---|---").join("|")}|`,
+    `|---|${series.map(() => "---|---|---|---").join("|")}|`,
   ];
   for (const [i, step] of sizes.scale.steps.entries()) {
     const cells = series.map((s) => {
       const point = s.points[i];
       return point
-        ? `${point.rss.toFixed(1)} | ${point.p99.toFixed(1)} | ${point.cpu.toFixed(2)}`
-        : "n/a | n/a | n/a";
+        ? `${point.idleRss.toFixed(1)} | ${point.rss.toFixed(1)} | ${point.p99.toFixed(1)} | ` +
+          point.cpu.toFixed(2)
+        : "n/a | n/a | n/a | n/a";
     });
     lines.push(`| ${step.toLocaleString("en-US")} | ${cells.join(" | ")} |`);
   }
@@ -494,7 +506,7 @@ export function growthSvg(series: readonly Series[]): string {
   const width = 860;
   const height = 380;
   const charts = [
-    { title: "Server RSS (MiB)", value: (p: Series["points"][number]) => p.rss },
+    { title: "Server RSS after talking (MiB)", value: (p: Series["points"][number]) => p.rss },
     { title: "p99 delivery latency (ms)", value: (p: Series["points"][number]) => p.p99 },
   ];
   const parts: string[] = [
