@@ -224,16 +224,8 @@ export function encodeMemberList(
   moreTail: Uint8Array,
 ): Uint8Array[] {
   const buckets = lists.flatMap((list) => list.buckets);
-  let length = 0;
-  for (const bucket of buckets) length += bucket.length + 1;
-  length = Math.max(0, length - 1);
-  if (head.length + length + END.length <= MEMBERS_PART_BYTES) {
-    return [frameOf(head, buckets, END)];
-  }
-  if (head === WHO_HEAD && moreTail === WHO_MORE) {
-    // A `who` in parts is every bucket's own shared frame, the first one included.
-    return buckets.map((bucket, i) => bucket.whoFrame(i < buckets.length - 1));
-  }
+  const whole = wholeFrame(buckets, head);
+  if (whole) return [whole];
   const frames: Uint8Array[] = [];
   let rest = buckets;
   if (head.length + moreTail.length <= HEAD_ROOM) {
@@ -250,7 +242,21 @@ export function encodeMemberList(
 
 /** The frames of the answer to `who`: one, or parts (see {@link encodeMemberList}). */
 export function encodeWhoList(lists: readonly MemberList[]): Uint8Array[] {
-  return encodeMemberList(lists, WHO_HEAD, WHO_MORE);
+  const buckets = lists.flatMap((list) => list.buckets);
+  const whole = wholeFrame(buckets, WHO_HEAD);
+  if (whole) return [whole];
+  // In parts, a `who` is every bucket's own shared frame, the first one included.
+  return buckets.map((bucket, i) => bucket.whoFrame(i < buckets.length - 1));
+}
+
+/** The list as one frame, `head` + members + `]}`, if that fits in a part; else null. */
+function wholeFrame(buckets: readonly Bucket[], head: Uint8Array): Uint8Array | null {
+  let length = 0;
+  for (const bucket of buckets) length += bucket.length + 1;
+  length = Math.max(0, length - 1);
+  return head.length + length + END.length <= MEMBERS_PART_BYTES
+    ? frameOf(head, buckets, END)
+    : null;
 }
 
 /**
