@@ -8,6 +8,9 @@
  * - 12, growth: clients added in steps (1,000, 2,500, 5,000, 10,000); at each, 10 senders send
  *   1 message/s for 10 s (100,000 deliveries/s offered at 10,000): RSS, latency, loss and CPU
  *   per delivery at each step, and a plot of them (`--plot`, `docs/growth.svg` by default).
+ *   Then one sender alone on the largest room: at the full load every server here is
+ *   saturated, and its CPU per delivery is its share of the cores; one fan-out at a time shows
+ *   what a delivery costs.
  * - 13, half WebSocket: 12's last step on our server with every other client a browser's
  *   WebSocket (asking for ids, presence and 50 messages of history, as the web client does).
  * - 14, churn: 500 clients/s logging in and leaving for 60 s while 100 clients chat at 1
@@ -61,6 +64,20 @@ const TALK: MetricSpec[] = [
   { key: "cpu_us_per_delivery", label: "CPU/delivery", unit: "µs", digits: 2 },
   { key: "deliveries_per_s", label: "delivered", unit: "/s", digits: 0 },
   { key: "gen_cores", label: "load agents", unit: "cores", digits: 2 },
+  { key: "server_cores", label: "server", unit: "cores", digits: 2 },
+];
+
+/**
+ * Scenario 12's figures of one sender at the last step: a fan-out at a time, which no server
+ * falls behind on, so its CPU per delivery is what a write costs, not how much of the machine a
+ * saturated server took (at the full load, every server here is saturated: its CPU per delivery
+ * is then its share of the cores divided by the deliveries).
+ */
+const ONE_SENDER: MetricSpec[] = [
+  { key: "one_p99_ms", label: "1 sender: p99", unit: "ms", digits: 1 },
+  { key: "one_p50_ms", label: "p50", unit: "ms", digits: 1 },
+  { key: "one_lost", label: "lost", unit: "", digits: 0 },
+  { key: "one_cpu_us", label: "CPU/delivery", unit: "µs", digits: 2 },
 ];
 
 function rss(server: ServerHandle): Promise<number> {
@@ -142,8 +159,9 @@ async function talk(
   clients: number,
   sizes: Sizes,
   notes: string[],
+  senders = sizes.scale.senders,
 ): Promise<Metrics> {
-  const { senders, rate, seconds, bytes } = sizes.scale;
+  const { rate, seconds, bytes } = sizes.scale;
   const count = Math.max(1, Math.round(rate * seconds));
   await quiesce(server, sizes);
   await fleet.track(clients, senders, count);
@@ -165,6 +183,7 @@ async function talk(
     cpu_us_per_delivery: (after[0] - before[0]) / Math.max(1, deliveries.received) * 1e6,
     deliveries_per_s: deliveries.received / seconds,
     gen_cores: sum(agentCores) / wallS,
+    server_cores: (after[0] - before[0]) / wallS,
     feature_frames: deliveries.featureFrames,
   };
 }
@@ -262,7 +281,7 @@ const growth: Scenario = {
     `each, ${scale.senders} senders x ${scale.rate} msg/s x ${scale.seconds} s ` +
     `(${(scale.senders * scale.rate * (scale.steps.at(-1)! - 1)).toLocaleString("en-US")} ` +
     `deliveries/s offered at the last); figures of the last step`,
-  metrics: [...TALK, { key: "loaded_mib", label: "RSS", unit: "MiB", digits: 1 }],
+  metrics: [...TALK, { key: "loaded_mib", label: "RSS", unit: "MiB", digits: 1 }, ...ONE_SENDER],
   freshServerPerRun: true,
   warmup: false,
   floors: true,
@@ -297,6 +316,12 @@ const growth: Scenario = {
         Object.assign(metrics, figures);
         metrics.loaded_mib = metrics[keys.rss];
       }
+      // One sender on the largest room (see ONE_SENDER).
+      const one = await talk(server, fleet, open_, sizes, notes, 1);
+      metrics.one_p99_ms = one.p99_ms;
+      metrics.one_p50_ms = one.p50_ms;
+      metrics.one_lost = one.lost;
+      metrics.one_cpu_us = one.cpu_us_per_delivery;
     });
     return { metrics, notes: [...new Set(notes)] };
   },

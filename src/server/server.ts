@@ -16,6 +16,7 @@ import type { AddressInfo, Socket } from "node:net";
 import tls from "node:tls";
 import { getLogger, type Logger } from "@logtape/logtape";
 import { hasTcpBackpressure } from "./backpressure.ts";
+import { hasDirectWrites } from "./direct_write.ts";
 import { DEFAULT_LIMITS, type Limits } from "./config.ts";
 import { FlowControl } from "./flow.ts";
 import { flushOutboxes, type Outbox } from "./outbox.ts";
@@ -732,6 +733,11 @@ export class ChatServer implements AsyncDisposable {
       if (!hasTcpBackpressure(socket)) {
         this.#logger.warn(
           "This Deno cannot stop reading a TLS socket at the TCP level: paused senders are buffered in memory",
+        );
+      }
+      if (!hasDirectWrites(socket)) {
+        this.#logger.warn(
+          "This Deno's TLS sockets have no handle to write to directly: writes go through node:stream (slower)",
         );
       }
     }

@@ -10,6 +10,7 @@
 import type { TLSSocket } from "node:tls";
 import { FrameDecoder } from "../protocol/mod.ts";
 import { startReading, stopReading } from "./backpressure.ts";
+import { hasDirectWrites, writeDirect } from "./direct_write.ts";
 import type { FrameWriter } from "./outbox.ts";
 
 /** What a transport tells the session it carries. */
@@ -133,11 +134,14 @@ export abstract class SocketTransport implements Transport {
 /** The TLS protocol's transport: frames are a 4-byte length and a JSON body on the stream. */
 export class StreamTransport extends SocketTransport {
   #decoder: FrameDecoder;
+  /** Whether writes go to the TLS handle directly, below `node:stream` (`direct_write.ts`). */
+  #direct: boolean;
 
   /** @param socket a `node:tls` socket whose handshake has completed */
   constructor(socket: TLSSocket, options: { maxFrame: number }) {
     super(socket);
     this.#decoder = new FrameDecoder({ maxFrame: options.maxFrame });
+    this.#direct = hasDirectWrites(socket);
   }
 
   protected received(chunk: Uint8Array): void {
@@ -154,6 +158,9 @@ export class StreamTransport extends SocketTransport {
   }
 
   write(data: Uint8Array, done: (error?: Error | null) => void): void {
-    this.socket.write(data, done);
+    // The outbox is the only writer, one write at a time, and the session ends the socket only
+    // once it has drained: what writing to the handle directly asks for.
+    if (this.#direct) writeDirect(this.socket, data, done);
+    else this.socket.write(data, done);
   }
 }
