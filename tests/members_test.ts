@@ -87,7 +87,7 @@ Deno.test("a member list that fits is one frame, byte for byte JSON.stringify's"
   const list = new MemberList();
   const members = [
     member(1, "alice"),
-    member(2, 'quote " and \\ and \u2028'),
+    member(2, 'quote " and \\ and \u2028 and é'),
     member(3, "\u{1F600}".repeat(64)),
   ];
   for (const m of members) list.add(m);
