@@ -145,6 +145,13 @@ Deno.test("member lists stay in joining order and nearly full parts through join
       const m = member(++next, random() < 0.5 ? longName(next) : `u${next}`);
       present.set(m.id, m);
       list.add(m);
+      // Joins after a list was built extend the buckets' bytes in place.
+      if (i % 100 === 99) {
+        assert.deepEqual(
+          reassemble(encodeWhoList([list]), "who"),
+          [...present.values()].map(memberJson),
+        );
+      }
     }
     for (const id of [...present.keys()]) {
       if (random() < 0.45) {

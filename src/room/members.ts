@@ -42,9 +42,9 @@ const WHO_LAST = ENCODER.encode('],"more":false}');
 const WELCOME_MORE = ENCODER.encode('],"members_more":true}');
 
 /**
- * One member: its JSON, made once, as a string. (A string of a few dozen characters costs about
- * a tenth of the memory of a `Uint8Array` of its bytes, with its own backing store: 1.4 KiB of
- * RSS per member; the bytes are written only when a bucket's frame is built.)
+ * One member: its JSON, made once, as a string. (A `Uint8Array` of its own per member, with its
+ * backing store, cost 1.4 KiB of RSS per member; the string and its entry about 0.9 KiB. The
+ * bytes live in the bucket's body, shared by its members.)
  */
 interface Entry {
   readonly json: string;
@@ -61,15 +61,38 @@ class Bucket {
   /** This bucket's `who` frame, once built, and whether it says `more: true`. */
   #frame: Uint8Array | null = null;
   #more = false;
+  /**
+   * The members' bytes, comma separated, in the first {@link Bucket.length} bytes (room to grow
+   * after them), kept up to date as members join at the end; `null` once one leaves (built again
+   * when next needed). A join then costs one member's encoding, not the whole bucket's.
+   */
+  #body: Uint8Array | null = null;
 
   /** Bytes of the members as the inside of a JSON array (with the commas). */
   get length(): number {
     return this.bytes + Math.max(0, this.entries.size - 1);
   }
 
-  /** The members changed: the frame is built again when next asked for. */
+  /** `entry` was added at the end (and counted in {@link Bucket.bytes}). */
+  appended(entry: Entry): void {
+    this.#frame = null;
+    const body = this.#body;
+    if (body === null) return;
+    const end = this.length;
+    if (end > body.length) {
+      const grown = new Uint8Array(Math.max(end, Math.min(BUCKET_BYTES, 2 * body.length)));
+      grown.set(body.subarray(0, end - entry.size - (this.entries.size > 1 ? 1 : 0)));
+      this.#body = grown;
+    }
+    const at = end - entry.size;
+    if (this.entries.size > 1) this.#body![at - 1] = COMMA;
+    ENCODER.encodeInto(entry.json, this.#body!.subarray(at, end));
+  }
+
+  /** Members left or moved: the bytes are built again when next asked for. */
   changed(): void {
     this.#frame = null;
+    this.#body = null;
   }
 
   /** This bucket's members as a `who` part; shared (never changed once built). */
@@ -90,30 +113,23 @@ class Bucket {
 
   /** Copies the members (comma separated) into `out` at `at`; returns the end. */
   copyInto(out: Uint8Array, at: number): number {
-    if (this.#frame !== null) {
-      out.set(this.body(), at);
-      return at + this.length;
-    }
-    let first = true;
-    for (const entry of this.entries) {
-      if (!first) out[at++] = COMMA;
-      first = false;
-      at = writeUtf8(entry, out, at);
-    }
-    return at;
+    const length = this.length;
+    out.set(this.#frame !== null ? this.body() : this.#bytes().subarray(0, length), at);
+    return at + length;
   }
-}
 
-/** Writes an entry's JSON as UTF-8 into `out` at `at`; returns the end. */
-function writeUtf8(entry: Entry, out: Uint8Array, at: number): number {
-  const json = entry.json;
-  if (json.length === entry.size) {
-    // ASCII (most names): one byte per character.
-    for (let i = 0; i < json.length; i++) out[at + i] = json.charCodeAt(i);
-  } else {
-    ENCODER.encodeInto(json, out.subarray(at, at + entry.size));
+  /** {@link Bucket.#body}, built if it is not. */
+  #bytes(): Uint8Array {
+    if (this.#body !== null) return this.#body;
+    const body = new Uint8Array(this.length);
+    let at = 0;
+    for (const entry of this.entries) {
+      if (at > 0) body[at++] = COMMA;
+      ENCODER.encodeInto(entry.json, body.subarray(at, at + entry.size));
+      at += entry.size;
+    }
+    return this.#body = body;
   }
-  return at + entry.size;
 }
 
 /** A frame of `head`, the members of `buckets` (comma separated) and `tail`. */
@@ -199,7 +215,7 @@ export class MemberList {
     const entry: Entry = { json, size, bucket };
     bucket.entries.add(entry);
     bucket.bytes += size;
-    bucket.changed();
+    bucket.appended(entry);
     this.#entries.set(member.id, entry);
     return true;
   }
