@@ -1,7 +1,8 @@
 /**
  * What one fan-out costs on this machine below any chat server: one write of a 120-byte frame to
  * each of N loopback connections, every round waiting for all writes to complete, then 100 ms of
- * rest. Prints the median round: CPU per write (user and system) and the fan-out's wall time.
+ * rest. Prints the medians over the rounds: CPU per write (user and system) and the fan-out's wall
+ * time.
  *
  *   node bench/fanout_floor.mjs tcp 10000              # plain TCP, Node.js: the kernel's share
  *   deno run -A bench/fanout_floor.mjs tcp 10000       # plain TCP, Deno's node:net
@@ -84,7 +85,7 @@ server.listen(0, "127.0.0.1", () => {
   // Each client process opens its half, 50 connections at a time, and reads until stdin ends.
   const client = `
     const net = require("node:net"), tls = require("node:tls");
-    const total = ${Math.ceil(count / 2)}; let started = 0;
+    const total = Number(process.argv.at(-1)); let started = 0;
     function next() {
       if (started >= total) return;
       started++;
@@ -95,7 +96,8 @@ server.listen(0, "127.0.0.1", () => {
     for (let i = 0; i < 50; i++) next();
     process.stdin.on("end", () => process.exit(0)); process.stdin.resume();`;
   for (let i = 0; i < 2; i++) {
-    const args = isDeno ? ["eval", "--ext=cjs", client] : ["-e", client];
+    const share = String(i === 0 ? Math.ceil(count / 2) : Math.floor(count / 2));
+    const args = isDeno ? ["eval", "--ext=cjs", client, share] : ["-e", client, share];
     const child = spawn(process.execPath, args, { stdio: ["pipe", "inherit", "inherit"] });
     children.push(child);
   }
@@ -129,8 +131,13 @@ async function measure() {
     });
     await new Promise((resolve) => setTimeout(resolve, 100));
   }
-  results.sort((a, b) => a.cpu - b.cpu);
-  const m = results[Math.floor(results.length / 2)];
+  const median = (key) => results.map((r) => r[key]).sort((a, b) => a - b)[rounds >> 1];
+  const m = {
+    cpu: median("cpu"),
+    user: median("user"),
+    system: median("system"),
+    ms: median("ms"),
+  };
   const runtime = isDeno ? `deno ${Deno.version.deno}` : `node ${process.version}`;
   console.log(
     `${mode} on ${runtime}, ${count} connections, median of ${rounds} rounds: ` +

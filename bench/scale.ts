@@ -317,7 +317,9 @@ const growth: Scenario = {
         metrics.loaded_mib = metrics[keys.rss];
       }
       // One sender on the largest room (see ONE_SENDER).
-      const one = await talk(server, fleet, open_, sizes, notes, 1);
+      const oneNotes: string[] = [];
+      const one = await talk(server, fleet, open_, sizes, oneNotes, 1);
+      notes.push(...oneNotes.map((note) => `1 sender: ${note}`));
       metrics.one_p99_ms = one.p99_ms;
       metrics.one_p50_ms = one.p50_ms;
       metrics.one_lost = one.lost;

@@ -158,9 +158,10 @@ async function assertSaneScale(report: BenchJson, plot: string, withReference: b
     assert.ok(Number.isFinite(figures.cpu_us_per_delivery) && figures.gen_cores > 0);
     assert.ok(figures.step1_clients < figures.step2_clients, "two growth steps");
     assert.ok(figures.step2_rss_mib > 0 && figures.step2_p99_ms >= 0);
-    assert.ok(figures.server_cores > 0, `${name}'s CPU while talking`);
+    // (CPU figures may be 0 at these sizes: /proc counts in steps of 10 ms.)
+    assert.ok(figures.server_cores >= 0, `${name}'s CPU while talking`);
     assert.equal(figures.one_lost, 0, `${name} lost nothing with one sender`);
-    assert.ok(figures.one_p99_ms >= figures.one_p50_ms && figures.one_cpu_us > 0);
+    assert.ok(figures.one_p99_ms >= figures.one_p50_ms && figures.one_cpu_us >= 0);
   }
   const svg = await Deno.readTextFile(plot);
   assert.match(svg, /^<svg [^>]*xmlns="http:\/\/www.w3.org\/2000\/svg"/);

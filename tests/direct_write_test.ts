@@ -62,10 +62,13 @@ async function tlsPair(): Promise<
   };
 }
 
+/** A direct write; rejects if it fails, completes from within the call, or never completes. */
 function write(socket: tls.TLSSocket, data: Uint8Array): Promise<void> {
   return new Promise((resolve, reject) => {
     let sync = true;
+    const timer = setTimeout(() => reject(new Error("the write never completed")), 5000);
     writeDirect(socket, data, (error) => {
+      clearTimeout(timer);
       if (sync) reject(new Error("done was called from within the write"));
       else if (error) reject(error);
       else resolve();
@@ -120,6 +123,44 @@ Deno.test("a direct write to a destroyed socket fails instead of hanging", async
   await write(pair.server, new Uint8Array([1, 2, 3]));
   pair.server.destroy();
   await assert.rejects(write(pair.server, new Uint8Array([4])), /TLS write failed/);
+});
+
+Deno.test("a direct write keeps node:stream's guards: empty writes complete, none after end", async () => {
+  await using pair = await tlsPair();
+  const bytes = new Uint8Array([1, 2, 3, 4]);
+  // An empty view of a buffer that is not empty (the handle itself would never complete it).
+  await write(pair.server, bytes.subarray(2, 2));
+  await write(pair.server, bytes);
+  pair.server.end();
+  await assert.rejects(write(pair.server, bytes), /write after end/);
+  await pair.ended;
+  assert.deepEqual(pair.received(), bytes);
+});
+
+Deno.test("a direct write in flight when the socket is destroyed completes, with an error", async () => {
+  const certs = await testCerts();
+  const listener = tls.createServer({ cert: certs.cert, key: certs.key });
+  const accepted = new Promise<tls.TLSSocket>((resolve) =>
+    listener.once("secureConnection", resolve)
+  );
+  await new Promise<void>((resolve) => listener.listen(0, "127.0.0.1", resolve));
+  const port = (listener.address() as AddressInfo).port;
+  // A peer that completes its handshake and then reads nothing: the write stays in flight.
+  const peer = await Deno.connectTls({ hostname: "127.0.0.1", port, caCerts: [certs.cert] });
+  await peer.handshake();
+  const server = await accepted;
+  server.on("error", () => {});
+  const closed = new Promise((resolve) => server.once("close", resolve));
+  let outcome: Error | null | undefined;
+  writeDirect(server, new Uint8Array(32 * 1024 * 1024), (error) => outcome = error);
+  await new Promise((resolve) => setTimeout(resolve, 200));
+  assert.equal(outcome, undefined, "32 MiB cannot all be in the kernel of an unread connection");
+  server.destroy();
+  await closed;
+  const result = outcome as Error | null | undefined; // (set by the callback)
+  assert.ok(result instanceof Error, `completed with ${result}`);
+  peer.close();
+  await new Promise((resolve) => listener.close(resolve));
 });
 
 Deno.test("a socket written directly ends cleanly: the peer reads everything, then the end", async () => {
