@@ -5,8 +5,7 @@
  * generic, a write request, its completion and the `Writable`'s callbacks before and after the
  * native write. The outbox needs none of it: it has at most one write in flight per connection and
  * does its own queueing. At ten thousand clients a broadcast is ten thousand writes, and those
- * layers cost about 2 µs of each (measured on this project's 2-core VM: 15.6 against 13.4 µs of
- * CPU a write at 4,000 connections, `BENCHMARKS.md`, "What mattered").
+ * layers cost about 8 % of each (on this project's 2-core VM; `BENCHMARKS.md`, "What mattered").
  *
  * The handle is Deno's internal `TLSWrap` (`socket._handle`, `ext/node/ops/tls_wrap.rs`). Its
  * `writeBuffer(req, data)` copies `data`, encrypts it and writes it; it then calls
