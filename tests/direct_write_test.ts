@@ -10,7 +10,24 @@ import assert from "node:assert/strict";
 import tls from "node:tls";
 import type { AddressInfo } from "node:net";
 import { hasDirectWrites, writeDirect } from "../src/server/direct_write.ts";
-import { testCerts } from "./_helpers.ts";
+import { concatBytes, testCerts } from "./_helpers.ts";
+
+/** A TLS listener on a free loopback port, and the next socket it accepts (handshake done). */
+async function listen(): Promise<
+  { port: number; accepted: Promise<tls.TLSSocket>; close: () => Promise<void> }
+> {
+  const certs = await testCerts();
+  const listener = tls.createServer({ cert: certs.cert, key: certs.key });
+  const accepted = new Promise<tls.TLSSocket>((resolve) =>
+    listener.once("secureConnection", (socket: tls.TLSSocket) => {
+      socket.on("error", () => {});
+      resolve(socket);
+    })
+  );
+  await new Promise<void>((resolve) => listener.listen(0, "127.0.0.1", resolve));
+  const port = (listener.address() as AddressInfo).port;
+  return { port, accepted, close: () => new Promise((resolve) => listener.close(() => resolve())) };
+}
 
 /** A connected pair: the server's socket (handshake done) and everything the client reads. */
 async function tlsPair(): Promise<
@@ -21,15 +38,10 @@ async function tlsPair(): Promise<
   } & AsyncDisposable
 > {
   const certs = await testCerts();
-  const listener = tls.createServer({ cert: certs.cert, key: certs.key });
-  const accepted = new Promise<tls.TLSSocket>((resolve) =>
-    listener.once("secureConnection", resolve)
-  );
-  await new Promise<void>((resolve) => listener.listen(0, "127.0.0.1", resolve));
-  const port = (listener.address() as AddressInfo).port;
+  const listener = await listen();
   const client = tls.connect({
     host: "127.0.0.1",
-    port,
+    port: listener.port,
     ca: certs.cert,
     checkServerIdentity: () => undefined,
   });
@@ -38,26 +50,17 @@ async function tlsPair(): Promise<
   client.on("error", () => {});
   const ended = new Promise<void>((resolve) => client.once("end", resolve));
   const closed = new Promise<void>((resolve) => client.once("close", resolve));
-  const server = await accepted;
-  server.on("error", () => {});
+  const server = await listener.accepted;
   const serverClosed = new Promise<void>((resolve) => server.once("close", resolve));
   return {
     server,
-    received: () => {
-      const all = new Uint8Array(chunks.reduce((n, c) => n + c.byteLength, 0));
-      let at = 0;
-      for (const chunk of chunks) {
-        all.set(chunk, at);
-        at += chunk.byteLength;
-      }
-      return all;
-    },
+    received: () => concatBytes(chunks),
     ended,
     async [Symbol.asyncDispose]() {
       client.destroy();
       server.destroy();
       await Promise.all([closed, serverClosed]);
-      await new Promise((resolve) => listener.close(resolve));
+      await listener.close();
     },
   };
 }
@@ -139,17 +142,15 @@ Deno.test("a direct write keeps node:stream's guards: empty writes complete, non
 
 Deno.test("a direct write in flight when the socket is destroyed completes, with an error", async () => {
   const certs = await testCerts();
-  const listener = tls.createServer({ cert: certs.cert, key: certs.key });
-  const accepted = new Promise<tls.TLSSocket>((resolve) =>
-    listener.once("secureConnection", resolve)
-  );
-  await new Promise<void>((resolve) => listener.listen(0, "127.0.0.1", resolve));
-  const port = (listener.address() as AddressInfo).port;
+  const listener = await listen();
   // A peer that completes its handshake and then reads nothing: the write stays in flight.
-  const peer = await Deno.connectTls({ hostname: "127.0.0.1", port, caCerts: [certs.cert] });
+  const peer = await Deno.connectTls({
+    hostname: "127.0.0.1",
+    port: listener.port,
+    caCerts: [certs.cert],
+  });
   await peer.handshake();
-  const server = await accepted;
-  server.on("error", () => {});
+  const server = await listener.accepted;
   const closed = new Promise((resolve) => server.once("close", resolve));
   let outcome: Error | null | undefined;
   writeDirect(server, new Uint8Array(32 * 1024 * 1024), (error) => outcome = error);
@@ -160,7 +161,7 @@ Deno.test("a direct write in flight when the socket is destroyed completes, with
   const result = outcome as Error | null | undefined; // (set by the callback)
   assert.ok(result instanceof Error, `completed with ${result}`);
   peer.close();
-  await new Promise((resolve) => listener.close(resolve));
+  await listener.close();
 });
 
 Deno.test("a socket written directly ends cleanly: the peer reads everything, then the end", async () => {
