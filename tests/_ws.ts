@@ -102,6 +102,12 @@ export class WsClient implements AsyncDisposable {
     headers: Record<string, string> = {},
     path = "/ws",
   ): Promise<UpgradeAnswer> {
+    await this.requestUpgrade(headers, path);
+    return await this.readHttp();
+  }
+
+  /** Sends an upgrade request without reading anything (the answer waits for {@link readHttp}). */
+  async requestUpgrade(headers: Record<string, string> = {}, path = "/ws"): Promise<void> {
     const lines = [
       `GET ${path} HTTP/1.1`,
       `Host: 127.0.0.1:${(this.conn.remoteAddr as Deno.NetAddr).port}`,
@@ -112,7 +118,6 @@ export class WsClient implements AsyncDisposable {
       ...Object.entries(headers).map(([name, value]) => `${name}: ${value}`),
     ];
     await this.write(ENCODER.encode(lines.join("\r\n") + "\r\n\r\n"));
-    return await this.readHttp();
   }
 
   /** Reads one HTTP response head, and its body when it has a Content-Length. */

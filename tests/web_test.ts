@@ -130,6 +130,45 @@ Deno.test("web port: a message in fragments, ping and close follow RFC 6455", as
   assert.equal(await ws.closed(), 1000);
 });
 
+Deno.test("web port: pongs written while a broadcast's write waits on a full socket arrive, and so does everything else", async () => {
+  // Pongs come from the transport while the outbox's write is in flight (here: stuck on a socket
+  // the client does not read). The TLS handle takes one write at a time, so both go through one
+  // writer: nothing may be lost, corrupted or stuck once the client reads again.
+  await using srv = await startWeb({
+    limits: { rate: 0, stallTimeoutMs: 60_000, writeTimeoutMs: 60_000 },
+  });
+  await using ws = await WsClient.connect(srv.webPort);
+  await ws.requestUpgrade();
+  await ws.write(clientFrame(0x1, JSON.stringify({ type: "auth", password: PASSWORD })));
+  const { client: talker } = await TestClient.login(srv.port);
+  await using _talker = talker;
+  await delay(200);
+  // More than the kernel's buffers hold: the WebSocket client reads nothing yet.
+  const count = 200;
+  const content = (i: number) => `m${i} ${"x".repeat(40_000 + i)}`;
+  const sending = (async () => {
+    for (let i = 0; i < count; i++) await talker.send({ type: "message", content: content(i) });
+  })();
+  await delay(500);
+  for (let i = 0; i < 20; i++) await ws.write(clientFrame(0x9, `p${i}`));
+  await delay(200);
+  assert.equal((await ws.readHttp()).status, 101);
+  assert.equal((await ws.recv()).success, true);
+  let pongs = 0;
+  let messages = 0;
+  while (pongs < 20 || messages < count) {
+    const frame = await ws.frame();
+    assert.ok(frame, `${pongs} pongs and ${messages} messages, then nothing`);
+    const text = new TextDecoder().decode(frame.payload);
+    if (frame.op === 0xa) assert.equal(text, `p${pongs++}`);
+    else {
+      assert.equal(frame.op, 0x1);
+      assert.equal(JSON.parse(text).content, content(messages++));
+    }
+  }
+  await sending;
+});
+
 for (
   const [name, frames, code] of [
     ["an oversized message", [clientFrame(0x1, "x".repeat(70_000))], "frame_too_large"],

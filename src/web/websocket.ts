@@ -17,6 +17,7 @@ import { createHash } from "node:crypto";
 import type { TLSSocket } from "node:tls";
 import { HEADER_SIZE, ProtocolError } from "../protocol/mod.ts";
 import { SocketTransport, type TransportHandler } from "../server/transport.ts";
+import { hasDirectWrites, writeDirect } from "../server/direct_write.ts";
 
 /** The GUID of RFC 6455 section 1.3. */
 const GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
@@ -159,6 +160,15 @@ export class WebSocketTransport extends SocketTransport {
   #error: ProtocolError | undefined;
   #closeReceived = false;
   #closeSent = false;
+  /** Whether writes can go to the TLS handle directly, below `node:stream` (`direct_write.ts`). */
+  #direct: boolean;
+  /** A write is in flight: the next ones wait, in order (the handle takes one at a time). */
+  #writing = false;
+  /** Writes waiting for the one in flight: the outbox's, pongs, the close frame. */
+  #waiting: { data: Uint8Array; done?: (error?: Error | null) => void }[] | null = null;
+  #waitingBytes = 0;
+  /** `end()` was called while writes were still in flight or waiting. */
+  #endAfterWrites = false;
 
   /**
    * @param socket the TLS socket after a completed upgrade handshake
@@ -167,6 +177,7 @@ export class WebSocketTransport extends SocketTransport {
   constructor(socket: TLSSocket, head: Uint8Array, options: { maxFrame: number }) {
     super(socket);
     this.#maxFrame = options.maxFrame;
+    this.#direct = hasDirectWrites(socket);
     if (head.length > 0) this.#append(head);
   }
 
@@ -204,20 +215,57 @@ export class WebSocketTransport extends SocketTransport {
       queueMicrotask(() => done(null));
       return;
     }
-    this.socket.write(convert(data), done);
+    this.#send(convert(data), done);
   }
 
   override end(): void {
     if (this.socket.destroyed) return;
     this.#sendClose(NORMAL_CLOSURE);
-    super.end();
+    // The socket ends once the close frame (and whatever waits before it) is written.
+    if (this.#writing) this.#endAfterWrites = true;
+    else super.end();
   }
 
   #sendClose(code: number): void {
     if (this.#closeSent) return;
     this.#closeSent = true;
     const payload = new Uint8Array([code >>> 8, code & 0xff]);
-    this.socket.write(encodeWebSocketFrame(Op.Close, payload));
+    this.#send(encodeWebSocketFrame(Op.Close, payload));
+  }
+
+  /**
+   * Writes `data` after the writes before it: the outbox has one write in flight at a time, but
+   * pongs and the close frame come from here too, and the TLS handle takes one write at a time.
+   */
+  #send(data: Uint8Array, done?: (error?: Error | null) => void): void {
+    if (this.#writing) {
+      (this.#waiting ??= []).push({ data, done });
+      this.#waitingBytes += data.byteLength;
+      return;
+    }
+    this.#writing = true;
+    const written = (error?: Error | null) => {
+      this.#writing = false;
+      // What waits was asked for before anything `done` may write now: it goes first.
+      this.#next();
+      done?.(error);
+    };
+    // The upgrade's `101` answer went through `socket.write()`: directly only once it is out.
+    if (this.#direct && this.socket.writableLength === 0) writeDirect(this.socket, data, written);
+    else this.socket.write(data, written);
+  }
+
+  #next(): void {
+    const waiting = this.#waiting;
+    if (waiting !== null && waiting.length > 0) {
+      const { data, done } = waiting.shift()!;
+      this.#waitingBytes -= data.byteLength;
+      if (waiting.length === 0) this.#waiting = null;
+      this.#send(data, done);
+    } else if (this.#endAfterWrites) {
+      this.#endAfterWrites = false;
+      super.end();
+    }
   }
 
   #append(chunk: Uint8Array): void {
@@ -310,8 +358,8 @@ export class WebSocketTransport extends SocketTransport {
       switch (op) {
         case Op.Ping:
           // A pong per ping, unless the peer leaves them unread.
-          if (!this.#closeSent && this.socket.writableLength < PONG_BACKLOG) {
-            this.socket.write(encodeWebSocketFrame(Op.Pong, payload));
+          if (!this.#closeSent && this.#waitingBytes < PONG_BACKLOG) {
+            this.#send(encodeWebSocketFrame(Op.Pong, payload));
           }
           continue;
         case Op.Pong:
