@@ -6,7 +6,15 @@
  * HTTP connections are closed).
  */
 import assert from "node:assert/strict";
-import { delay, PASSWORD, spawnServer, startServer, testCerts, TestClient } from "./_helpers.ts";
+import {
+  concatBytes,
+  delay,
+  PASSWORD,
+  spawnServer,
+  startServer,
+  testCerts,
+  TestClient,
+} from "./_helpers.ts";
 import { clientFrame, WsClient } from "./_ws.ts";
 import type { ChatServerOptions } from "../src/server/server.ts";
 import type { Limits } from "../src/server/config.ts";
@@ -130,6 +138,29 @@ Deno.test("web port: a message in fragments, ping and close follow RFC 6455", as
   assert.equal(await ws.closed(), 1000);
 });
 
+Deno.test("web port: a ping flood costs a write or two per read and no memory; the newest ping is answered", async () => {
+  // A client that sends 20,000 pings and never reads: before, every pong waited in memory.
+  await using srv = await startWeb();
+  await using ws = await WsClient.connect(srv.webPort);
+  await ws.requestUpgrade();
+  await ws.write(clientFrame(0x1, JSON.stringify({ type: "auth", password: PASSWORD })));
+  await delay(100);
+  const burst = concatBytes(Array.from({ length: 20_000 }, (_, i) => clientFrame(0x9, `${i}`)));
+  await ws.write(burst);
+  await delay(300);
+  assert.equal((await ws.readHttp()).status, 101);
+  assert.equal((await ws.recv()).success, true);
+  const pongs: number[] = [];
+  while (pongs.at(-1) !== 19_999) {
+    const frame = await ws.frame();
+    assert.ok(frame?.op === 0xa, `pongs ${pongs.length}, then ${frame?.op}`);
+    pongs.push(Number(new TextDecoder().decode(frame.payload)));
+  }
+  // A pong per read the server made (each read takes a chunk of many pings), not per ping.
+  assert.ok(pongs.length < 2_000, `${pongs.length} pongs for 20,000 pings`);
+  assert.ok(pongs.every((p, i) => i === 0 || p > pongs[i - 1]));
+});
+
 Deno.test("web port: pongs written while a broadcast's write waits on a full socket arrive, and so does everything else", async () => {
   // Pongs come from the transport while the outbox's write is in flight (here: stuck on a socket
   // the client does not read). The TLS handle takes one write at a time, so both go through one
@@ -154,18 +185,21 @@ Deno.test("web port: pongs written while a broadcast's write waits on a full soc
   await delay(200);
   assert.equal((await ws.readHttp()).status, 101);
   assert.equal((await ws.recv()).success, true);
-  let pongs = 0;
+  // While a write is in flight one pong waits, answering the newest ping (RFC 6455, 5.5.3): the
+  // pongs come in order and the last answers the last ping.
+  const pongs: number[] = [];
   let messages = 0;
-  while (pongs < 20 || messages < count) {
+  while (pongs.at(-1) !== 19 || messages < count) {
     const frame = await ws.frame();
-    assert.ok(frame, `${pongs} pongs and ${messages} messages, then nothing`);
+    assert.ok(frame, `pongs ${pongs} and ${messages} messages, then nothing`);
     const text = new TextDecoder().decode(frame.payload);
-    if (frame.op === 0xa) assert.equal(text, `p${pongs++}`);
+    if (frame.op === 0xa) pongs.push(Number(text.slice(1)));
     else {
       assert.equal(frame.op, 0x1);
       assert.equal(JSON.parse(text).content, content(messages++));
     }
   }
+  assert.ok(pongs.every((p, i) => i === 0 || p > pongs[i - 1]), `pongs in order: ${pongs}`);
   await sending;
 });
 

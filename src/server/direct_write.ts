@@ -11,8 +11,8 @@
  * `writeBuffer(req, data)` copies `data`, encrypts it and writes it; it then calls
  * `req.oncomplete(status)` from the event loop, never from within the call (the source says so:
  * "write callbacks never fire synchronously from the write call itself"). A write still in flight
- * when the socket is destroyed completes with an error (`ECANCELED`), synchronously inside
- * `socket.destroy()`; after a peer's reset, with `EPIPE`. It holds one write at a time: a second
+ * when the socket is destroyed completes with an error (`ECANCELED`, as the handle closes); after
+ * a peer's reset, with `EPIPE`. It holds one write at a time: a second
  * write before the first completes would replace it. So every write to a socket that uses this
  * module must go through it, one at a time; `socket.end()` is called only once they are done (the
  * session drains its outbox first). The guards `node:stream` kept are kept here: nothing is

@@ -49,8 +49,12 @@ const EMPTY = new Uint8Array(0);
 const MAX_FRAGMENTS = 1024;
 /** The largest receive buffer an idle connection keeps. */
 const KEEP_BUFFER = 4096;
-/** Pongs are skipped while this much is waiting to be written (a ping flood that never reads). */
-const PONG_BACKLOG = 64 * 1024;
+
+/** A write waiting for the one in flight, and what to tell once it is written. */
+interface Waiting {
+  data: Uint8Array;
+  readonly done?: (error?: Error | null) => void;
+}
 
 /** A frame the WebSocket protocol forbids: the connection is closed with the error frame. */
 function violation(what: string): ProtocolError {
@@ -164,9 +168,13 @@ export class WebSocketTransport extends SocketTransport {
   #direct: boolean;
   /** A write is in flight: the next ones wait, in order (the handle takes one at a time). */
   #writing = false;
-  /** Writes waiting for the one in flight: the outbox's, pongs, the close frame. */
-  #waiting: { data: Uint8Array; done?: (error?: Error | null) => void }[] | null = null;
-  #waitingBytes = 0;
+  /**
+   * Writes waiting for the one in flight: the outbox's next (it has one write at a time), a pong,
+   * the close frame. So a few at most, whatever the peer sends.
+   */
+  #waiting: Waiting[] | null = null;
+  /** The pong among them, if one waits: a newer ping replaces its payload (RFC 6455, 5.5.3). */
+  #waitingPong: Waiting | null = null;
   /** `end()` was called while writes were still in flight or waiting. */
   #endAfterWrites = false;
 
@@ -240,7 +248,6 @@ export class WebSocketTransport extends SocketTransport {
   #send(data: Uint8Array, done?: (error?: Error | null) => void): void {
     if (this.#writing) {
       (this.#waiting ??= []).push({ data, done });
-      this.#waitingBytes += data.byteLength;
       return;
     }
     this.#writing = true;
@@ -255,13 +262,31 @@ export class WebSocketTransport extends SocketTransport {
     else this.socket.write(data, written);
   }
 
+  /**
+   * Answers a ping. While a write is in flight, one pong waits, answering the newest ping: a
+   * flood of pings costs a write or two per read, and no memory, whether the peer reads or not.
+   * A pong that cannot be written closes the connection (as a failed write did on the stream).
+   */
+  #pong(payload: Uint8Array): void {
+    const pong = encodeWebSocketFrame(Op.Pong, payload);
+    if (this.#waitingPong !== null) {
+      this.#waitingPong.data = pong;
+      return;
+    }
+    const queued = this.#writing;
+    this.#send(pong, (error) => {
+      if (error) this.socket.destroy();
+    });
+    if (queued) this.#waitingPong = this.#waiting!.at(-1)!;
+  }
+
   #next(): void {
     const waiting = this.#waiting;
     if (waiting !== null && waiting.length > 0) {
-      const { data, done } = waiting.shift()!;
-      this.#waitingBytes -= data.byteLength;
+      const next = waiting.shift()!;
       if (waiting.length === 0) this.#waiting = null;
-      this.#send(data, done);
+      if (next === this.#waitingPong) this.#waitingPong = null;
+      this.#send(next.data, next.done);
     } else if (this.#endAfterWrites) {
       this.#endAfterWrites = false;
       super.end();
@@ -358,9 +383,7 @@ export class WebSocketTransport extends SocketTransport {
       switch (op) {
         case Op.Ping:
           // A pong per ping, unless the peer leaves them unread.
-          if (!this.#closeSent && this.#waitingBytes < PONG_BACKLOG) {
-            this.#send(encodeWebSocketFrame(Op.Pong, payload));
-          }
+          if (!this.#closeSent) this.#pong(payload);
           continue;
         case Op.Pong:
           continue;
